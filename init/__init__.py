@@ -1,0 +1,1 @@
+"""Detour init: install transparent interception (iptables REDIRECT/TPROXY) in a namespace."""

@@ -1,0 +1,1 @@
+"""Detour interceptor: the eBPF interception path (not yet implemented)."""

@@ -1,0 +1,111 @@
+"""Real network peers for the lab, stdlib only so they run as any uid with /usr/bin/python3.
+
+    peers.py http PORT LABEL [--transparent] [--family 4|6]
+        An HTTP/1.0 server. Each response body says who answered and where the client was
+        originally going: "LABEL original=IP:PORT" (SO_ORIGINAL_DST, or the socket's own
+        address for a TPROXY listener) so a test sees redirection the way a user would.
+    peers.py dns PORT ANSWER_IP
+        A DNS server on UDP and TCP that answers every A query with ANSWER_IP.
+
+Each prints "ready" once its sockets are bound.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import sys
+import threading
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from proxy.platform.original_dst import original_destination
+
+
+def _http(port: int, label: str, transparent: bool, family: int) -> None:
+    af = socket.AF_INET6 if family == 6 else socket.AF_INET
+    server = socket.socket(af, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if af == socket.AF_INET6:
+        server.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    if transparent:
+        level = socket.IPPROTO_IPV6 if af == socket.AF_INET6 else socket.SOL_IP
+        server.setsockopt(level, socket.IP_TRANSPARENT, 1)
+    server.bind(("::" if af == socket.AF_INET6 else "0.0.0.0", port))
+    server.listen(64)
+    print("ready", flush=True)
+    while True:
+        conn, _ = server.accept()
+        threading.Thread(target=_answer_http, args=(conn, label, transparent), daemon=True).start()
+
+
+def _answer_http(conn: socket.socket, label: str, transparent: bool) -> None:
+    with conn:
+        conn.settimeout(5)
+        request = b""
+        while b"\r\n\r\n" not in request and len(request) < 65536:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            request += chunk
+        original = original_destination(conn)
+        if original is None and transparent:
+            original = conn.getsockname()[:2]
+        where = f"{original[0]}:{original[1]}" if original else "none"
+        body = f"{label} original={where}\n".encode()
+        conn.sendall(
+            b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (len(body), body)
+        )
+
+
+def _dns_answer(query: bytes, answer_ip: str) -> bytes:
+    """Echo the question with one A record (TTL 30) pointing to ``answer_ip``."""
+    ident, _flags, qdcount = struct.unpack("!HHH", query[:6])
+    end = 12
+    while query[end] != 0:
+        end += query[end] + 1
+    question = query[12 : end + 5]
+    header = struct.pack("!HHHHHH", ident, 0x8180, qdcount, 1, 0, 0)
+    record = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 30, 4) + socket.inet_aton(answer_ip)
+    return header + question + record
+
+
+def _dns(port: int, answer_ip: str) -> None:
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("0.0.0.0", port))
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    tcp.bind(("0.0.0.0", port))
+    tcp.listen(16)
+    print("ready", flush=True)
+
+    def serve_tcp() -> None:
+        while True:
+            conn, _ = tcp.accept()
+            with conn:
+                size = struct.unpack("!H", conn.recv(2))[0]
+                query = b""
+                while len(query) < size:
+                    query += conn.recv(size - len(query))
+                reply = _dns_answer(query, answer_ip)
+                conn.sendall(struct.pack("!H", len(reply)) + reply)
+
+    threading.Thread(target=serve_tcp, daemon=True).start()
+    while True:
+        query, client = udp.recvfrom(4096)
+        udp.sendto(_dns_answer(query, answer_ip), client)
+
+
+def main(argv: list[str]) -> None:
+    if argv[0] == "http":
+        family = int(argv[argv.index("--family") + 1]) if "--family" in argv else 4
+        _http(int(argv[1]), argv[2], "--transparent" in argv, family)
+    elif argv[0] == "dns":
+        _dns(int(argv[1]), argv[2])
+    else:
+        raise SystemExit(f"unknown peer {argv[0]}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
