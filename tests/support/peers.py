@@ -29,8 +29,8 @@ def _http(port: int, label: str, transparent: bool, family: int) -> None:
     if af == socket.AF_INET6:
         server.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     if transparent:
-        level = socket.IPPROTO_IPV6 if af == socket.AF_INET6 else socket.SOL_IP
-        server.setsockopt(level, socket.IP_TRANSPARENT, 1)
+        # IP_TRANSPARENT at SOL_IP sets the same flag for IPv4 and IPv6 sockets.
+        server.setsockopt(socket.SOL_IP, socket.IP_TRANSPARENT, 1)
     server.bind(("::" if af == socket.AF_INET6 else "0.0.0.0", port))
     server.listen(64)
     print("ready", flush=True)
@@ -49,6 +49,8 @@ def _answer_http(conn: socket.socket, label: str, transparent: bool) -> None:
                 break
             request += chunk
         original = original_destination(conn)
+        if original == conn.getsockname()[:2]:
+            original = None  # conntrack knows the connection, but nothing rewrote it
         if original is None and transparent:
             original = conn.getsockname()[:2]
         where = f"{original[0]}:{original[1]}" if original else "none"
@@ -73,10 +75,10 @@ def _dns_answer(query: bytes, answer_ip: str) -> bytes:
 
 def _dns(port: int, answer_ip: str) -> None:
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind(("0.0.0.0", port))
+    udp.bind(("127.0.0.1", port))  # replies must leave from the address REDIRECT chose
     tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    tcp.bind(("0.0.0.0", port))
+    tcp.bind(("127.0.0.1", port))
     tcp.listen(16)
     print("ready", flush=True)
 
