@@ -7,6 +7,7 @@ once, explicitly, and a conflicting installation is refused rather than mixed si
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass, field
@@ -81,14 +82,12 @@ def _explain_failure(tool: str, stderr: str, stdin: str | None) -> str:
     """iptables-restore names the failing line by number; quote that line back."""
     message = " ".join(line.strip() for line in stderr.strip().splitlines() if line.strip())
     message = message or "failed with no message"
-    if stdin:
-        for word in message.replace(":", " ").split():
-            if word.isdigit() and "line" in message:
-                lines = stdin.splitlines()
-                number = int(word)
-                if 1 <= number <= len(lines):
-                    message += f" [line {number}: {lines[number - 1]}]"
-                break
+    line_number = re.search(r"line:? (\d+)", message)
+    if stdin and line_number:
+        lines = stdin.splitlines()
+        number = int(line_number.group(1))
+        if 1 <= number <= len(lines):
+            message += f" [line {number}: {lines[number - 1]}]"
     hint = ""
     lowered = message.lower()
     if "permission denied" in lowered or "not permitted" in lowered:

@@ -29,7 +29,7 @@ from init.render import render_plan
 from init.routing import PolicyRouting
 from init.rules import build_rules
 from init.state import detour_view, parse_save
-from init.validate import NoRoute, ValidationFailed, choose_probe, run_probe
+from init.validate import NoRoute, NothingCaptured, ValidationFailed, choose_probe, run_probe
 
 log = logging.getLogger("detour.init")
 
@@ -190,6 +190,10 @@ def _validate(config: CaptureConfig, timeout: float) -> int:
                 if family == 4 or config.ipv6 == "on":
                     raise
                 log.warning("IPv6 not validated: %s (the namespace has no IPv6 route)", err)
+            except NothingCaptured as err:
+                if family == 4:
+                    raise
+                log.info("IPv6 not validated: %s", err)
     except ValidationFailed as err:
         log.error("validation failed: %s", err)
         return EXIT_NOT_REDIRECTED

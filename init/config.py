@@ -108,11 +108,15 @@ class CaptureConfig:
 # the same names, so a flag and its DETOUR_* twin can never drift apart.
 
 
+def _is_number(text: str) -> bool:
+    """Plain ASCII digits only: int() would also take '+80', '15_001' and '١٣٣٧'."""
+    return text.isascii() and text.isdigit()
+
+
 def _port(option: str, text: str) -> int:
-    try:
-        value = int(text.strip(), 10)
-    except ValueError:
-        raise ConfigError(option, text, "not a port number (1-65535)") from None
+    if not _is_number(text.strip()):
+        raise ConfigError(option, text, "not a port number (1-65535)")
+    value = int(text.strip())
     if not 1 <= value <= 65535:
         raise ConfigError(option, text, "port out of range (1-65535)")
     return value
@@ -160,7 +164,7 @@ def _id_list(option: str, text: str) -> tuple[int, ...]:
         raise ConfigError(option, text, "at least one numeric id is required")
     ids = []
     for item in items:
-        if not item.isdigit() or int(item) > 0xFFFFFFFE:
+        if not _is_number(item) or int(item) > 0xFFFFFFFE:
             raise ConfigError(option, text, f"{item!r} is not a numeric id (0-4294967294)")
         ids.append(int(item))
     return tuple(sorted(set(ids)))
@@ -250,6 +254,7 @@ def parse_config(flags: Mapping[str, str | None], environ: Mapping[str, str]) ->
     Raises :class:`ConfigError` for the first bad value, naming the flag or variable.
     """
     values: dict[str, object] = {}
+    names = {option.field: option.flag for option in OPTIONS}
     for option in OPTIONS:
         raw = flags.get(option.field)
         name = option.flag
@@ -257,19 +262,25 @@ def parse_config(flags: Mapping[str, str | None], environ: Mapping[str, str]) ->
             raw, name = environ[option.env], option.env
         if raw is not None:
             values[option.field] = option.parse(name, raw)
+            names[option.field] = name
     config = CaptureConfig(**values)
-    check_consistency(config)
+    check_consistency(config, names)
     return config
 
 
-def check_consistency(config: CaptureConfig) -> None:
-    """Refuse combinations that are each valid alone but cannot work together."""
+def check_consistency(config: CaptureConfig, names: Mapping[str, str] | None = None) -> None:
+    """Refuse combinations that are each valid alone but cannot work together.
+
+    ``names`` maps a field to the flag or variable it came from, so the error names what the
+    operator actually wrote.
+    """
+    names = names or {option.field: option.flag for option in OPTIONS}
     own = {
-        "--outbound-port": config.outbound_port,
-        "--inbound-port": config.inbound_port,
+        names["outbound_port"]: config.outbound_port,
+        names["inbound_port"]: config.inbound_port,
     }
     if config.capture_dns:
-        own["--dns-port"] = config.dns_port
+        own[names["dns_port"]] = config.dns_port
     seen: dict[int, str] = {}
     for option, port in own.items():
         if port in seen:

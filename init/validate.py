@@ -32,6 +32,10 @@ class ValidationFailed(RuntimeError):
     """Interception is not working; the message says what was seen."""
 
 
+class NothingCaptured(ValidationFailed):
+    """The config captures no outbound destination of this family, so there is nothing to prove."""
+
+
 class NoRoute(ValidationFailed):
     """The probe address is unroutable here, so the rules were never consulted."""
 
@@ -50,13 +54,21 @@ def choose_probe(config: CaptureConfig, family: int) -> Probe:
     if selection.every:
         candidates = [ipaddress.ip_address(a) for a in _PROBE_ADDRESSES[family]]
     else:
-        candidates = [n[1] if n.num_addresses > 2 else n[0] for n in selection.networks]
+        candidates = []
+        for network in selection.networks:
+            # The network's first host, else the first address after each excluded block in it.
+            candidates.append(network[1] if network.num_addresses > 2 else network[0])
+            candidates.extend(
+                ex.broadcast_address + 1
+                for ex in excluded_nets
+                if ex.subnet_of(network) and ex.broadcast_address < network.broadcast_address
+            )
     address = next(
         (a for a in candidates if not any(a in n for n in excluded_nets) and not a.is_loopback),
         None,
     )
     if address is None:
-        raise ValidationFailed(f"the config captures no IPv{family} destination to probe")
+        raise NothingCaptured(f"the config captures no IPv{family} destination to probe")
     ports = _PROBE_PORTS if config.outbound_ports.every else config.outbound_ports.ports
     port = next((p for p in ports if p not in config.exclude_outbound_ports), None)
     if port is None:
