@@ -1,8 +1,117 @@
-"""``detour-proxy``: the sidecar. Not yet implemented: it exits 2 until its issue lands."""
+"""``detour-proxy``: the sidecar.
 
+With no ``--config`` it is a working sidecar with no services: every intercepted connection
+passes through to its original destination (ALLOW_ANY) and is counted. Exit codes: 0 after a
+drain, 2 for bad input (a bad config file, a port in use, a uid that cannot be taken).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
 import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from proxy.config.loader import MeshConfigError, load_mesh
+from proxy.config.model import Mesh
+from proxy.sidecar import Options, Sidecar, bind_listeners, drop_privileges
+
+log = logging.getLogger("detour.proxy")
+EXIT_USAGE = 2
 
 
-def main() -> int:
-    print("detour-proxy: not yet implemented (the sidecar core is the next issue)", file=sys.stderr)
-    return 2
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="detour-proxy", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, help="mesh YAML file (watched; reloaded on change)")
+    parser.add_argument("--outbound-port", type=int, default=15001)
+    parser.add_argument("--inbound-port", type=int, default=15006)
+    parser.add_argument("--admin-port", type=int, default=15000, help="admin, on 127.0.0.1 only")
+    parser.add_argument("--stats-port", type=int, default=15020)
+    parser.add_argument("--ready-port", type=int, default=15021)
+    parser.add_argument(
+        "--inbound-mode",
+        choices=("REDIRECT", "TPROXY"),
+        default="REDIRECT",
+        help="TPROXY needs CAP_NET_ADMIN for IP_TRANSPARENT",
+    )
+    parser.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to let open connections finish after SIGTERM",
+    )
+    parser.add_argument("--access-log", choices=("text", "json", "off"), default="text")
+    parser.add_argument(
+        "--run-as",
+        metavar="UID[:GID]",
+        help="bind as root, then drop to this uid (and gid, default = uid)",
+    )
+    parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    return parser
+
+
+def _run_as(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    uid_text, _, gid_text = value.partition(":")
+    if not uid_text.isdigit() or (gid_text and not gid_text.isdigit()):
+        raise ValueError(f"--run-as={value!r}: expected a numeric UID or UID:GID")
+    return int(uid_text), int(gid_text or uid_text)
+
+
+def _setup_logging(log_format: str) -> None:
+    from init.logs import JsonFormatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("detour-proxy: %(name)s: %(message)s"))
+    root = logging.getLogger("detour")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.log_format)
+    try:
+        run_as = _run_as(args.run_as)
+        mesh = load_mesh(args.config) if args.config else Mesh()
+    except (ValueError, MeshConfigError, OSError) as err:
+        log.error("%s", err)
+        return EXIT_USAGE
+    options = Options(
+        config=args.config,
+        outbound_port=args.outbound_port,
+        inbound_port=args.inbound_port,
+        admin_port=args.admin_port,
+        stats_port=args.stats_port,
+        ready_port=args.ready_port,
+        inbound_mode=args.inbound_mode,
+        drain_timeout=args.drain_timeout,
+        access_log=args.access_log,
+        run_as=run_as,
+    )
+    try:
+        listeners = bind_listeners(options)
+    except OSError as err:
+        log.error("cannot bind the listeners: %s", err)
+        return EXIT_USAGE
+    if run_as is not None:
+        try:
+            drop_privileges(*run_as)
+        except OSError as err:
+            log.error("--run-as %d:%d: %s", *run_as, err)
+            return EXIT_USAGE
+    log.info("running as uid %d", os.getuid())
+    import uvloop
+
+    return uvloop.run(Sidecar(options, mesh).run(listeners))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The mesh model (validated frozen dataclasses) and its YAML loader."""

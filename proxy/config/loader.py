@@ -1,0 +1,540 @@
+"""The mesh file: YAML text in, a validated frozen :class:`~proxy.config.model.Mesh` out.
+
+The data path trusts the model completely, so every check happens here, once, before the
+sidecar serves anything. A bad document is refused whole at its first error (nothing partial
+is ever returned), with a message naming the file, the place in the document
+(``services[1].ports[0].port``), the value found there and what is wrong with it, in the same
+spirit as ``init/config.py``'s ``ConfigError``. Unknown keys are errors too: a typo such as
+``conect_timeout`` would otherwise silently fall back to a default.
+
+Durations are a number of seconds or a string with a unit (``250ms``, ``1.5s``, ``2m``,
+``1h``). Every duration must be greater than zero and at most one day: anything longer is far
+more likely a unit mistake than a wish, and a zero timeout would fail every connection.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, NoReturn, get_args
+
+import yaml
+
+from proxy.config.model import (
+    LB_POLICIES,
+    PROTOCOLS,
+    CircuitBreaker,
+    Endpoint,
+    HealthCheck,
+    IPAddress,
+    LoadBalancer,
+    Mesh,
+    OutboundPolicy,
+    OutlierDetection,
+    Service,
+    ServicePort,
+    TrafficPolicy,
+    Workload,
+)
+from proxy.config.vips import VipRangeExhaustedError, allocate_vips
+
+DOCUMENT = "<document>"  # the path of errors about the file as a whole
+MAX_DURATION = 86400.0  # one day, in seconds
+MAX_COUNT = 2**32 - 1  # Envoy keeps thresholds and counters in uint32
+MAX_WEIGHT = 1_000_000
+MAX_CONNECT_ATTEMPTS = 10
+MAX_RING_SIZE = 8 * 1024 * 1024  # Envoy's default maximum_ring_size
+MAX_CHOICE_COUNT = 100
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DURATION = re.compile(r"(?P<number>\d+(?:\.\d+)?|\.\d+)(?P<unit>ms|s|m|h)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_OUTBOUND_POLICIES: tuple[str, ...] = get_args(OutboundPolicy)
+
+Parser = Callable[[Any, str], Any]
+
+
+class MeshConfigError(ValueError):
+    """The mesh file is unusable; ``path`` says where in the document and ``value`` what."""
+
+    def __init__(self, source: str, path: str, value: object, reason: str) -> None:
+        self.source = source
+        self.path = path
+        self.value = value
+        self.reason = reason
+        super().__init__(f"{source}: {path} = {value!r}: {reason}")
+
+
+class _Refused(Exception):
+    """Raised deep in the parse without knowing the source; :func:`parse_mesh` adds it."""
+
+    def __init__(self, path: str, value: object, reason: str) -> None:
+        super().__init__(path, value, reason)
+        self.path = path
+        self.value = value
+        self.reason = reason
+
+
+def _refuse(path: str, value: object, reason: str) -> NoReturn:
+    raise _Refused(path, value, reason)
+
+
+# --- entry points ------------------------------------------------------------------------------
+
+
+def load_mesh(path: str | os.PathLike[str]) -> Mesh:
+    """Read and parse the mesh file at ``path``; its name becomes ``Mesh.source``.
+
+    An unreadable file is reported as a :class:`MeshConfigError` too, so the CLI has a single
+    error type to print.
+    """
+    source = os.fspath(path)
+    try:
+        with open(source, encoding="utf-8") as stream:
+            text = stream.read()
+    except OSError as exc:
+        raise MeshConfigError(source, DOCUMENT, source, f"cannot read: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise MeshConfigError(source, DOCUMENT, source, f"not UTF-8 text: {exc}") from exc
+    return parse_mesh(text, source)
+
+
+def parse_mesh(text: str, source: str) -> Mesh:
+    """Parse mesh YAML ``text``; ``source`` names it in errors and in ``Mesh.source``.
+
+    Pure: no I/O, no state. Raises :class:`MeshConfigError` for the first problem found.
+    """
+    try:
+        return _mesh(_load_yaml(text), source)
+    except _Refused as refused:
+        raise MeshConfigError(source, refused.path, refused.value, refused.reason) from None
+
+
+def _load_yaml(text: str) -> object:
+    """safe_load only: a mesh file must never be able to build arbitrary Python objects."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        line, reason = _yaml_problem(exc, text)
+        lines = text.splitlines()
+        snippet = lines[line - 1].strip() if 0 < line <= len(lines) else ""
+        _refuse(DOCUMENT, snippet, reason)
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> tuple[int, str]:
+    """The 1-based line of a YAML error (0 if unknown) and a reason that names it."""
+    if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
+        line, column = exc.problem_mark.line + 1, exc.problem_mark.column + 1
+        problem = "; ".join(part for part in (exc.context, exc.problem) if part) or "syntax error"
+        return line, f"invalid YAML at line {line}, column {column}: {problem}"
+    if isinstance(exc, yaml.reader.ReaderError):
+        line = text.count("\n", 0, exc.position) + 1
+        return line, f"invalid YAML at line {line}: {exc.reason}"
+    return 0, f"invalid YAML: {exc}"
+
+
+# --- path and scalar helpers --------------------------------------------------------------------
+
+
+def _at(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _item(path: str, index: int) -> str:
+    return f"{path}[{index}]"
+
+
+def _mapping(node: object, path: str, allowed: Mapping[str, object] | tuple[str, ...]) -> dict:
+    """A mapping with only ``allowed`` keys; null means empty (an emptied section)."""
+    if node is None:
+        return {}
+    if not isinstance(node, dict):
+        _refuse(path or DOCUMENT, node, "expected a mapping")
+    for key, value in node.items():
+        if key not in allowed:
+            _refuse(_at(path, key), value, _unknown_key_reason(key, tuple(allowed)))
+    return node
+
+
+def _unknown_key_reason(key: object, allowed: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(str(key), allowed, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown key (expected one of: {', '.join(allowed)}){hint}"
+
+
+def _entry(node: object, where: str, allowed: tuple[str, ...]) -> dict:
+    """A list item that must be a mapping (null is not an empty item, it is a mistake)."""
+    if not isinstance(node, dict):
+        _refuse(where, node, "expected a mapping")
+    return _mapping(node, where, allowed)
+
+
+def _required(entry: dict, key: str, where: str) -> object:
+    if key not in entry:
+        _refuse(_at(where, key), None, "required")
+    return entry[key]
+
+
+def _list(node: object, path: str) -> list:
+    """A list; null means empty (an emptied section)."""
+    if node is None:
+        return []
+    if not isinstance(node, list):
+        _refuse(path, node, "expected a list")
+    return node
+
+
+def _string(node: object, path: str) -> str:
+    if not isinstance(node, str):
+        _refuse(path, node, "expected a string")
+    return node
+
+
+def _dns_label(node: object, path: str) -> str:
+    """Names become DNS labels (``name.namespace.svc.<domain>``), so they follow RFC 1123."""
+    text = _string(node, path)
+    if len(text) > 63 or not _DNS_LABEL.fullmatch(text):
+        _refuse(path, node, "not a DNS label (lowercase a-z, 0-9 and '-', 1-63 chars)")
+    return text
+
+
+def _dns_name(node: object, path: str) -> str:
+    text = _string(node, path)
+    labels = text.split(".")
+    if len(text) > 253 or not all(len(x) <= 63 and _DNS_LABEL.fullmatch(x) for x in labels):
+        _refuse(path, node, "not a DNS name (dot-separated lowercase labels, at most 253 chars)")
+    return text
+
+
+def _integer(node: object, path: str, low: int, high: int) -> int:
+    """An integer in ``[low, high]``; YAML booleans are ints in Python but never accepted."""
+    if isinstance(node, bool) or not isinstance(node, int):
+        _refuse(path, node, f"expected an integer ({low}-{high})")
+    if not low <= node <= high:
+        _refuse(path, node, f"out of range ({low}-{high})")
+    return node
+
+
+def _ranged(low: int, high: int) -> Parser:
+    return lambda node, path: _integer(node, path, low, high)
+
+
+_port = _ranged(1, 65535)
+_count = _ranged(1, MAX_COUNT)
+
+
+def _duration(node: object, path: str) -> float:
+    """Seconds as a number, or a string with a unit; > 0 and <= one day."""
+    seconds = _duration_seconds(node, path)
+    if math.isnan(seconds) or seconds <= 0:
+        _refuse(path, node, "a duration must be greater than zero")
+    if seconds > MAX_DURATION:
+        _refuse(path, node, f"a duration must be at most one day ({MAX_DURATION:g}s)")
+    return seconds
+
+
+def _duration_seconds(node: object, path: str) -> float:
+    if isinstance(node, float):
+        return node
+    if isinstance(node, int) and not isinstance(node, bool):
+        # YAML integers are unbounded; float() of a huge one would overflow.
+        return float(node) if abs(node) <= 2**53 else (math.inf if node > 0 else -math.inf)
+    match = _DURATION.fullmatch(node.strip()) if isinstance(node, str) else None
+    if match is None:
+        _refuse(path, node, "expected seconds as a number, or a duration like 250ms, 1.5s, 2m, 1h")
+    return float(match["number"]) * _UNIT_SECONDS[match["unit"]]
+
+
+def _choice(allowed: tuple[str, ...]) -> Parser:
+    def parse(node: object, path: str) -> str:
+        if node not in allowed:
+            _refuse(path, node, f"expected one of: {', '.join(allowed)}")
+        return node
+
+    return parse
+
+
+def _ip(node: object, path: str) -> IPAddress:
+    try:
+        return ipaddress.ip_address(_string(node, path).strip())
+    except ValueError:
+        _refuse(path, node, "not an IPv4 or IPv6 address")
+
+
+def _fields(node: object, path: str, table: Mapping[str, Parser]) -> dict[str, Any]:
+    """Parse a flat section through its table; absent keys are left to the model's defaults."""
+    mapping = _mapping(node, path, table)
+    return {key: table[key](value, _at(path, key)) for key, value in mapping.items()}
+
+
+# --- the document ------------------------------------------------------------------------------
+
+
+def _mesh(document: object, source: str) -> Mesh:
+    top = _mapping(document, "", ("mesh", "workload", "services"))
+    settings = _fields(top.get("mesh"), "mesh", _MESH_FIELDS)
+    workload = Workload(**_fields(top.get("workload"), "workload", _WORKLOAD_FIELDS))
+    services = _services(top.get("services"), "services")
+    return Mesh(services=services, workload=workload, source=source, **settings)
+
+
+def _inbound_ports(node: object, path: str) -> tuple[int, ...]:
+    ports: list[int] = []
+    for index, entry in enumerate(_list(node, path)):
+        port = _port(entry, _item(path, index))
+        if port in ports:
+            _refuse(_item(path, index), entry, f"duplicate port (also {path}[{ports.index(port)}])")
+        ports.append(port)
+    return tuple(ports)
+
+
+_MESH_FIELDS: dict[str, Parser] = {
+    "cluster_domain": _dns_name,
+    "outbound_traffic_policy": _choice(_OUTBOUND_POLICIES),
+}
+_WORKLOAD_FIELDS: dict[str, Parser] = {
+    "name": _dns_label,
+    "namespace": _dns_label,
+    "inbound_ports": _inbound_ports,
+}
+
+
+# --- services ----------------------------------------------------------------------------------
+
+_SERVICE_KEYS = ("name", "namespace", "vip", "ports", "endpoints", "traffic_policy")
+_AUTO = "auto"
+
+
+@dataclass
+class _Claims:
+    """What earlier services took: keys and explicit VIPs identify a service, so are unique."""
+
+    keys: dict[str, str] = field(default_factory=dict)  # service key -> its path
+    vips: dict[IPAddress, str] = field(default_factory=dict)  # VIP -> "path (key)"
+    auto: list[str] = field(default_factory=list)  # keys still waiting for a VIP
+
+    def key(self, key: str, name: str, where: str) -> None:
+        if key in self.keys:
+            _refuse(_at(where, "name"), name, f"duplicate service {key} (also {self.keys[key]})")
+        self.keys[key] = where
+
+    def vip(self, vip: IPAddress, node: object, path: str, owner: str) -> None:
+        if vip in self.vips:
+            _refuse(path, node, f"VIP already used by {self.vips[vip]}")
+        self.vips[vip] = owner
+
+
+def _services(node: object, path: str) -> tuple[Service, ...]:
+    """Every service, in file order, then auto VIPs filled in around the explicit ones."""
+    claims = _Claims()
+    services = [
+        _service(entry, _item(path, index), claims) for index, entry in enumerate(_list(node, path))
+    ]
+    try:
+        vips = allocate_vips(claims.auto, tuple(claims.vips))
+    except VipRangeExhaustedError as exc:
+        _refuse(path, len(claims.auto), str(exc))
+    return tuple(replace(s, vips=vips[s.key]) if s.key in vips else s for s in services)
+
+
+def _service(node: object, where: str, claims: _Claims) -> Service:
+    """One service; with ``vip: auto`` its VIPs are left empty and its key queued in claims."""
+    entry = _entry(node, where, _SERVICE_KEYS)
+    name = _dns_label(_required(entry, "name", where), _at(where, "name"))
+    namespace = _dns_label(entry.get("namespace", "default"), _at(where, "namespace"))
+    key = f"{name}.{namespace}"
+    claims.key(key, name, where)
+    vips = _vips(entry.get("vip", _AUTO), _at(where, "vip"), claims, f"{where} ({key})")
+    if vips is None:
+        claims.auto.append(key)
+    ports = _service_ports(entry.get("ports"), _at(where, "ports"))
+    names = tuple(p.name for p in ports)
+    endpoints = _endpoints(entry.get("endpoints"), _at(where, "endpoints"), names)
+    policy = _traffic_policy(entry.get("traffic_policy"), _at(where, "traffic_policy"))
+    return Service(name, namespace, vips or (), ports, endpoints, policy)
+
+
+def _vips(node: object, path: str, claims: _Claims, owner: str) -> tuple[IPAddress, ...] | None:
+    """``auto`` (None: allocate later), one address, or a list with at most one per family.
+
+    Explicit VIPs come out IPv4 first, the same order auto VIPs have.
+    """
+    if node == _AUTO:
+        return None
+    if isinstance(node, str):
+        vip = _explicit_vip(node, path)
+        claims.vip(vip, node, path, owner)
+        return (vip,)
+    if not isinstance(node, list) or not node:
+        _refuse(path, node, "expected 'auto', an IP address, or a non-empty list of addresses")
+    vips: list[IPAddress] = []
+    for index, entry in enumerate(node):
+        vip = _explicit_vip(entry, _item(path, index))
+        if any(v.version == vip.version for v in vips):
+            _refuse(_item(path, index), entry, f"a second IPv{vip.version} VIP (one per family)")
+        claims.vip(vip, entry, _item(path, index), owner)
+        vips.append(vip)
+    return tuple(sorted(vips, key=lambda v: v.version))
+
+
+def _explicit_vip(node: object, path: str) -> IPAddress:
+    """A VIP must be an address the kernel will route out to be intercepted."""
+    try:
+        vip = ipaddress.ip_address(node.strip() if isinstance(node, str) else "")
+    except ValueError:
+        _refuse(path, node, "expected 'auto' or an IPv4 or IPv6 address")
+    for bad, what in (
+        (vip.is_loopback, "loopback"),
+        (vip.is_unspecified, "unspecified"),
+        (vip.is_multicast, "multicast"),
+    ):
+        if bad:
+            _refuse(path, node, f"a VIP cannot be a {what} address")
+    return vip
+
+
+# --- ports -------------------------------------------------------------------------------------
+
+_PORT_KEYS = ("name", "port", "protocol", "target_port")
+
+
+def _service_ports(node: object, path: str) -> tuple[ServicePort, ...]:
+    """At least one port; numbers and names unique, since routes select by either."""
+    entries = _list(node, path)
+    if not entries:
+        _refuse(path, node, "a service needs at least one port")
+    ports: list[ServicePort] = []
+    for index, entry in enumerate(entries):
+        port = _service_port(entry, _item(path, index))
+        for other_index, other in enumerate(ports):
+            also = f"(also {_item(path, other_index)})"
+            if other.port == port.port:
+                _refuse(_at(_item(path, index), "port"), port.port, f"duplicate port {also}")
+            if other.name == port.name:
+                _refuse(_at(_item(path, index), "name"), port.name, f"duplicate port name {also}")
+        ports.append(port)
+    return tuple(ports)
+
+
+def _service_port(node: object, where: str) -> ServicePort:
+    entry = _entry(node, where, _PORT_KEYS)
+    number = _port(_required(entry, "port", where), _at(where, "port"))
+    protocol = _choice(PROTOCOLS)(entry.get("protocol", "tcp"), _at(where, "protocol"))
+    name = _dns_label(entry.get("name", f"{protocol}-{number}"), _at(where, "name"))
+    target = _port(entry.get("target_port", number), _at(where, "target_port"))
+    return ServicePort(name, number, protocol, target)
+
+
+# --- endpoints ---------------------------------------------------------------------------------
+
+_ENDPOINT_KEYS = ("address", "weight", "labels", "ports")
+
+
+def _endpoints(node: object, path: str, port_names: tuple[str, ...]) -> tuple[Endpoint, ...]:
+    return tuple(
+        _endpoint(entry, _item(path, index), port_names)
+        for index, entry in enumerate(_list(node, path))
+    )
+
+
+def _endpoint(node: object, where: str, port_names: tuple[str, ...]) -> Endpoint:
+    entry = _entry(node, where, _ENDPOINT_KEYS)
+    address = _ip(_required(entry, "address", where), _at(where, "address"))
+    weight = _integer(entry.get("weight", 1), _at(where, "weight"), 1, MAX_WEIGHT)
+    labels = _labels(entry.get("labels"), _at(where, "labels"))
+    ports = _endpoint_ports(entry.get("ports"), _at(where, "ports"), port_names)
+    return Endpoint(address, weight, labels, ports)
+
+
+def _labels(node: object, path: str) -> tuple[tuple[str, str], ...]:
+    """Labels are matched as text; a bare ``1.0`` or ``true`` must be quoted to be one."""
+    if node is not None and not isinstance(node, dict):
+        _refuse(path, node, "expected a mapping of strings to strings")
+    for key, value in (node or {}).items():
+        if not isinstance(key, str):
+            _refuse(_at(path, key), key, "a label key must be a string")
+        if not isinstance(value, str):
+            _refuse(_at(path, key), value, "a label value must be a string (quote it)")
+    return tuple(sorted((node or {}).items()))
+
+
+def _endpoint_ports(
+    node: object, path: str, port_names: tuple[str, ...]
+) -> tuple[tuple[str, int], ...]:
+    """Per-endpoint overrides of ``target_port``, keyed by the service port's name."""
+    if node is not None and not isinstance(node, dict):
+        _refuse(path, node, "expected a mapping of service port names to port numbers")
+    overrides: list[tuple[str, int]] = []
+    for key, value in (node or {}).items():
+        if key not in port_names:
+            expected = ", ".join(port_names)
+            _refuse(_at(path, key), key, f"not a port name of this service ({expected})")
+        overrides.append((key, _port(value, _at(path, key))))
+    return tuple(overrides)
+
+
+# --- traffic policy ----------------------------------------------------------------------------
+
+_LB_ONLY_FOR = {"ring_size": "ring_hash", "choice_count": "least_request"}
+
+
+def _load_balancer(node: object, path: str) -> LoadBalancer:
+    """A policy name, or a mapping that may tune the policy it names (and only that one)."""
+    if isinstance(node, str):
+        return LoadBalancer(policy=_choice(LB_POLICIES)(node, path))
+    if node is not None and not isinstance(node, dict):
+        _refuse(path, node, f"expected a policy ({', '.join(LB_POLICIES)}) or a mapping")
+    fields = _fields(node, path, _LB_FIELDS)
+    policy = fields.get("policy", LoadBalancer.policy)
+    for key, only in _LB_ONLY_FOR.items():
+        if key in fields and policy != only:
+            _refuse(_at(path, key), fields[key], f"applies only to policy {only}, not {policy}")
+    return LoadBalancer(**fields)
+
+
+def _optional(kind: type, table: Mapping[str, Parser]) -> Parser:
+    """A section whose absence (or null) disables the feature; ``{}`` enables its defaults."""
+
+    def parse(node: object, path: str) -> Any:
+        return None if node is None else kind(**_fields(node, path, table))
+
+    return parse
+
+
+def _traffic_policy(node: object, path: str) -> TrafficPolicy:
+    return TrafficPolicy(**_fields(node, path, _POLICY_FIELDS))
+
+
+_LB_FIELDS: dict[str, Parser] = {
+    "policy": _choice(LB_POLICIES),
+    "ring_size": _ranged(1, MAX_RING_SIZE),
+    "choice_count": _ranged(2, MAX_CHOICE_COUNT),
+}
+_CIRCUIT_BREAKER_FIELDS: dict[str, Parser] = {"max_connections": _count, "max_pending": _count}
+_OUTLIER_FIELDS: dict[str, Parser] = {
+    "consecutive_failures": _count,
+    "base_ejection_time": _duration,
+    "max_ejection_percent": _ranged(0, 100),
+}
+_HEALTH_CHECK_FIELDS: dict[str, Parser] = {
+    "interval": _duration,
+    "timeout": _duration,
+    "unhealthy_threshold": _count,
+    "healthy_threshold": _count,
+}
+_POLICY_FIELDS: dict[str, Parser] = {
+    "load_balancer": _load_balancer,
+    "connect_timeout": _duration,
+    "idle_timeout": _duration,
+    "connect_attempts": _ranged(1, MAX_CONNECT_ATTEMPTS),
+    "circuit_breaker": lambda node, path: CircuitBreaker(
+        **_fields(node, path, _CIRCUIT_BREAKER_FIELDS)
+    ),
+    "outlier_detection": _optional(OutlierDetection, _OUTLIER_FIELDS),
+    "health_check": _optional(HealthCheck, _HEALTH_CHECK_FIELDS),
+}

@@ -1,0 +1,98 @@
+"""The L4 relay: two asyncio Protocols copying bytes to each other, with backpressure both ways.
+
+Why Protocols and not streams: on uvloop, ``data_received`` → ``transport.write`` is the
+shortest path Python offers (no StreamReader buffer, no await per chunk), and transports already
+implement flow control: when one side's write buffer passes its high-water mark, its protocol's
+``pause_writing`` fires and we stop reading the *other* side until ``resume_writing``. So memory
+per connection is bounded by the two write buffers, whatever the speeds of the two peers.
+
+Half-close is passed through (EOF from one side becomes ``write_eof`` on the other, and the
+reverse direction keeps flowing); a reset on one side aborts the other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+# Per-direction buffering bound. 256 KiB keeps a 10 Gb/s-ish loopback busy while bounding a
+# connection's memory to ~0.5 MiB; below LOW_WATER the paused side reads again.
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+
+
+class RelayHalf(asyncio.Protocol):
+    """One end of a relayed connection: what it reads is written to ``peer``."""
+
+    __slots__ = ("early", "eof", "lost", "on_lost", "peer", "received", "transport")
+
+    def __init__(self, on_lost: Callable[[RelayHalf, Exception | None], None]) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.peer: RelayHalf | None = None
+        self.received = 0
+        self.eof = False
+        self.lost = False
+        self.on_lost = on_lost
+        # Bytes that arrived before the peer existed (the client spoke before the upstream
+        # connect finished). Reading is paused as soon as anything lands here, so this holds
+        # at most one read's worth.
+        self.early: list[bytes] = []
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        peer = self.peer
+        if peer is None:
+            self.early.append(data)
+            self.transport.pause_reading()  # type: ignore[union-attr]
+            return
+        peer.transport.write(data)  # type: ignore[union-attr]
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        peer = self.peer
+        if peer is None:
+            return True  # link() passes the EOF on
+        if peer is not None and not peer.lost and peer.transport.can_write_eof():
+            peer.transport.write_eof()
+        if peer is not None and peer.eof:
+            # Both directions are finished: close once the buffers are flushed.
+            self.transport.close()  # type: ignore[union-attr]
+            peer.transport.close()
+        return True  # keep the transport open: the other direction may still be flowing
+
+    def pause_writing(self) -> None:
+        # Our outgoing buffer is full: stop reading the side that fills it.
+        if self.peer is not None and not self.peer.lost:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.peer is not None and not self.peer.lost:
+            self.peer.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        peer = self.peer
+        if peer is not None and not peer.lost:
+            if exc is None:
+                peer.transport.close()  # orderly: deliver what is buffered, then close
+            else:
+                peer.transport.abort()  # a reset on one side resets the other
+        self.on_lost(self, exc)
+
+
+def link(downstream: RelayHalf, upstream: RelayHalf) -> None:
+    """Join two connected halves and let bytes flow, starting with anything already read."""
+    downstream.peer = upstream
+    upstream.peer = downstream
+    if downstream.early:
+        upstream.transport.writelines(downstream.early)  # type: ignore[union-attr]
+        downstream.early.clear()
+    if downstream.eof:
+        if upstream.transport.can_write_eof():  # type: ignore[union-attr]
+            upstream.transport.write_eof()  # type: ignore[union-attr]
+        return
+    downstream.transport.resume_reading()  # type: ignore[union-attr]

@@ -1,0 +1,49 @@
+"""Listening sockets for the sidecar: SO_REUSEPORT for workers, IP_TRANSPARENT for TPROXY."""
+
+from __future__ import annotations
+
+import errno
+import socket
+
+
+def listening_socket(
+    host: str,
+    port: int,
+    *,
+    reuse_port: bool = False,
+    transparent: bool = False,
+    backlog: int = 4096,
+) -> socket.socket:
+    """A bound, listening, non-blocking TCP socket. IPv6 sockets are v6-only, so an IPv4 and
+    an IPv6 listener can share a port number."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if transparent:
+            # One flag for both families: IP_TRANSPARENT at SOL_IP. Needs CAP_NET_ADMIN.
+            sock.setsockopt(socket.SOL_IP, socket.IP_TRANSPARENT, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def is_local_address(address: str) -> bool:
+    """True if ``address`` belongs to this network namespace (it can be bound)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.bind((address, 0))
+        except OSError as err:
+            if err.errno == errno.EADDRNOTAVAIL:
+                return False
+            raise
+    return True

@@ -1,0 +1,107 @@
+"""Route decisions: where does a connection to (original destination IP, port) go? Pure.
+
+Built once per mesh version into a dict keyed by (VIP, port), so the per-connection decision is
+one dictionary lookup. The data path asks ``decide`` and acts on the answer; nothing here does
+I/O.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from proxy.config.model import Mesh, Service, ServicePort, Workload
+
+# The sidecar's own listeners: a connection whose original destination is one of these on a
+# local address is a loop (or an attempt to reach the admin port through interception).
+SIDECAR_PORTS = frozenset({15000, 15001, 15006, 15020, 15021, 15053, 15090})
+
+
+@dataclass(frozen=True)
+class ToCluster:
+    """Send to a mesh service's cluster; ``port`` picks the endpoints' target port."""
+
+    service: Service
+    port: ServicePort
+
+
+@dataclass(frozen=True)
+class Passthrough:
+    """ALLOW_ANY: connect to the original destination itself."""
+
+    address: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Refuse:
+    """Close the downstream connection; ``flag`` is the access-log response flag."""
+
+    reason: str
+    flag: str
+
+
+Decision = ToCluster | Passthrough | Refuse
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    by_destination: dict[tuple[str, int], ToCluster]
+    allow_any: bool
+    workload: Workload
+    # Whether an address belongs to this namespace; only asked for the sidecar's own ports.
+    is_local: Callable[[str], bool]
+
+    @classmethod
+    def build(cls, mesh: Mesh, is_local: Callable[[str], bool]) -> RouteTable:
+        table: dict[tuple[str, int], ToCluster] = {}
+        for service in mesh.services:
+            for vip in service.vips:
+                for port in service.ports:
+                    table[(str(vip), port.port)] = ToCluster(service, port)
+        return cls(table, mesh.outbound_traffic_policy == "ALLOW_ANY", mesh.workload, is_local)
+
+    def decide(self, destination: tuple[str, int] | None) -> Decision:
+        """Outbound: a mesh service, a passthrough, or a refusal."""
+        refusal = self._refuse_unusable(destination)
+        if refusal is not None:
+            return refusal
+        route = self.by_destination.get(destination)
+        if route is not None:
+            return route
+        if self.allow_any:
+            return Passthrough(*destination)
+        return Refuse(
+            f"{destination[0]}:{destination[1]} is not a mesh service (REGISTRY_ONLY)", "NR"
+        )
+
+    def decide_inbound(self, destination: tuple[str, int] | None) -> Decision:
+        """Inbound: forward to the local app on the original port, if the workload declares it
+        (a workload that declares no ports accepts any)."""
+        refusal = self._refuse_unusable(destination)
+        if refusal is not None:
+            return refusal
+        declared = self.workload.inbound_ports
+        if declared and destination[1] not in declared:
+            return Refuse(
+                f"port {destination[1]} is not an inbound port of workload {self.workload.name}",
+                "NR",
+            )
+        return Passthrough(*destination)
+
+    def _refuse_unusable(self, destination: tuple[str, int] | None) -> Refuse | None:
+        if destination is None:
+            return Refuse("connection was not redirected (no original destination)", "NR")
+        address, port = destination
+        if port in SIDECAR_PORTS and (_is_loopback(address) or self.is_local(address)):
+            return Refuse(f"original destination {address}:{port} is the sidecar itself", "NR")
+        return None
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return parsed.is_loopback or parsed.is_unspecified

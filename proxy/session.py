@@ -1,0 +1,279 @@
+"""One intercepted connection, from accept to the access-log line.
+
+The listener hands over the accepted downstream half (paused); the session decides the route,
+connects upstream (with timeout, circuit breaker, outlier reporting and a retry on another
+endpoint), links the two halves into a relay, and accounts for the connection when both halves
+are gone: stats, Istio TCP metrics, access log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import time
+from dataclasses import dataclass
+
+from proxy.filters.tcp_proxy import RelayHalf, link
+from proxy.routing import Passthrough, Refuse, ToCluster
+from proxy.stats import labels
+
+PASSTHROUGH_CONNECT_TIMEOUT = 10.0  # Envoy's default for its PassthroughCluster
+
+
+@dataclass(frozen=True)
+class ListenerInfo:
+    """What a session needs to know about the listener that accepted it."""
+
+    name: str  # "virtualOutbound" / "virtualInbound", Istio's listener names
+    direction: str  # "outbound" | "inbound": Istio's reporter is source / destination
+    source_address: str | None = None  # bind upstream connections here (127.0.0.6 inbound)
+    idle_timeout: float = 3600.0
+
+
+class Session:
+    """Lifecycle and accounting of one relayed connection."""
+
+    def __init__(
+        self,
+        worker,
+        listener: ListenerInfo,
+        downstream: RelayHalf,
+        destination: tuple[str, int] | None,
+        peer: tuple[str, int],
+    ) -> None:
+        self.worker = worker
+        self.listener = listener
+        self.downstream = downstream
+        self.destination = destination
+        self.peer = peer
+        self.upstream: RelayHalf | None = None
+        self.started = time.time()
+        self.flags: list[str] = []
+        self.cluster = None
+        self.host = None
+        self.upstream_address: tuple[str, int] | None = None
+        self.service = None
+        self.task: asyncio.Task | None = None
+        self.cluster_name = "unknown"
+        self._open_halves = 1
+        self._holds_breaker = False
+        self._finished = False
+        self._idle_handle: asyncio.TimerHandle | None = None
+        self._idle_ticks = 0
+        self._seen = -1
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.worker.sessions.add(self)
+        self.worker.stats.inc("downstream_cx_total", labels(listener=self.listener.name))
+        self.worker.stats.gauge_add("downstream_cx_active", labels(listener=self.listener.name), 1)
+        self.task = asyncio.get_running_loop().create_task(self._connect())
+
+    def half_lost(self, half: RelayHalf, exc: Exception | None) -> None:
+        if half is self.downstream and exc is not None and self.upstream is None:
+            self.flags.append("DC")  # downstream went away before upstream connected
+        self._open_halves -= 1
+        if half is self.downstream and self.task is not None and not self.task.done():
+            self.task.cancel()
+            return  # _connect's cancellation path finishes the session
+        if self._open_halves <= 0:
+            self._finish()
+
+    async def _connect(self) -> None:
+        routes = self.worker.routes
+        if self.listener.direction == "inbound":
+            decision = routes.decide_inbound(self.destination)
+        else:
+            decision = routes.decide(self.destination)
+        try:
+            if isinstance(decision, Refuse):
+                self._refuse(decision.flag)
+                return
+            if isinstance(decision, Passthrough):
+                connected = await self._connect_passthrough(decision)
+            else:
+                connected = await self._connect_cluster(decision)
+        except asyncio.CancelledError:
+            connected = False
+        if not connected:
+            self._close_downstream()
+            if self._open_halves <= 0 or self.downstream.lost:
+                self._finish()
+            return
+        link(self.downstream, self.upstream)
+        self._arm_idle_timer()
+
+    def _refuse(self, flag: str) -> None:
+        self.flags.append(flag)
+        self.worker.stats.inc("downstream_cx_refused", labels(listener=self.listener.name))
+        self._close_downstream()
+        self._finish()
+
+    def _close_downstream(self) -> None:
+        if not self.downstream.lost:
+            self.downstream.transport.abort()
+
+    # --- upstream connect ---------------------------------------------------------------
+
+    async def _open(self, address: str, port: int, timeout: float) -> str | None:
+        """Connect the upstream half; returns None on success, else a response flag."""
+        loop = asyncio.get_running_loop()
+        half = RelayHalf(self.half_lost)
+        half.peer = self.downstream  # upstream bytes may arrive before link() runs
+        local = (self.listener.source_address, 0) if self.listener.source_address else None
+        if (
+            local
+            and ipaddress.ip_address(address).version != ipaddress.ip_address(local[0]).version
+        ):
+            local = None
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda: half, address, port, local_addr=local), timeout
+            )
+        except TimeoutError:
+            return "UT"
+        except OSError:
+            return "UF"
+        self.upstream = half
+        self.upstream_address = (address, port)
+        self._open_halves += 1
+        return None
+
+    async def _connect_passthrough(self, decision: Passthrough) -> bool:
+        cluster = (
+            "InboundPassthroughCluster"
+            if self.listener.direction == "inbound"
+            else "PassthroughCluster"
+        )
+        self.cluster_name = cluster
+        flag = await self._open(decision.address, decision.port, PASSTHROUGH_CONNECT_TIMEOUT)
+        return self._account_connect(cluster, flag)
+
+    async def _connect_cluster(self, decision: ToCluster) -> bool:
+        cluster = self.worker.clusters[(decision.service.key, decision.port.port)]
+        self.cluster, self.service = cluster, decision.service
+        policy = decision.service.policy
+        if not cluster.breaker.try_open_connection():
+            self.flags.append("UO")
+            self.worker.stats.inc("upstream_cx_overflow", labels(cluster=cluster.name))
+            return False
+        self._holds_breaker = True
+        hash_key = self.peer[0].encode()
+        tried: set = set()
+        for _attempt in range(policy.connect_attempts):
+            host = cluster.pick(hash_key, avoid=tried)
+            if host is None:
+                self.flags.append("UH")
+                self.worker.stats.inc("upstream_cx_none_healthy", labels(cluster=cluster.name))
+                return False
+            tried.add(host)
+            if not cluster.breaker.try_start_pending():
+                self.flags.append("UO")
+                self.worker.stats.inc("upstream_cx_overflow", labels(cluster=cluster.name))
+                return False
+            host.active_requests += 1
+            try:
+                flag = await self._open(host.address, host.port, policy.connect_timeout)
+            finally:
+                cluster.breaker.pending_done()
+            cluster.report_connect(host, flag is None)
+            if self._account_connect(cluster.name, flag):
+                self.host = host
+                return True
+            host.active_requests -= 1
+        self.worker.stats.inc("upstream_cx_connect_attempts_exceeded", labels(cluster=cluster.name))
+        return False
+
+    def _account_connect(self, cluster_name: str, flag: str | None) -> bool:
+        stats = self.worker.stats
+        self.cluster_name = cluster_name
+        if flag is None:
+            stats.inc("upstream_cx_total", labels(cluster=cluster_name))
+            stats.gauge_add("upstream_cx_active", labels(cluster=cluster_name), 1)
+            return True
+        stats.inc("upstream_cx_connect_fail", labels(cluster=cluster_name))
+        if flag == "UT":
+            stats.inc("upstream_cx_connect_timeout", labels(cluster=cluster_name))
+        if flag not in self.flags:
+            self.flags.append(flag)
+        return False
+
+    # --- idle timeout -------------------------------------------------------------------
+
+    def _arm_idle_timer(self) -> None:
+        timeout = self.listener.idle_timeout
+        if self.service is not None:
+            timeout = self.service.policy.idle_timeout
+        loop = asyncio.get_running_loop()
+        self._idle_handle = loop.call_later(timeout / 2, self._check_idle, timeout / 2)
+
+    def _check_idle(self, period: float) -> None:
+        # Progress is measured by byte counts, so the hot path never touches a timer.
+        progress = self.downstream.received + (self.upstream.received if self.upstream else 0)
+        if progress == self._seen:
+            self._idle_ticks += 1
+            if self._idle_ticks >= 2:  # no byte for a whole idle_timeout
+                self.flags.append("IT")  # Envoy's stream idle timeout flag
+                self.worker.stats.inc(
+                    "downstream_cx_idle_timeout", labels(listener=self.listener.name)
+                )
+                for half in (self.downstream, self.upstream):
+                    if half is not None and not half.lost:
+                        half.transport.abort()
+                return
+        else:
+            self._idle_ticks = 0
+        self._seen = progress
+        self._idle_handle = asyncio.get_running_loop().call_later(period, self._check_idle, period)
+
+    # --- accounting -------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+        worker, stats = self.worker, self.worker.stats
+        worker.sessions.discard(self)
+        stats.gauge_add("downstream_cx_active", labels(listener=self.listener.name), -1)
+        if self.upstream is not None:
+            stats.gauge_add("upstream_cx_active", labels(cluster=self.cluster_name), -1)
+        if self.host is not None:
+            self.host.active_requests -= 1
+        if self._holds_breaker:
+            self.cluster.breaker.connection_closed()
+        if self.upstream is not None:
+            self._istio_tcp_metrics()
+        worker.access_log(self)
+
+    def _istio_tcp_metrics(self) -> None:
+        workload = self.worker.mesh.workload
+        if self.service is not None:
+            service_name, service_ns = self.service.name, self.service.namespace
+            service = self.service.fqdn(self.worker.mesh.cluster_domain)
+        else:
+            service_name, service_ns = self.cluster_name, "unknown"
+            service = (
+                f"{self.destination[0]}:{self.destination[1]}" if self.destination else "unknown"
+            )
+        outbound = self.listener.direction == "outbound"
+        metric_labels = labels(
+            reporter="source" if outbound else "destination",
+            source_workload=workload.name if outbound else "unknown",
+            source_workload_namespace=workload.namespace if outbound else "unknown",
+            destination_workload="unknown" if outbound else workload.name,
+            destination_workload_namespace="unknown" if outbound else workload.namespace,
+            destination_service=service,
+            destination_service_name=service_name,
+            destination_service_namespace=service_ns,
+            request_protocol="tcp",
+            response_flags=",".join(self.flags) or "-",
+            connection_security_policy="none",
+        )
+        stats = self.worker.stats
+        stats.inc("istio_tcp_connections_opened_total", metric_labels)
+        stats.inc("istio_tcp_connections_closed_total", metric_labels)
+        stats.inc("istio_tcp_received_bytes_total", metric_labels, self.downstream.received)
+        stats.inc("istio_tcp_sent_bytes_total", metric_labels, self.upstream.received)

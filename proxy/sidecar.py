@@ -1,0 +1,270 @@
+"""The sidecar process: listeners, the worker, admin/metrics/readiness, config reload, drain.
+
+Lifecycle: bind every listener (as root when ``--run-as`` asks to drop privileges after
+binding), start the worker and the admin ports, watch the config file, and report ready. On
+SIGTERM (or POST /quitquitquit): not ready at once, stop accepting, let open connections finish
+up to the drain timeout, exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+import json
+import logging
+import os
+import re
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+from proxy.admin.http import AdminServer, Request, Response, Route, serve, text
+from proxy.admin.prometheus import render
+from proxy.config.loader import MeshConfigError, load_mesh
+from proxy.config.model import Mesh
+from proxy.platform.sockets import listening_socket
+from proxy.stats import merge
+from proxy.worker import INBOUND_V4, INBOUND_V6, OUTBOUND, ListenSpec, Worker
+
+log = logging.getLogger("detour.proxy")
+
+CONFIG_POLL_INTERVAL = 0.25
+
+
+@dataclass(frozen=True)
+class Options:
+    config: Path | None = None
+    outbound_port: int = 15001
+    inbound_port: int = 15006
+    admin_port: int = 15000
+    stats_port: int = 15020
+    ready_port: int = 15021
+    inbound_mode: str = "REDIRECT"
+    drain_timeout: float = 30.0
+    access_log: str = "text"
+    run_as: tuple[int, int] | None = None
+    ipv6: bool = True
+
+
+def bind_listeners(options: Options) -> list[ListenSpec]:
+    """Outbound and inbound listeners for IPv4, and IPv6 when the namespace has it."""
+    tproxy = options.inbound_mode == "TPROXY"
+    specs = [
+        ListenSpec(listening_socket("0.0.0.0", options.outbound_port), OUTBOUND),
+        ListenSpec(
+            listening_socket("0.0.0.0", options.inbound_port, transparent=tproxy),
+            INBOUND_V4,
+            transparent=tproxy,
+        ),
+    ]
+    if options.ipv6 and Path("/proc/net/if_inet6").exists():
+        specs += [
+            ListenSpec(listening_socket("::", options.outbound_port), OUTBOUND),
+            ListenSpec(
+                listening_socket("::", options.inbound_port, transparent=tproxy),
+                INBOUND_V6,
+                transparent=tproxy,
+            ),
+        ]
+    return specs
+
+
+def drop_privileges(uid: int, gid: int) -> None:
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+
+
+class Sidecar:
+    def __init__(self, options: Options, mesh: Mesh) -> None:
+        self.options = options
+        self.worker = Worker(mesh, options.access_log)
+        self.mesh = mesh
+        self.ready = False
+        self.health_failed = False
+        self.reloads = 0
+        self.rejected = 0
+        self.last_error = ""
+        self._stop = asyncio.Event()
+        self._config_stat: tuple | None = None
+
+    # --- running ------------------------------------------------------------------------
+
+    async def run(self, listeners: list[ListenSpec]) -> int:
+        loop = asyncio.get_running_loop()
+        await self.worker.start(listeners)
+        admin = AdminServer(self._admin_routes())
+        servers = [
+            await serve(admin, "127.0.0.1", self.options.admin_port),
+            await serve(
+                AdminServer({"/stats/prometheus": Route(self._prometheus)}),
+                "0.0.0.0",
+                self.options.stats_port,
+            ),
+            await serve(
+                AdminServer({"/healthz/ready": Route(self._healthz)}),
+                "0.0.0.0",
+                self.options.ready_port,
+            ),
+        ]
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        watcher = loop.create_task(self._watch_config()) if self.options.config else None
+        self.ready = True
+        log.info(
+            "ready: outbound :%d, inbound :%d (%s), %d services",
+            self.options.outbound_port,
+            self.options.inbound_port,
+            self.options.inbound_mode,
+            len(self.mesh.services),
+        )
+        await self._stop.wait()
+        self.ready = False
+        log.info(
+            "draining: not accepting; waiting up to %gs for %d connections",
+            self.options.drain_timeout,
+            len(self.worker.sessions),
+        )
+        aborted = await self.worker.drain(self.options.drain_timeout)
+        if watcher:
+            watcher.cancel()
+        for server in servers:
+            server.close()
+        log.info("stopped (%d connections cut at the drain deadline)", aborted)
+        return 0
+
+    # --- config reload ------------------------------------------------------------------
+
+    def _stat_config(self) -> tuple | None:
+        try:
+            st = os.stat(self.options.config)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    async def _watch_config(self) -> None:
+        """Poll the file's identity: a rename (Envoy's way) or a rewrite triggers a load."""
+        self._config_stat = self._stat_config()
+        while True:
+            await asyncio.sleep(CONFIG_POLL_INTERVAL)
+            current = self._stat_config()
+            if current is None or current == self._config_stat:
+                continue
+            self._config_stat = current
+            self.reload()
+
+    def reload(self) -> bool:
+        try:
+            mesh = load_mesh(self.options.config)
+        except (MeshConfigError, OSError) as err:
+            self.rejected += 1
+            self.last_error = str(err)
+            log.error("config refused, the running config stays: %s", err)
+            return False
+        self.worker.apply_mesh(mesh)
+        self.mesh = mesh
+        self.reloads += 1
+        log.info("config applied: %d services from %s", len(mesh.services), mesh.source)
+        return True
+
+    # --- admin --------------------------------------------------------------------------
+
+    def _admin_routes(self) -> dict[str, Route]:
+        post = frozenset({"POST"})
+        return {
+            "/ready": Route(self._ready),
+            "/stats": Route(self._stats),
+            "/stats/prometheus": Route(self._prometheus),
+            "/clusters": Route(self._clusters),
+            "/listeners": Route(self._listeners),
+            "/config_dump": Route(self._config_dump),
+            "/healthcheck/fail": Route(self._health_fail, post),
+            "/healthcheck/ok": Route(self._health_ok, post),
+            "/drain_listeners": Route(self._drain_listeners, post),
+            "/quitquitquit": Route(self._quit, post),
+        }
+
+    def _snapshot(self):
+        self.worker.refresh_gauges()
+        counters, gauges = merge([self.worker.stats.snapshot()])
+        counters[("config_reload_total", ())] = self.reloads
+        counters[("config_reload_rejected", ())] = self.rejected
+        return counters, gauges
+
+    async def _ready(self, _request: Request) -> Response:
+        if self.ready and not self.health_failed:
+            return text("LIVE\n")
+        return text("NOT READY\n", 503)
+
+    async def _healthz(self, request: Request) -> Response:
+        return await self._ready(request)
+
+    async def _prometheus(self, _request: Request) -> Response:
+        return Response(200, render(self._snapshot()), "text/plain; version=0.0.4; charset=utf-8")
+
+    async def _stats(self, request: Request) -> Response:
+        counters, gauges = self._snapshot()
+        pattern = request.query.get("filter", [""])[0]
+        try:
+            matcher = re.compile(pattern)
+        except re.error as err:
+            return text(f"bad filter {pattern!r}: {err}\n", 400)
+        rows = []
+        for (name, label_values), value in sorted({**counters, **gauges}.items()):
+            shown = name + "".join(f".{k}={v}" for k, v in label_values)
+            if matcher.search(shown):
+                rows.append((shown, value))
+        if request.query.get("format", [""])[0] == "json":
+            body = json.dumps({"stats": [{"name": n, "value": v} for n, v in rows]})
+            return Response(200, body.encode(), "application/json")
+        return text("".join(f"{n}: {v}\n" for n, v in rows))
+
+    async def _clusters(self, _request: Request) -> Response:
+        lines = []
+        for cluster in self.worker.clusters.values():
+            lines.extend(cluster.describe())
+        return text("".join(f"{line}\n" for line in lines))
+
+    async def _listeners(self, _request: Request) -> Response:
+        lines = []
+        for server in self.worker.servers:
+            for sock in server.sockets:
+                host, port = sock.getsockname()[:2]
+                lines.append(f"{host}:{port}")
+        return text("".join(f"{line}\n" for line in sorted(lines)))
+
+    async def _config_dump(self, _request: Request) -> Response:
+        dump = {
+            "mesh": _jsonable(dataclasses.asdict(self.mesh)),
+            "reloads": self.reloads,
+            "rejected": self.rejected,
+            "last_error": self.last_error,
+        }
+        return Response(200, json.dumps(dump, indent=2).encode(), "application/json")
+
+    async def _health_fail(self, _request: Request) -> Response:
+        self.health_failed = True
+        return text("OK\n")
+
+    async def _health_ok(self, _request: Request) -> Response:
+        self.health_failed = False
+        return text("OK\n")
+
+    async def _drain_listeners(self, _request: Request) -> Response:
+        self.worker.stop_accepting()
+        return text("OK\n")
+
+    async def _quit(self, _request: Request) -> Response:
+        asyncio.get_running_loop().call_soon(self._stop.set)
+        return text("OK\n")
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        return str(value)
+    return value

@@ -1,0 +1,98 @@
+"""Per-worker statistics: plain integer counters and gauges keyed by name and label values.
+
+The hot path only does dictionary increments (no locks, no prometheus-client objects): each
+worker owns its Stats, and the supervisor asks every worker for a snapshot when someone scrapes,
+sums them, and renders Prometheus text through prometheus-client on an explicit registry.
+
+Names follow DESIGN.md: Istio's standard metrics with Istio's labels (``istio_tcp_*``), and
+Envoy-style proxy stats (``downstream_cx_total``, ``upstream_cx_connect_fail``, ...) labelled
+by listener or cluster.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+
+Labels = tuple[tuple[str, str], ...]
+Key = tuple[str, Labels]
+
+# Istio's TCP metric labels, in Istio's order; "unknown" where the sidecar cannot know.
+ISTIO_TCP_LABELS = (
+    "reporter",
+    "source_workload",
+    "source_workload_namespace",
+    "destination_workload",
+    "destination_workload_namespace",
+    "destination_service",
+    "destination_service_name",
+    "destination_service_namespace",
+    "request_protocol",
+    "response_flags",
+    "connection_security_policy",
+)
+
+COUNTER_HELP: dict[str, str] = {
+    "istio_tcp_connections_opened_total": "TCP connections opened (Istio standard metric)",
+    "istio_tcp_connections_closed_total": "TCP connections closed (Istio standard metric)",
+    "istio_tcp_sent_bytes_total": "Bytes sent to the downstream during TCP connections",
+    "istio_tcp_received_bytes_total": "Bytes received from the downstream during TCP connections",
+    "downstream_cx_total": "Connections accepted by a listener",
+    "downstream_cx_refused": "Connections refused: not redirected, a loop, or not in the mesh",
+    "downstream_cx_idle_timeout": "Connections closed by the idle timeout",
+    "upstream_cx_total": "Upstream connections established",
+    "upstream_cx_connect_fail": "Upstream connect attempts that failed",
+    "upstream_cx_connect_timeout": "Upstream connect attempts that timed out",
+    "upstream_cx_overflow": "Connections refused by the circuit breaker",
+    "upstream_cx_none_healthy": "Connections with no usable endpoint",
+    "upstream_cx_connect_attempts_exceeded": "Connections that ran out of connect attempts",
+    "outlier_detection_ejections_total": "Endpoints ejected by outlier detection",
+    "config_reload_total": "Mesh config versions applied",
+    "config_reload_rejected": "Mesh config versions refused (the running config stayed)",
+}
+GAUGE_HELP: dict[str, str] = {
+    "downstream_cx_active": "Connections open on a listener",
+    "upstream_cx_active": "Upstream connections open in a cluster",
+    "outlier_detection_ejections_active": "Endpoints currently ejected",
+    "membership_healthy": "Usable endpoints in a cluster",
+    "membership_total": "Endpoints in a cluster",
+}
+
+
+def labels(**values: str) -> Labels:
+    return tuple(values.items())
+
+
+class Stats:
+    """One worker's counters and gauges."""
+
+    def __init__(self) -> None:
+        self.counters: defaultdict[Key, int] = defaultdict(int)
+        self.gauges: defaultdict[Key, int] = defaultdict(int)
+
+    def inc(self, name: str, label_values: Labels = (), amount: int = 1) -> None:
+        self.counters[(name, label_values)] += amount
+
+    def gauge_add(self, name: str, label_values: Labels, amount: int) -> None:
+        self.gauges[(name, label_values)] += amount
+
+    def gauge_set(self, name: str, label_values: Labels, value: int) -> None:
+        self.gauges[(name, label_values)] = value
+
+    def snapshot(self) -> dict[str, list]:
+        """A JSON-able copy, for the supervisor."""
+        return {
+            "counters": [[n, list(map(list, lv)), v] for (n, lv), v in self.counters.items()],
+            "gauges": [[n, list(map(list, lv)), v] for (n, lv), v in self.gauges.items()],
+        }
+
+
+def merge(snapshots: Iterable[dict[str, list]]) -> tuple[dict[Key, int], dict[Key, int]]:
+    """Sum worker snapshots into (counters, gauges)."""
+    counters: defaultdict[Key, int] = defaultdict(int)
+    gauges: defaultdict[Key, int] = defaultdict(int)
+    for snap in snapshots:
+        for target, kind in ((counters, "counters"), (gauges, "gauges")):
+            for name, label_values, value in snap.get(kind, []):
+                target[(name, tuple(tuple(pair) for pair in label_values))] += value
+    return dict(counters), dict(gauges)

@@ -1,0 +1,1 @@
+"""Upstream side: clusters, endpoints, load balancers, outlier detection, circuit breakers."""

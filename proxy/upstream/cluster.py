@@ -1,0 +1,180 @@
+"""A cluster at runtime: one service port's hosts with their balancer, circuit breaker, outlier
+detector and active health checker — Envoy's ``outbound|PORT||FQDN`` cluster.
+
+Clusters are rebuilt on every mesh reload, but the state that matters survives: a host whose
+endpoint did not change keeps its Host object (counters, ejection, health), and the breaker
+and outlier detector are carried over when their config did not change. Connections already
+open keep the cluster object they started with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+
+from proxy.config.model import Mesh, Service, ServicePort
+from proxy.stats import Stats, labels
+from proxy.upstream.breaker import CircuitBreaker
+from proxy.upstream.health import HealthState
+from proxy.upstream.hosts import Host, HostSet
+from proxy.upstream.lb import make_balancer
+from proxy.upstream.outlier import OutlierDetector
+
+ClusterKey = tuple[str, int]  # (service key "name.namespace", service port)
+
+
+def cluster_name(service: Service, port: ServicePort, cluster_domain: str) -> str:
+    return f"outbound|{port.port}||{service.fqdn(cluster_domain)}"
+
+
+class ClusterRuntime:
+    def __init__(
+        self,
+        name: str,
+        service: Service,
+        port: ServicePort,
+        stats: Stats,
+        previous: ClusterRuntime | None,
+        rng: random.Random,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.name = name
+        self.service = service
+        self.port = port
+        self.stats = stats
+        self.clock = clock
+        old_hosts = {(h.endpoint, h.port): h for h in previous.hosts.hosts} if previous else {}
+        hosts = [
+            old_hosts.get((e, e.port_for(port))) or Host(e, e.port_for(port))
+            for e in service.endpoints
+        ]
+        self.hosts = HostSet(hosts)
+        policy = service.policy
+        self.balancer = make_balancer(policy.load_balancer, rng)
+        same_breaker = (
+            previous is not None
+            and previous.service.policy.circuit_breaker == policy.circuit_breaker
+        )
+        self.breaker = previous.breaker if same_breaker else CircuitBreaker(policy.circuit_breaker)
+        self.outlier = self._outlier(previous, hosts)
+        self.health_task: asyncio.Task | None = None
+
+    def _outlier(self, previous: ClusterRuntime | None, hosts: list[Host]):
+        config = self.service.policy.outlier_detection
+        if (
+            previous is not None
+            and previous.outlier is not None
+            and previous.service.policy.outlier_detection == config
+        ):
+            previous.outlier.set_hosts(hosts)
+            return previous.outlier
+        for host in hosts:  # a new (or no) detector: nobody would ever readmit an old ejection
+            host.ejected_until = None
+        return OutlierDetector(config, self.clock, hosts) if config is not None else None
+
+    # --- the data path ------------------------------------------------------------------
+
+    def pick(self, hash_key: bytes | None, avoid: set[Host]) -> Host | None:
+        """A host for a new connection, preferring one not in ``avoid`` (already tried)."""
+        if self.outlier is not None:
+            self.outlier.sweep(self.clock())
+        host = self.hosts.pick(self.balancer, hash_key)
+        for _ in range(len(self.hosts)):
+            if host is None or host not in avoid:
+                break
+            host = self.hosts.pick(self.balancer, hash_key + b"+" if hash_key else None)
+        return host
+
+    def report_connect(self, host: Host, ok: bool) -> None:
+        if ok:
+            host.connections_total += 1
+            if self.outlier is not None:
+                self.outlier.on_success(host)
+            return
+        host.connect_failures_total += 1
+        if self.outlier is not None and self.outlier.on_failure(host):
+            self.stats.inc("outlier_detection_ejections_total", labels(cluster=self.name))
+
+    # --- observability ------------------------------------------------------------------
+
+    def publish_gauges(self, stats: Stats) -> None:
+        cluster = labels(cluster=self.name)
+        stats.gauge_set("membership_total", cluster, len(self.hosts))
+        stats.gauge_set("membership_healthy", cluster, len(self.hosts.usable()))
+        active = self.outlier.ejections_active if self.outlier is not None else 0
+        stats.gauge_set("outlier_detection_ejections_active", cluster, active)
+
+    def describe(self) -> list[str]:
+        """Envoy's /clusters text: ``cluster::host:port::field::value``."""
+        lines = [
+            f"{self.name}::outlier_detection_ejections_active::"
+            f"{self.outlier.ejections_active if self.outlier else 0}",
+            f"{self.name}::circuit_breakers::max_connections::"
+            f"{self.service.policy.circuit_breaker.max_connections}",
+        ]
+        for host in self.hosts.hosts:
+            flags = []
+            if host.ejected:
+                flags.append("/failed_outlier_check")
+            if not host.healthy:
+                flags.append("/failed_active_hc")
+            prefix = f"{self.name}::{host.key}"
+            lines += [
+                f"{prefix}::cx_active::{host.active_requests}",
+                f"{prefix}::cx_total::{host.connections_total}",
+                f"{prefix}::cx_connect_fail::{host.connect_failures_total}",
+                f"{prefix}::weight::{host.weight}",
+                f"{prefix}::health_flags::{''.join(flags) or 'healthy'}",
+                f"{prefix}::zone::{dict(host.endpoint.labels).get('version', '')}",
+            ]
+        return lines
+
+    # --- active health checks -----------------------------------------------------------
+
+    def start_health_checks(self) -> None:
+        if self.service.policy.health_check is not None and self.health_task is None:
+            self.health_task = asyncio.get_running_loop().create_task(self._health_loop())
+
+    def stop_health_checks(self) -> None:
+        if self.health_task is not None:
+            self.health_task.cancel()
+            self.health_task = None
+
+    async def _health_loop(self) -> None:
+        config = self.service.policy.health_check
+        states = {host: HealthState(config, host) for host in self.hosts.hosts}
+        while True:
+            results = await asyncio.gather(*(_tcp_probe(h, config.timeout) for h in states))
+            for state, ok in zip(states.values(), results, strict=True):
+                state.record(ok)
+            await asyncio.sleep(config.interval)
+
+
+async def _tcp_probe(host: Host, timeout: float) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(host.address, host.port), timeout
+        )
+    except (TimeoutError, OSError):
+        return False
+    writer.close()
+    return True
+
+
+def build_clusters(
+    mesh: Mesh,
+    previous: dict[ClusterKey, ClusterRuntime],
+    stats: Stats,
+    rng: random.Random | None = None,
+) -> dict[ClusterKey, ClusterRuntime]:
+    """One ClusterRuntime per (service, port), reusing what ``previous`` knew."""
+    rng = rng or random.Random()
+    clusters: dict[ClusterKey, ClusterRuntime] = {}
+    for service in mesh.services:
+        for port in service.ports:
+            key = (service.key, port.port)
+            name = cluster_name(service, port, mesh.cluster_domain)
+            clusters[key] = ClusterRuntime(name, service, port, stats, previous.get(key), rng)
+    return clusters

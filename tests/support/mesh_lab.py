@@ -1,0 +1,231 @@
+"""The mesh lab: pods (a network namespace + a cgroup v2 each) on a shared bridge.
+
+Each pod gets init's interception and a sidecar running as uid 1337; apps run as another uid
+and know nothing of the mesh. Names are unique per test process and everything is removed at
+teardown, even when the test failed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from support.lab import DETOUR_INIT, PEERS, SYSTEM_PYTHON, VENV_BIN, Netns, wait_until
+
+PROXY_UID = 1337
+APP_UID = 1000
+SUBNET_V4 = "10.88.0"
+SUBNET_V6 = "fd88::"
+GATEWAY_V4 = f"{SUBNET_V4}.1"
+GATEWAY_V6 = f"{SUBNET_V6}1"
+DETOUR_PROXY = str(VENV_BIN / "detour-proxy")
+_ids = itertools.count(1)
+
+
+def cgroup2_root() -> Path:
+    """Where cgroup v2 is mounted on this machine (found, never assumed)."""
+    for line in Path("/proc/mounts").read_text().splitlines():
+        parts = line.split()
+        if parts[2] == "cgroup2":
+            return Path(parts[1])
+    raise RuntimeError("no cgroup2 mount in /proc/mounts")
+
+
+@dataclass
+class Pod:
+    name: str
+    ns: Netns
+    ip: str
+    ip6: str
+    cgroup: Path
+    sidecar: subprocess.Popen | None = None
+
+    def command(self, *argv: str, uid: int | None = None) -> list[str]:
+        """Run ``argv`` inside the pod's namespace and cgroup, optionally as ``uid``."""
+        # Join the cgroup first: "ip netns exec" mounts a fresh /sys without the cgroup tree.
+        enter_cgroup = ["sh", "-c", f'echo $$ > {self.cgroup}/cgroup.procs && exec "$@"', "sh"]
+        return [*enter_cgroup, *self.ns.command(*argv, uid=uid)]
+
+    def run(
+        self, *argv: str, uid: int | None = APP_UID, timeout: float = 30, check: bool = False
+    ) -> subprocess.CompletedProcess:
+        done = subprocess.run(
+            self.command(*argv, uid=uid), capture_output=True, text=True, timeout=timeout
+        )
+        if check and done.returncode != 0:
+            raise AssertionError(f"{argv} failed in {self.name}: {done.stderr}")
+        return done
+
+    def curl(self, url: str, *extra: str, uid: int = APP_UID, timeout: float = 5) -> str:
+        done = self.run(
+            "curl",
+            "-sS",
+            "-g",
+            "--max-time",
+            str(timeout),
+            *extra,
+            url,
+            uid=uid,
+            timeout=timeout + 5,
+        )
+        return done.stdout.strip() if done.returncode == 0 else f"ERROR {done.stderr.strip()}"
+
+    def admin(self, path: str, method: str = "GET") -> tuple[int, str]:
+        """Call the sidecar's admin port (127.0.0.1:15000) from inside the pod."""
+        done = self.run(
+            "curl",
+            "-sS",
+            "-o",
+            "-",
+            "-w",
+            "\n%{http_code}",
+            "-X",
+            method,
+            "--max-time",
+            "5",
+            f"http://127.0.0.1:15000{path}",
+            uid=None,
+        )
+        body, _, code = done.stdout.rpartition("\n")
+        return int(code or 0), body
+
+    def spawn(self, *argv: str, uid: int | None = APP_UID) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            self.command(*argv, uid=uid), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        self.ns._procs.append(proc)
+        return proc
+
+    def serve_http(self, port: int, label: str, family: int = 4) -> subprocess.Popen:
+        """An app: the lab's HTTP peer answering "<label> original=..."."""
+        proc = self.spawn(
+            SYSTEM_PYTHON, str(PEERS), "http", str(port), label, "--family", str(family)
+        )
+        line = proc.stdout.readline()
+        assert line.strip() == "ready", f"app {label} did not start: {proc.stderr.read()}"
+        return proc
+
+
+@dataclass
+class MeshLab:
+    """A bridge namespace and the pods attached to it."""
+
+    bridge_ns: Netns
+    workdir: Path
+    cgroup_parent: Path
+    pods: list[Pod] = field(default_factory=list)
+
+    @classmethod
+    def create(cls) -> MeshLab:
+        bridge_ns = Netns.create("bridge")
+        bridge_ns.run("ip", "link", "add", "br0", "type", "bridge")
+        bridge_ns.run("ip", "addr", "add", f"{GATEWAY_V4}/24", "dev", "br0")
+        bridge_ns.run("ip", "addr", "add", f"{GATEWAY_V6}/64", "dev", "br0", "nodad")
+        bridge_ns.run("ip", "link", "set", "br0", "up")
+        workdir = Path(tempfile.mkdtemp(prefix="detour-lab-"))
+        workdir.chmod(0o755)  # the sidecar (uid 1337) reads its config from here
+        cgroup_parent = cgroup2_root() / f"detour-lab-{os.getpid()}-{next(_ids)}"
+        cgroup_parent.mkdir()
+        return cls(bridge_ns, workdir, cgroup_parent)
+
+    def add_pod(self, role: str, host: int) -> Pod:
+        ns = Netns.create(role)
+        pod_if, bridge_if = "eth0", f"vp{host}x{next(_ids)}"
+        subprocess.run(
+            [
+                "ip",
+                "link",
+                "add",
+                pod_if,
+                "netns",
+                ns.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                bridge_if,
+                "netns",
+                self.bridge_ns.name,
+            ],
+            check=True,
+        )
+        self.bridge_ns.run("ip", "link", "set", bridge_if, "master", "br0", "up")
+        ip, ip6 = f"{SUBNET_V4}.{host}", f"{SUBNET_V6}{host:x}"
+        ns.run("ip", "addr", "add", f"{ip}/24", "dev", pod_if)
+        ns.run("ip", "addr", "add", f"{ip6}/64", "dev", pod_if, "nodad")
+        ns.run("ip", "link", "set", pod_if, "up")
+        ns.run("ip", "route", "add", "default", "via", GATEWAY_V4)
+        ns.run("ip", "-6", "route", "add", "default", "via", GATEWAY_V6)
+        cgroup = self.cgroup_parent / role
+        cgroup.mkdir()
+        pod = Pod(role, ns, ip, ip6, cgroup)
+        self.pods.append(pod)
+        return pod
+
+    def write_config(self, name: str, text: str) -> Path:
+        """Write (or atomically replace, as a config manager would) a mesh file."""
+        path = self.workdir / name
+        staged = self.workdir / f".{name}.tmp"
+        staged.write_text(text)
+        staged.chmod(0o644)
+        staged.rename(path)
+        return path
+
+    def intercept(self, pod: Pod, *init_args: str) -> None:
+        done = pod.ns.run(DETOUR_INIT, "apply", *init_args, check=False)
+        assert done.returncode == 0, done.stderr
+
+    def start_sidecar(self, pod: Pod, config: Path | None = None, *extra: str) -> Pod:
+        args = [DETOUR_PROXY, "--drain-timeout", "5", *extra]
+        if config is not None:
+            args += ["--config", str(config)]
+        pod.sidecar = pod.spawn(*args, uid=PROXY_UID)
+        wait_until(lambda: self._ready(pod), 15, f"the sidecar in {pod.name} to be ready")
+        return pod
+
+    def _ready(self, pod: Pod) -> bool:
+        if pod.sidecar is not None and pod.sidecar.poll() is not None:
+            raise AssertionError(f"sidecar in {pod.name} exited: {pod.sidecar.stderr.read()}")
+        done = pod.run(
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://127.0.0.1:15021/healthz/ready",
+            uid=None,
+        )
+        return done.stdout == "200"
+
+    def destroy(self) -> None:
+        for pod in self.pods:
+            if pod.sidecar is not None:  # shown by pytest when the test failed
+                if pod.sidecar.poll() is None:
+                    pod.sidecar.terminate()
+                    pod.sidecar.wait(10)
+                print(f"--- sidecar log of {pod.name} ---\n{pod.sidecar.stderr.read()}")
+            pod.ns.delete()
+        self.bridge_ns.delete()
+        for cgroup in sorted((p for p in self.cgroup_parent.iterdir() if p.is_dir()), reverse=True):
+            _rmdir_cgroup(cgroup)
+        _rmdir_cgroup(self.cgroup_parent)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _rmdir_cgroup(path: Path) -> None:
+    """A cgroup can be removed once its processes are gone; they were killed just before."""
+    wait_until(
+        lambda: (
+            not (path / "cgroup.procs").exists() or not (path / "cgroup.procs").read_text().strip()
+        ),
+        5,
+        f"{path} to empty",
+    )
+    if path.exists():
+        path.rmdir()
