@@ -49,6 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="bind as root, then drop to this uid (and gid, default = uid)",
     )
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="worker processes sharing the listeners (default: cores)",
+    )
     return parser
 
 
@@ -61,14 +67,15 @@ def _run_as(value: str | None) -> tuple[int, int] | None:
     return int(uid_text), int(gid_text or uid_text)
 
 
-def _setup_logging(log_format: str) -> None:
+def setup_logging(log_format: str, process: str = "main") -> None:
+    """Text (``detour-proxy[main]: ...``) or JSON lines on stderr, for every process."""
     from init.logs import JsonFormatter
 
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("detour-proxy: %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter(f"detour-proxy[{process}]: %(name)s: %(message)s"))
     root = logging.getLogger("detour")
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
@@ -77,7 +84,7 @@ def _setup_logging(log_format: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging(args.log_format)
+    setup_logging(args.log_format)
     try:
         run_as = _run_as(args.run_as)
         mesh = load_mesh(args.config) if args.config else Mesh()
@@ -95,9 +102,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         drain_timeout=args.drain_timeout,
         access_log=args.access_log,
         run_as=run_as,
+        concurrency=args.concurrency,
+        log_format=args.log_format,
     )
+    if not 1 <= options.concurrency <= 64:
+        log.error("--concurrency=%d: expected 1 to 64 workers", options.concurrency)
+        return EXIT_USAGE
     try:
-        listeners = bind_listeners(options)
+        listener_sets = [bind_listeners(options) for _ in range(options.concurrency)]
     except OSError as err:
         log.error("cannot bind the listeners: %s", err)
         return EXIT_USAGE
@@ -110,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("running as uid %d", os.getuid())
     import uvloop
 
-    return uvloop.run(Sidecar(options, mesh).run(listeners))
+    return uvloop.run(Sidecar(options, mesh).run(listener_sets))
 
 
 if __name__ == "__main__":

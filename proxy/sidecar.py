@@ -19,17 +19,20 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+from proxy.admin.clusters import merge_rows, render_rows
 from proxy.admin.http import AdminServer, Request, Response, Route, serve, text
 from proxy.admin.prometheus import render
 from proxy.config.loader import MeshConfigError, load_mesh
 from proxy.config.model import Mesh
 from proxy.platform.sockets import listening_socket
 from proxy.stats import merge
-from proxy.worker import INBOUND_V4, INBOUND_V6, OUTBOUND, ListenSpec, Worker
+from proxy.worker import OUTBOUND, ListenSpec
+from proxy.workers import LISTENER_KINDS, WorkerProcess
 
 log = logging.getLogger("detour.proxy")
 
 CONFIG_POLL_INTERVAL = 0.25
+WORKER_CHECK_INTERVAL = 0.2
 
 
 @dataclass(frozen=True)
@@ -45,28 +48,28 @@ class Options:
     access_log: str = "text"
     run_as: tuple[int, int] | None = None
     ipv6: bool = True
+    concurrency: int = 1
+    log_format: str = "text"
 
 
-def bind_listeners(options: Options) -> list[ListenSpec]:
-    """Outbound and inbound listeners for IPv4, and IPv6 when the namespace has it."""
+def bind_listeners(options: Options) -> list[tuple[ListenSpec, str]]:
+    """One set of listeners (IPv4, and IPv6 when the namespace has it) for one worker.
+
+    Every socket has SO_REUSEPORT: each worker gets its own set and the kernel spreads new
+    connections over them.
+    """
     tproxy = options.inbound_mode == "TPROXY"
-    specs = [
-        ListenSpec(listening_socket("0.0.0.0", options.outbound_port), OUTBOUND),
-        ListenSpec(
-            listening_socket("0.0.0.0", options.inbound_port, transparent=tproxy),
-            INBOUND_V4,
-            transparent=tproxy,
-        ),
-    ]
+    families = [("0.0.0.0", "inbound4")]
     if options.ipv6 and Path("/proc/net/if_inet6").exists():
-        specs += [
-            ListenSpec(listening_socket("::", options.outbound_port), OUTBOUND),
-            ListenSpec(
-                listening_socket("::", options.inbound_port, transparent=tproxy),
-                INBOUND_V6,
-                transparent=tproxy,
-            ),
-        ]
+        families.append(("::", "inbound6"))
+    specs = []
+    for host, inbound_kind in families:
+        outbound = listening_socket(host, options.outbound_port, reuse_port=True)
+        inbound = listening_socket(host, options.inbound_port, reuse_port=True, transparent=tproxy)
+        specs.append((ListenSpec(outbound, OUTBOUND), "outbound"))
+        specs.append(
+            (ListenSpec(inbound, LISTENER_KINDS[inbound_kind], transparent=tproxy), inbound_kind)
+        )
     return specs
 
 
@@ -77,23 +80,32 @@ def drop_privileges(uid: int, gid: int) -> None:
 
 
 class Sidecar:
+    """The supervisor: workers, admin ports, config reload and the drain on SIGTERM."""
+
     def __init__(self, options: Options, mesh: Mesh) -> None:
         self.options = options
-        self.worker = Worker(mesh, options.access_log)
         self.mesh = mesh
+        self.workers: list[WorkerProcess] = []
         self.ready = False
+        self.stopping = False
         self.health_failed = False
         self.reloads = 0
         self.rejected = 0
+        self.worker_restarts = 0
         self.last_error = ""
         self._stop = asyncio.Event()
         self._config_stat: tuple | None = None
 
     # --- running ------------------------------------------------------------------------
 
-    async def run(self, listeners: list[ListenSpec]) -> int:
+    async def run(self, listener_sets: list[list[tuple[ListenSpec, str]]]) -> int:
         loop = asyncio.get_running_loop()
-        await self.worker.start(listeners)
+        for index, listeners in enumerate(listener_sets):
+            worker = WorkerProcess(
+                index, listeners, self.options.access_log, self.options.log_format
+            )
+            await worker.start(self.mesh)
+            self.workers.append(worker)
         admin = AdminServer(self._admin_routes())
         servers = [
             await serve(admin, "127.0.0.1", self.options.admin_port),
@@ -110,29 +122,66 @@ class Sidecar:
         ]
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
-        watcher = loop.create_task(self._watch_config()) if self.options.config else None
+        tasks = [loop.create_task(self._supervise())]
+        if self.options.config:
+            tasks.append(loop.create_task(self._watch_config()))
         self.ready = True
         log.info(
-            "ready: outbound :%d, inbound :%d (%s), %d services",
+            "ready: %d workers, outbound :%d, inbound :%d (%s), %d services",
+            len(self.workers),
             self.options.outbound_port,
             self.options.inbound_port,
             self.options.inbound_mode,
             len(self.mesh.services),
         )
         await self._stop.wait()
-        self.ready = False
+        self.ready, self.stopping = False, True
+        for task in tasks:
+            task.cancel()
         log.info(
-            "draining: not accepting; waiting up to %gs for %d connections",
-            self.options.drain_timeout,
-            len(self.worker.sessions),
+            "draining: not accepting; open connections get up to %gs", self.options.drain_timeout
         )
-        aborted = await self.worker.drain(self.options.drain_timeout)
-        if watcher:
-            watcher.cancel()
+        replies = await asyncio.gather(
+            *(
+                w.request({"op": "drain", "timeout": self.options.drain_timeout})
+                for w in self.workers
+                if w.alive
+            ),
+            return_exceptions=True,
+        )
+        aborted = sum(r.get("aborted", 0) for r in replies if isinstance(r, dict))
+        for worker in self.workers:
+            await worker.close_channel()
+            if worker.process is not None:
+                await asyncio.to_thread(worker.process.wait)
         for server in servers:
             server.close()
         log.info("stopped (%d connections cut at the drain deadline)", aborted)
         return 0
+
+    async def _supervise(self) -> None:
+        """Restart a worker that died, on the same sockets, with the current mesh."""
+        while True:
+            await asyncio.sleep(WORKER_CHECK_INTERVAL)
+            for worker in self.workers:
+                if worker.alive or self.stopping:
+                    continue
+                code = worker.process.returncode if worker.process else None
+                log.error("worker %d exited (%s); starting a new one", worker.index, code)
+                await worker.close_channel()
+                try:
+                    await worker.start(self.mesh)
+                except (OSError, asyncio.IncompleteReadError, ConnectionError) as err:
+                    log.error("worker %d could not be restarted: %s", worker.index, err)
+                    continue
+                worker.restarts += 1
+                self.worker_restarts += 1
+
+    async def _broadcast(self, message: dict) -> list[dict]:
+        replies = await asyncio.gather(
+            *(w.request(message) for w in self.workers if w.alive), return_exceptions=True
+        )
+        return [r for r in replies if isinstance(r, dict)]
 
     # --- config reload ------------------------------------------------------------------
 
@@ -152,9 +201,9 @@ class Sidecar:
             if current is None or current == self._config_stat:
                 continue
             self._config_stat = current
-            self.reload()
+            await self.reload()
 
-    def reload(self) -> bool:
+    async def reload(self) -> bool:
         try:
             mesh = load_mesh(self.options.config)
         except (MeshConfigError, OSError) as err:
@@ -162,8 +211,8 @@ class Sidecar:
             self.last_error = str(err)
             log.error("config refused, the running config stays: %s", err)
             return False
-        self.worker.apply_mesh(mesh)
         self.mesh = mesh
+        await self._broadcast({"op": "mesh", "mesh": mesh})
         self.reloads += 1
         log.info("config applied: %d services from %s", len(mesh.services), mesh.source)
         return True
@@ -185,11 +234,13 @@ class Sidecar:
             "/quitquitquit": Route(self._quit, post),
         }
 
-    def _snapshot(self):
-        self.worker.refresh_gauges()
-        counters, gauges = merge([self.worker.stats.snapshot()])
+    async def _snapshot(self):
+        replies = await self._broadcast({"op": "stats"})
+        counters, gauges = merge(reply["stats"] for reply in replies)
         counters[("config_reload_total", ())] = self.reloads
         counters[("config_reload_rejected", ())] = self.rejected
+        counters[("worker_restarts_total", ())] = self.worker_restarts
+        gauges[("workers_alive", ())] = sum(w.alive for w in self.workers)
         return counters, gauges
 
     async def _ready(self, _request: Request) -> Response:
@@ -201,10 +252,12 @@ class Sidecar:
         return await self._ready(request)
 
     async def _prometheus(self, _request: Request) -> Response:
-        return Response(200, render(self._snapshot()), "text/plain; version=0.0.4; charset=utf-8")
+        return Response(
+            200, render(await self._snapshot()), "text/plain; version=0.0.4; charset=utf-8"
+        )
 
     async def _stats(self, request: Request) -> Response:
-        counters, gauges = self._snapshot()
+        counters, gauges = await self._snapshot()
         pattern = request.query.get("filter", [""])[0]
         try:
             matcher = re.compile(pattern)
@@ -221,18 +274,16 @@ class Sidecar:
         return text("".join(f"{n}: {v}\n" for n, v in rows))
 
     async def _clusters(self, _request: Request) -> Response:
-        lines = []
-        for cluster in self.worker.clusters.values():
-            lines.extend(cluster.describe())
-        return text("".join(f"{line}\n" for line in lines))
+        replies = await self._broadcast({"op": "stats"})
+        return text(render_rows(merge_rows(reply["clusters"] for reply in replies)))
 
     async def _listeners(self, _request: Request) -> Response:
-        lines = []
-        for server in self.worker.servers:
-            for sock in server.sockets:
-                host, port = sock.getsockname()[:2]
-                lines.append(f"{host}:{port}")
-        return text("".join(f"{line}\n" for line in sorted(lines)))
+        names = set()
+        for worker in self.workers[:1]:
+            for spec, kind in worker.listeners:
+                host, port = spec.sock.getsockname()[:2]
+                names.add(f"{spec.info.name} {kind} {host}:{port}")
+        return text("".join(f"{line}\n" for line in sorted(names)))
 
     async def _config_dump(self, _request: Request) -> Response:
         dump = {
@@ -252,7 +303,7 @@ class Sidecar:
         return text("OK\n")
 
     async def _drain_listeners(self, _request: Request) -> Response:
-        self.worker.stop_accepting()
+        await self._broadcast({"op": "stop_accepting"})
         return text("OK\n")
 
     async def _quit(self, _request: Request) -> Response:

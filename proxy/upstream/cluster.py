@@ -106,30 +106,30 @@ class ClusterRuntime:
         active = self.outlier.ejections_active if self.outlier is not None else 0
         stats.gauge_set("outlier_detection_ejections_active", cluster, active)
 
-    def describe(self) -> list[str]:
-        """Envoy's /clusters text: ``cluster::host:port::field::value``."""
-        lines = [
-            f"{self.name}::outlier_detection_ejections_active::"
-            f"{self.outlier.ejections_active if self.outlier else 0}",
-            f"{self.name}::circuit_breakers::max_connections::"
-            f"{self.service.policy.circuit_breaker.max_connections}",
+    def rows(self) -> list[tuple[str, str, str, int | str]]:
+        """Envoy's /clusters fields as (cluster, host, field, value) rows; workers' rows are
+        merged by the supervisor (numbers add up, a failed health flag wins)."""
+        rows: list[tuple[str, str, str, int | str]] = [
+            (
+                self.name,
+                "",
+                "outlier_detection_ejections_active",
+                self.outlier.ejections_active if self.outlier else 0,
+            ),
+            (self.name, "", "max_connections", self.service.policy.circuit_breaker.max_connections),
         ]
         for host in self.hosts.hosts:
-            flags = []
-            if host.ejected:
-                flags.append("/failed_outlier_check")
-            if not host.healthy:
-                flags.append("/failed_active_hc")
-            prefix = f"{self.name}::{host.key}"
-            lines += [
-                f"{prefix}::cx_active::{host.active_requests}",
-                f"{prefix}::cx_total::{host.connections_total}",
-                f"{prefix}::cx_connect_fail::{host.connect_failures_total}",
-                f"{prefix}::weight::{host.weight}",
-                f"{prefix}::health_flags::{''.join(flags) or 'healthy'}",
-                f"{prefix}::zone::{dict(host.endpoint.labels).get('version', '')}",
+            flags = ("/failed_outlier_check" if host.ejected else "") + (
+                "" if host.healthy else "/failed_active_hc"
+            )
+            rows += [
+                (self.name, host.key, "cx_active", host.active_requests),
+                (self.name, host.key, "cx_total", host.connections_total),
+                (self.name, host.key, "cx_connect_fail", host.connect_failures_total),
+                (self.name, host.key, "weight", host.weight),
+                (self.name, host.key, "health_flags", flags or "healthy"),
             ]
-        return lines
+        return rows
 
     # --- active health checks -----------------------------------------------------------
 

@@ -12,6 +12,8 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,6 +112,87 @@ class Pod:
         assert line.strip() == "ready", f"app {label} did not start: {proc.stderr.read()}"
         return proc
 
+    def serve_peer(self, *args: str, uid: int | None = APP_UID) -> subprocess.Popen:
+        """An app: any peers.py subcommand (``"echo", "7000"``), returned once it is ready."""
+        proc = self.spawn(SYSTEM_PYTHON, str(PEERS), *args, uid=uid)
+        line = proc.stdout.readline()
+        assert line.strip() == "ready", f"peer {args} did not start: {proc.stderr.read()}"
+        return proc
+
+    def spawn_piped(self, *argv: str, uid: int | None = APP_UID) -> subprocess.Popen:
+        """Like ``spawn``, with a pipe to the process's stdin, so a test can say when to go on
+        (write a line) or stop (close it)."""
+        proc = subprocess.Popen(
+            self.command(*argv, uid=uid),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.ns._procs.append(proc)
+        return proc
+
+    def ready_code(self, timeout: float = 2) -> int:
+        """The HTTP status of the sidecar's readiness probe (0 when nothing answered)."""
+        done = self.run(
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            str(timeout),
+            "http://127.0.0.1:15021/healthz/ready",
+            uid=None,
+        )
+        return int(done.stdout or 0)
+
+    def sidecar_pid(self) -> int:
+        """The pid of the detour-proxy process itself, checked in /proc (the Popen's pid, since
+        sh, ip netns exec and setpriv each exec the next)."""
+        assert self.sidecar is not None
+        pid = self.sidecar.pid
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert any(arg.endswith(b"detour-proxy") for arg in cmdline), cmdline
+        return pid
+
+
+def stat(pod: Pod, name: str) -> int:
+    """The sum of the sidecar's stats whose name starts with ``name`` (all label sets)."""
+    code, body = pod.admin(f"/stats?filter=^{name}")
+    assert code == 200, body
+    return sum(int(line.rsplit(": ", 1)[1]) for line in body.splitlines() if line)
+
+
+class Lines:
+    """Collects a process's stdout lines in a background thread, so the pipe never fills and a
+    test can wait on what has been printed so far."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            with self._lock:
+                self.lines.append(line.rstrip("\n"))
+
+    def snapshot(self) -> list[str]:
+        with self._lock:
+            return list(self.lines)
+
+    def finish(self, timeout: float) -> list[str]:
+        """Wait for the process to exit (and its output to be read); all its lines."""
+        deadline = time.monotonic() + timeout
+        self.proc.wait(timeout)
+        self._thread.join(max(0.1, deadline - time.monotonic()))
+        assert not self._thread.is_alive(), "stdout still open after the process exited"
+        return self.snapshot()
+
 
 @dataclass
 class MeshLab:
@@ -181,7 +264,10 @@ class MeshLab:
         assert done.returncode == 0, done.stderr
 
     def start_sidecar(self, pod: Pod, config: Path | None = None, *extra: str) -> Pod:
-        args = [DETOUR_PROXY, "--drain-timeout", "5", *extra]
+        """Start the sidecar as uid 1337. One worker unless ``extra`` says otherwise: with
+        several, each worker balances on its own, and exact-order assertions need one."""
+        workers = [] if "--concurrency" in extra else ["--concurrency", "1"]
+        args = [DETOUR_PROXY, "--drain-timeout", "5", *workers, *extra]
         if config is not None:
             args += ["--config", str(config)]
         pod.sidecar = pod.spawn(*args, uid=PROXY_UID)
@@ -203,13 +289,18 @@ class MeshLab:
         )
         return done.stdout == "200"
 
-    def destroy(self) -> None:
+    def destroy_quietly(self) -> None:
+        self.destroy(show_logs=False)
+
+    def destroy(self, show_logs: bool = True) -> None:
         for pod in self.pods:
-            if pod.sidecar is not None:  # shown by pytest when the test failed
+            if pod.sidecar is not None and show_logs:  # pytest shows it when a test failed
                 if pod.sidecar.poll() is None:
                     pod.sidecar.terminate()
                     pod.sidecar.wait(10)
                 print(f"--- sidecar log of {pod.name} ---\n{pod.sidecar.stderr.read()}")
+            elif pod.sidecar is not None:
+                pod.sidecar.wait(10)
             pod.ns.delete()
         self.bridge_ns.delete()
         for cgroup in sorted((p for p in self.cgroup_parent.iterdir() if p.is_dir()), reverse=True):
