@@ -304,6 +304,9 @@ def _nat_output(nat: _TableBuilder, config: CaptureConfig, fam: _Family, inbound
         "inbound passthrough: the proxy forwarding to the local app from "
         f"{fam.passthrough.split('/')[0]} is never captured again",
     )
+    # Under TPROXY the proxy forwards inbound connections to the app transparently (from the
+    # client's address, with SO_MARK 1337); those must not be redirected back to it.
+    tproxy_skip = [f"-m mark ! --mark {_mark_hex(TPROXY_MARK)}"] if config.mode == "TPROXY" else []
     owners = [("uid", u) for u in config.proxy_uids] + [("gid", g) for g in config.proxy_gids]
     for kind, ident in owners:
         if inbound:
@@ -313,11 +316,16 @@ def _nat_output(nat: _TableBuilder, config: CaptureConfig, fam: _Family, inbound
                     not_dst=fam.loopback_net,
                     out_iface="lo",
                     proto="tcp",
-                    matches=[_owner(kind, ident)],
+                    matches=[_owner(kind, ident), *tproxy_skip],
                     target="DETOUR_INBOUND",
                 ),
                 f"the proxy ({kind} {ident}) calling its own pod address over lo is inbound "
-                "traffic: send it through the inbound rules",
+                "traffic: send it through the inbound rules"
+                + (
+                    " (except its transparent connections to the app, which carry the mark)"
+                    if tproxy_skip
+                    else ""
+                ),
             )
         nat.add(
             chain,

@@ -14,6 +14,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from init.host import CAP_NET_ADMIN, effective_capabilities
 from proxy.config.loader import MeshConfigError, load_mesh
 from proxy.config.model import Mesh
 from proxy.sidecar import Options, Sidecar, bind_listeners, drop_privileges
@@ -119,6 +120,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as err:
             log.error("--run-as %d:%d: %s", *run_as, err)
             return EXIT_USAGE
+    if options.inbound_mode == "TPROXY" and not effective_capabilities() >> CAP_NET_ADMIN & 1:
+        log.error(
+            "--inbound-mode TPROXY connects to the app from each client's own address, which "
+            "needs CAP_NET_ADMIN for the life of the process: run as uid 1337 with the "
+            "capability (e.g. setpriv --ambient-caps +net_admin, or a Kubernetes "
+            "securityContext adding NET_ADMIN) rather than --run-as"
+        )
+        return EXIT_USAGE
     log.info("running as uid %d", os.getuid())
     import uvloop
 

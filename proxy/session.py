@@ -9,11 +9,11 @@ are gone: stats, Istio TCP metrics, access log.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import time
 from dataclasses import dataclass
 
 from proxy.filters.tcp_proxy import RelayHalf, link
+from proxy.platform.sockets import TPROXY_MARK, transparent_socket
 from proxy.routing import Passthrough, Refuse, ToCluster
 from proxy.stats import labels
 
@@ -27,6 +27,9 @@ class ListenerInfo:
     name: str  # "virtualOutbound" / "virtualInbound", Istio's listener names
     direction: str  # "outbound" | "inbound": Istio's reporter is source / destination
     source_address: str | None = None  # bind upstream connections here (127.0.0.6 inbound)
+    # TPROXY inbound: connect to the app from the client's own address (IP_TRANSPARENT +
+    # SO_MARK 1337, so init's rules route the app's replies back to us), as Istio does.
+    preserve_source: bool = False
     idle_timeout: float = 3600.0
 
 
@@ -118,19 +121,10 @@ class Session:
 
     async def _open(self, address: str, port: int, timeout: float) -> str | None:
         """Connect the upstream half; returns None on success, else a response flag."""
-        loop = asyncio.get_running_loop()
         half = RelayHalf(self.half_lost)
         half.peer = self.downstream  # upstream bytes may arrive before link() runs
-        local = (self.listener.source_address, 0) if self.listener.source_address else None
-        if (
-            local
-            and ipaddress.ip_address(address).version != ipaddress.ip_address(local[0]).version
-        ):
-            local = None
         try:
-            await asyncio.wait_for(
-                loop.create_connection(lambda: half, address, port, local_addr=local), timeout
-            )
+            await asyncio.wait_for(self._dial(half, address, port), timeout)
         except TimeoutError:
             return "UT"
         except OSError:
@@ -139,6 +133,22 @@ class Session:
         self.upstream_address = (address, port)
         self._open_halves += 1
         return None
+
+    async def _dial(self, half: RelayHalf, address: str, port: int) -> None:
+        loop = asyncio.get_running_loop()
+        if self.listener.preserve_source:
+            sock = transparent_socket(self.peer[0], TPROXY_MARK)
+            try:
+                await loop.sock_connect(sock, (address, port))
+                await loop.create_connection(lambda: half, sock=sock)
+            except BaseException:
+                sock.close()
+                raise
+            return
+        source = self.listener.source_address
+        await loop.create_connection(
+            lambda: half, address, port, local_addr=(source, 0) if source else None
+        )
 
     async def _connect_passthrough(self, decision: Passthrough) -> bool:
         cluster = (

@@ -29,6 +29,7 @@ log = logging.getLogger("detour.proxy")
 OUTBOUND = ListenerInfo("virtualOutbound", "outbound")
 INBOUND_V4 = ListenerInfo("virtualInbound", "inbound", source_address="127.0.0.6")
 INBOUND_V6 = ListenerInfo("virtualInbound", "inbound")
+INBOUND_TPROXY = ListenerInfo("virtualInbound", "inbound", preserve_source=True)
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ import sys
 from dataclasses import dataclass, field
 
 from proxy.config.model import Mesh
-from proxy.worker import INBOUND_V4, INBOUND_V6, OUTBOUND, ListenSpec, Worker
+from proxy.worker import INBOUND_TPROXY, INBOUND_V4, INBOUND_V6, OUTBOUND, ListenSpec, Worker
 
 log = logging.getLogger("detour.proxy")
 _FRAME = struct.Struct("!I")
@@ -148,7 +148,10 @@ def _parse_listen(value: str) -> ListenSpec:
     kind, _, flag = rest.partition(":")
     sock = socket.socket(fileno=int(fd_text))
     sock.setblocking(False)
-    return ListenSpec(sock, LISTENER_KINDS[kind], transparent=flag == "transparent")
+    transparent = flag == "transparent"
+    # A TPROXY inbound listener also connects to the app transparently, from the client.
+    info = INBOUND_TPROXY if transparent and kind.startswith("inbound") else LISTENER_KINDS[kind]
+    return ListenSpec(sock, info, transparent=transparent)
 
 
 def main(argv: list[str] | None = None) -> int:

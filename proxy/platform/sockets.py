@@ -36,6 +36,25 @@ def listening_socket(
     return sock
 
 
+TPROXY_MARK = 1337  # init's --mode TPROXY routes packets with this mark back to the proxy
+
+
+def transparent_socket(source: str, mark: int) -> socket.socket:
+    """A non-blocking TCP socket bound to a foreign ``source`` address (IP_TRANSPARENT) and
+    marked, for connecting to the local app as the original client. Needs CAP_NET_ADMIN."""
+    family = socket.AF_INET6 if ":" in source else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_IP, socket.IP_TRANSPARENT, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
+        sock.bind((source, 0))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 def is_local_address(address: str) -> bool:
     """True if ``address`` belongs to this network namespace (it can be bound)."""
     family = socket.AF_INET6 if ":" in address else socket.AF_INET

@@ -39,10 +39,15 @@ class Netns:
         ns.run("ip", "link", "set", "lo", "up")
         return ns
 
-    def command(self, *argv: str, uid: int | None = None) -> list[str]:
+    def command(self, *argv: str, uid: int | None = None, caps: tuple[str, ...] = ()) -> list[str]:
+        """``argv`` in this namespace, as ``uid`` keeping the capabilities ``caps`` (ambient,
+        as a Kubernetes securityContext grants them to a non-root container)."""
         prefix = ["ip", "netns", "exec", self.name]
         if uid is not None:
             prefix += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"]
+            if caps:
+                wanted = ",".join(f"+{cap}" for cap in caps)
+                prefix += [f"--inh-caps={wanted}", f"--ambient-caps={wanted}"]
         return [*prefix, *argv]
 
     def run(

@@ -47,11 +47,11 @@ class Pod:
     cgroup: Path
     sidecar: subprocess.Popen | None = None
 
-    def command(self, *argv: str, uid: int | None = None) -> list[str]:
+    def command(self, *argv: str, uid: int | None = None, caps: tuple[str, ...] = ()) -> list[str]:
         """Run ``argv`` inside the pod's namespace and cgroup, optionally as ``uid``."""
         # Join the cgroup first: "ip netns exec" mounts a fresh /sys without the cgroup tree.
         enter_cgroup = ["sh", "-c", f'echo $$ > {self.cgroup}/cgroup.procs && exec "$@"', "sh"]
-        return [*enter_cgroup, *self.ns.command(*argv, uid=uid)]
+        return [*enter_cgroup, *self.ns.command(*argv, uid=uid, caps=caps)]
 
     def run(
         self, *argv: str, uid: int | None = APP_UID, timeout: float = 30, check: bool = False
@@ -96,9 +96,14 @@ class Pod:
         body, _, code = done.stdout.rpartition("\n")
         return int(code or 0), body
 
-    def spawn(self, *argv: str, uid: int | None = APP_UID) -> subprocess.Popen:
+    def spawn(
+        self, *argv: str, uid: int | None = APP_UID, caps: tuple[str, ...] = ()
+    ) -> subprocess.Popen:
         proc = subprocess.Popen(
-            self.command(*argv, uid=uid), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            self.command(*argv, uid=uid, caps=caps),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self.ns._procs.append(proc)
         return proc
@@ -270,7 +275,9 @@ class MeshLab:
         args = [DETOUR_PROXY, "--drain-timeout", "5", *workers, *extra]
         if config is not None:
             args += ["--config", str(config)]
-        pod.sidecar = pod.spawn(*args, uid=PROXY_UID)
+        # TPROXY needs CAP_NET_ADMIN (IP_TRANSPARENT, SO_MARK), as Istio's sidecar gets it.
+        caps = ("net_admin",) if "TPROXY" in extra else ()
+        pod.sidecar = pod.spawn(*args, uid=PROXY_UID, caps=caps)
         wait_until(lambda: self._ready(pod), 15, f"the sidecar in {pod.name} to be ready")
         return pod
 

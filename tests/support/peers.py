@@ -6,6 +6,13 @@
         address for a TPROXY listener) so a test sees redirection the way a user would.
     peers.py dns PORT ANSWER_IP
         A DNS server on UDP and TCP that answers every A query with ANSWER_IP.
+    peers.py echo PORT
+        A TCP server that echoes every byte back until the client's EOF, then closes.
+    peers.py count PORT
+        A TCP server that reads until the client's EOF (a half-close), then replies with the
+        number of bytes it read ("COUNT\n") and closes.
+    peers.py whoami PORT LABEL
+        An HTTP/1.0 server answering "LABEL peer=IP:PORT": the client address it saw.
 
 Each prints "ready" once its sockets are bound.
 """
@@ -99,12 +106,65 @@ def _dns(port: int, answer_ip: str) -> None:
         udp.sendto(_dns_answer(query, answer_ip), client)
 
 
+def _tcp_server(port: int, handle) -> None:
+    """Serve IPv4 TCP on ``port``, one thread per connection running ``handle(conn, peer)``."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("0.0.0.0", port))
+    server.listen(64)
+    print("ready", flush=True)
+    while True:
+        conn, peer = server.accept()
+        threading.Thread(target=handle, args=(conn, peer), daemon=True).start()
+
+
+def _echo(conn: socket.socket, _peer) -> None:
+    with conn:
+        while chunk := conn.recv(1 << 20):
+            conn.sendall(chunk)
+        conn.shutdown(socket.SHUT_WR)
+
+
+def _count(conn: socket.socket, _peer) -> None:
+    with conn:
+        conn.settimeout(10)
+        total = 0
+        while chunk := conn.recv(65536):
+            total += len(chunk)
+        conn.sendall(b"%d\n" % total)
+
+
+def _whoami(label: str):
+    def answer(conn: socket.socket, peer) -> None:
+        with conn:
+            conn.settimeout(5)
+            request = b""
+            while b"\r\n\r\n" not in request and len(request) < 65536:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                request += chunk
+            body = f"{label} peer={peer[0]}:{peer[1]}\n".encode()
+            conn.sendall(
+                b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"
+                % (len(body), body)
+            )
+
+    return answer
+
+
 def main(argv: list[str]) -> None:
     if argv[0] == "http":
         family = int(argv[argv.index("--family") + 1]) if "--family" in argv else 4
         _http(int(argv[1]), argv[2], "--transparent" in argv, family)
     elif argv[0] == "dns":
         _dns(int(argv[1]), argv[2])
+    elif argv[0] == "echo":
+        _tcp_server(int(argv[1]), _echo)
+    elif argv[0] == "count":
+        _tcp_server(int(argv[1]), _count)
+    elif argv[0] == "whoami":
+        _tcp_server(int(argv[1]), _whoami(argv[2]))
     else:
         raise SystemExit(f"unknown peer {argv[0]}")
 
