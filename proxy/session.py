@@ -9,6 +9,7 @@ are gone: stats, Istio TCP metrics, access log.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 
@@ -16,6 +17,8 @@ from proxy.filters.tcp_proxy import RelayHalf, link
 from proxy.platform.sockets import TPROXY_MARK, transparent_socket
 from proxy.routing import Passthrough, Refuse, ToCluster
 from proxy.stats import labels
+
+log = logging.getLogger("detour.proxy")
 
 PASSTHROUGH_CONNECT_TIMEOUT = 10.0  # Envoy's default for its PassthroughCluster
 
@@ -98,6 +101,10 @@ class Session:
             else:
                 connected = await self._connect_cluster(decision)
         except asyncio.CancelledError:
+            connected = False
+        except Exception:  # a bug must cost one connection, never a stuck or leaked one
+            log.exception("connection from %s failed unexpectedly", self.peer)
+            self.flags.append("UF")
             connected = False
         if not connected:
             self._close_downstream()

@@ -112,7 +112,10 @@ async def serve(control: socket.socket, listeners: list[ListenSpec], access_log:
     await worker.start(listeners)
     await send(writer, {"ok": True, "pid": os.getpid()})
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGINT, lambda: None)  # the supervisor decides
+    # Ctrl-C or a SIGTERM sent to the whole process group must not cut connections: the
+    # supervisor gets the signal too and drains every worker in order.
+    loop.add_signal_handler(signal.SIGINT, lambda: None)
+    loop.add_signal_handler(signal.SIGTERM, lambda: None)
     while True:
         try:
             message = await receive(reader)

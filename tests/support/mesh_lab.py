@@ -317,7 +317,11 @@ class MeshLab:
 
 
 def _rmdir_cgroup(path: Path) -> None:
-    """A cgroup can be removed once its processes are gone; they were killed just before."""
+    """Kill whatever is still in the cgroup (a worker orphaned by a killed sidecar, a stray app),
+    wait for it to empty, and remove it."""
+    kill = path / "cgroup.kill"
+    if kill.exists():
+        kill.write_text("1")
     wait_until(
         lambda: (
             not (path / "cgroup.procs").exists() or not (path / "cgroup.procs").read_text().strip()
