@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from proxy.filters.tcp_proxy import RelayHalf, link
+from proxy.filters.tcp_proxy import RelayHalf, link, reset
 from proxy.platform.sockets import TPROXY_MARK, transparent_socket
 from proxy.routing import Passthrough, Refuse, ToCluster
 from proxy.stats import labels
@@ -122,7 +122,7 @@ class Session:
 
     def _close_downstream(self) -> None:
         if not self.downstream.lost:
-            self.downstream.transport.abort()
+            reset(self.downstream.transport)
 
     # --- upstream connect ---------------------------------------------------------------
 

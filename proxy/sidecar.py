@@ -138,6 +138,7 @@ class Sidecar:
         self.ready, self.stopping = False, True
         for task in tasks:
             task.cancel()
+        self._close_listeners()
         log.info(
             "draining: not accepting; open connections get up to %gs", self.options.drain_timeout
         )
@@ -303,8 +304,18 @@ class Sidecar:
         return text("OK\n")
 
     async def _drain_listeners(self, _request: Request) -> Response:
+        self.stopping = True  # no worker restarts: they would have nothing to accept on
         await self._broadcast({"op": "stop_accepting"})
+        self._close_listeners()
         return text("OK\n")
+
+    def _close_listeners(self) -> None:
+        """Close the supervisor's copies of the listening sockets. A socket listens while any
+        process holds it, so without this new connections would queue unanswered until exit
+        instead of being refused at once."""
+        for worker in self.workers:
+            for spec, _kind in worker.listeners:
+                spec.sock.close()
 
     async def _quit(self, _request: Request) -> Response:
         asyncio.get_running_loop().call_soon(self._stop.set)

@@ -12,7 +12,7 @@ by listener or cluster.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 Labels = tuple[tuple[str, str], ...]
 Key = tuple[str, Labels]
@@ -87,12 +87,27 @@ class Stats:
         }
 
 
+# Gauges that describe the cluster rather than the worker: every worker reports the same
+# endpoints, so adding them up would count each endpoint once per worker.
+_SHARED_GAUGES: dict[str, Callable[[int, int], int]] = {
+    "membership_total": max,
+    "membership_healthy": min,  # the most pessimistic worker's view
+    "outlier_detection_ejections_active": max,
+}
+
+
 def merge(snapshots: Iterable[dict[str, list]]) -> tuple[dict[Key, int], dict[Key, int]]:
-    """Sum worker snapshots into (counters, gauges)."""
+    """Combine worker snapshots into (counters, gauges): counters and per-worker gauges add
+    up; gauges about the cluster itself take one worker's value."""
     counters: defaultdict[Key, int] = defaultdict(int)
-    gauges: defaultdict[Key, int] = defaultdict(int)
+    gauges: dict[Key, int] = {}
     for snap in snapshots:
-        for target, kind in ((counters, "counters"), (gauges, "gauges")):
-            for name, label_values, value in snap.get(kind, []):
-                target[(name, tuple(tuple(pair) for pair in label_values))] += value
-    return dict(counters), dict(gauges)
+        for name, label_values, value in snap.get("counters", []):
+            counters[(name, tuple(tuple(pair) for pair in label_values))] += value
+        for name, label_values, value in snap.get("gauges", []):
+            key = (name, tuple(tuple(pair) for pair in label_values))
+            if key not in gauges:
+                gauges[key] = value
+            else:
+                gauges[key] = _SHARED_GAUGES.get(name, int.__add__)(gauges[key], value)
+    return dict(counters), gauges

@@ -53,7 +53,9 @@ class Downstream(RelayHalf):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        transport.pause_reading()  # nothing is read until the upstream is connected
+        # No pause_reading() here: bytes that arrive before the upstream is connected are held
+        # by RelayHalf (which pauses on the first of them). A pause inside connection_made is
+        # also unreliable: CPython 3.11's own loop starts reading after it regardless.
         sock = transport.get_extra_info("socket")
         destination = original_destination(sock)
         if self._spec.transparent and (destination is None or destination == sock.getsockname()):

@@ -18,11 +18,17 @@ def merge_rows(per_worker: Iterable[Iterable[Row]]) -> list[Row]:
             if key not in merged:
                 merged[key] = value
             elif name == "health_flags":
-                if value != "healthy":
-                    merged[key] = value if merged[key] == "healthy" else merged[key]
+                merged[key] = _union_flags(str(merged[key]), str(value))
             elif name not in _CONFIG_FIELDS and isinstance(value, int):
                 merged[key] = int(merged[key]) + value
     return [(c, h, n, v) for (c, h, n), v in merged.items()]
+
+
+def _union_flags(a: str, b: str) -> str:
+    """``/failed_outlier_check`` from one worker and ``/failed_active_hc`` from another make
+    both; "healthy" only when every worker says so."""
+    flags = {f for f in (a + b).replace("healthy", "").split("/") if f}
+    return "".join(f"/{f}" for f in sorted(flags)) or "healthy"
 
 
 def render_rows(rows: Iterable[Row]) -> str:

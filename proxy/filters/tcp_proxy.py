@@ -13,12 +13,16 @@ reverse direction keeps flowing); a reset on one side aborts the other.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 from collections.abc import Callable
 
 # Per-direction buffering bound. 256 KiB keeps a 10 Gb/s-ish loopback busy while bounding a
 # connection's memory to ~0.5 MiB; below LOW_WATER the paused side reads again.
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
+_LINGER_RESET = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger = 0}
 
 
 class RelayHalf(asyncio.Protocol):
@@ -77,11 +81,20 @@ class RelayHalf(asyncio.Protocol):
         self.lost = True
         peer = self.peer
         if peer is not None and not peer.lost:
-            if exc is None:
-                peer.transport.close()  # orderly: deliver what is buffered, then close
-            else:
-                peer.transport.abort()  # a reset on one side resets the other
+            # Even after a reset, deliver what was relayed, then close (Envoy's FlushWrite):
+            # a RST would make the peer's kernel drop a reply it has not read yet.
+            peer.transport.close()
         self.on_lost(self, exc)
+
+
+def reset(transport: asyncio.BaseTransport) -> None:
+    """Close with a TCP RST rather than a FIN: SO_LINGER 0, then abort. For refusing a
+    downstream connection (no route, no upstream): the client learns at once, as from Envoy."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    transport.abort()
 
 
 def link(downstream: RelayHalf, upstream: RelayHalf) -> None:
@@ -95,4 +108,6 @@ def link(downstream: RelayHalf, upstream: RelayHalf) -> None:
         if upstream.transport.can_write_eof():  # type: ignore[union-attr]
             upstream.transport.write_eof()  # type: ignore[union-attr]
         return
-    downstream.transport.resume_reading()  # type: ignore[union-attr]
+    if upstream.transport.get_write_buffer_size() <= HIGH_WATER:  # type: ignore[union-attr]
+        downstream.transport.resume_reading()  # type: ignore[union-attr]
+    # else: the early bytes filled the buffer; resume_writing() resumes reading later

@@ -45,7 +45,13 @@ class ClusterRuntime:
         self.port = port
         self.stats = stats
         self.clock = clock
-        old_hosts = {(h.endpoint, h.port): h for h in previous.hosts.hosts} if previous else {}
+        # Host objects (counters, ejection, health) carry over only with the outlier detector
+        # that owns their ejections: a shared host ejected by a retired detector would never
+        # be readmitted.
+        keep = previous is not None and (
+            previous.service.policy.outlier_detection == service.policy.outlier_detection
+        )
+        old_hosts = {(h.endpoint, h.port): h for h in previous.hosts.hosts} if keep else {}
         hosts = [
             old_hosts.get((e, e.port_for(port))) or Host(e, e.port_for(port))
             for e in service.endpoints
@@ -70,22 +76,22 @@ class ClusterRuntime:
         ):
             previous.outlier.set_hosts(hosts)
             return previous.outlier
-        for host in hosts:  # a new (or no) detector: nobody would ever readmit an old ejection
-            host.ejected_until = None
         return OutlierDetector(config, self.clock, hosts) if config is not None else None
 
     # --- the data path ------------------------------------------------------------------
 
     def pick(self, hash_key: bytes | None, avoid: set[Host]) -> Host | None:
-        """A host for a new connection, preferring one not in ``avoid`` (already tried)."""
+        """A host for a new connection, not one in ``avoid`` (already tried) while another
+        candidate exists. The balancer decides first; only a retry that lands on a tried host
+        falls back to the first untried candidate, so the balancer's own state (round-robin
+        position, ring) is never disturbed by retries."""
         if self.outlier is not None:
             self.outlier.sweep(self.clock())
         host = self.hosts.pick(self.balancer, hash_key)
-        for _ in range(len(self.hosts)):
-            if host is None or host not in avoid:
-                break
-            host = self.hosts.pick(self.balancer, hash_key + b"+" if hash_key else None)
-        return host
+        if host is None or host not in avoid:
+            return host
+        untried = [h for h in self.hosts.candidates() if h not in avoid]
+        return untried[0] if untried else host
 
     def report_connect(self, host: Host, ok: bool) -> None:
         if ok:

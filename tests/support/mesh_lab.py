@@ -46,6 +46,13 @@ class Pod:
     ip6: str
     cgroup: Path
     sidecar: subprocess.Popen | None = None
+    sidecar_log: Path | None = None  # the sidecar's stderr, written as it runs
+
+    def read_sidecar_log(self) -> str:
+        if self.sidecar_log is not None:
+            return self.sidecar_log.read_text()
+        stream = self.sidecar.stderr if self.sidecar is not None else None
+        return stream.read() if stream else ""
 
     def command(self, *argv: str, uid: int | None = None, caps: tuple[str, ...] = ()) -> list[str]:
         """Run ``argv`` inside the pod's namespace and cgroup, optionally as ``uid``."""
@@ -277,13 +284,22 @@ class MeshLab:
             args += ["--config", str(config)]
         # TPROXY needs CAP_NET_ADMIN (IP_TRANSPARENT, SO_MARK), as Istio's sidecar gets it.
         caps = ("net_admin",) if "TPROXY" in extra else ()
-        pod.sidecar = pod.spawn(*args, uid=PROXY_UID, caps=caps)
+        # Its log goes to a file, not a pipe: an unread pipe fills up and stalls the sidecar.
+        pod.sidecar_log = self.workdir / f"{pod.name}.sidecar.log"
+        with pod.sidecar_log.open("w") as log_file:
+            pod.sidecar = subprocess.Popen(
+                pod.command(*args, uid=PROXY_UID, caps=caps),
+                stdout=subprocess.DEVNULL,
+                stderr=log_file,
+                text=True,
+            )
+        pod.ns._procs.append(pod.sidecar)
         wait_until(lambda: self._ready(pod), 15, f"the sidecar in {pod.name} to be ready")
         return pod
 
     def _ready(self, pod: Pod) -> bool:
         if pod.sidecar is not None and pod.sidecar.poll() is not None:
-            raise AssertionError(f"sidecar in {pod.name} exited: {pod.sidecar.stderr.read()}")
+            raise AssertionError(f"sidecar in {pod.name} exited: {pod.read_sidecar_log()}")
         done = pod.run(
             "curl",
             "-s",
@@ -305,7 +321,7 @@ class MeshLab:
                 if pod.sidecar.poll() is None:
                     pod.sidecar.terminate()
                     pod.sidecar.wait(10)
-                print(f"--- sidecar log of {pod.name} ---\n{pod.sidecar.stderr.read()}")
+                print(f"--- sidecar log of {pod.name} ---\n{pod.read_sidecar_log()}")
             elif pod.sidecar is not None:
                 pod.sidecar.wait(10)
             pod.ns.delete()
