@@ -77,8 +77,11 @@ class Session:
         self.task = asyncio.get_running_loop().create_task(self._connect())
 
     def half_lost(self, half: RelayHalf, exc: Exception | None) -> None:
-        if half is self.downstream and exc is not None and self.upstream is None:
-            self.flags.append("DC")  # downstream went away before upstream connected
+        if exc is not None:
+            if half is self.downstream:
+                self.flags.append("DC")  # downstream connection terminated (reset)
+            elif half is self.upstream:
+                self.flags.append("UC")  # upstream connection terminated (reset)
         self._open_halves -= 1
         if half is self.downstream and self.task is not None and not self.task.done():
             self.task.cancel()
