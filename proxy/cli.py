@@ -51,6 +51,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--log-format", choices=("text", "json"), default="text")
     parser.add_argument(
+        "--dns-port", type=int, default=15053, help="DNS proxy port on 127.0.0.1 and ::1 (0 = off)"
+    )
+    parser.add_argument(
+        "--resolv-conf",
+        type=Path,
+        default=Path("/etc/resolv.conf"),
+        help="the pod's resolvers, for names outside the mesh",
+    )
+    parser.add_argument(
         "--concurrency",
         type=int,
         default=os.cpu_count() or 1,
@@ -105,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         run_as=run_as,
         concurrency=args.concurrency,
         log_format=args.log_format,
+        dns_port=args.dns_port,
+        resolv_conf=args.resolv_conf,
     )
     if not 1 <= options.concurrency <= 64:
         log.error("--concurrency=%d: expected 1 to 64 workers", options.concurrency)

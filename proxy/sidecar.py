@@ -24,8 +24,10 @@ from proxy.admin.http import AdminServer, Request, Response, Route, serve, text
 from proxy.admin.prometheus import render
 from proxy.config.loader import MeshConfigError, load_mesh
 from proxy.config.model import Mesh
+from proxy.dns.resolvconf import ResolvConf, read_resolv_conf
+from proxy.dns.server import DnsProxy, serve_dns
 from proxy.platform.sockets import listening_socket
-from proxy.stats import merge
+from proxy.stats import Stats, merge
 from proxy.worker import OUTBOUND, ListenSpec
 from proxy.workers import LISTENER_KINDS, WorkerProcess
 
@@ -50,6 +52,8 @@ class Options:
     ipv6: bool = True
     concurrency: int = 1
     log_format: str = "text"
+    dns_port: int = 15053  # 0 = no DNS proxy
+    resolv_conf: Path = Path("/etc/resolv.conf")
 
 
 def bind_listeners(options: Options) -> list[tuple[ListenSpec, str]]:
@@ -95,6 +99,8 @@ class Sidecar:
         self.last_error = ""
         self._stop = asyncio.Event()
         self._config_stat: tuple | None = None
+        self.stats = Stats()  # the supervisor's own: the DNS proxy counts here
+        self.dns: DnsProxy | None = None
 
     # --- running ------------------------------------------------------------------------
 
@@ -106,6 +112,7 @@ class Sidecar:
             )
             await worker.start(self.mesh)
             self.workers.append(worker)
+        dns_closers = await self._start_dns()
         admin = AdminServer(self._admin_routes())
         servers = [
             await serve(admin, "127.0.0.1", self.options.admin_port),
@@ -157,8 +164,29 @@ class Sidecar:
                 await asyncio.to_thread(worker.process.wait)
         for server in servers:
             server.close()
+        for close in dns_closers:
+            close()
         log.info("stopped (%d connections cut at the drain deadline)", aborted)
         return 0
+
+    async def _start_dns(self) -> list:
+        """The DNS proxy answers from the supervisor: it needs the mesh, not the data path."""
+        if not self.options.dns_port:
+            return []
+        try:
+            resolv = read_resolv_conf(self.options.resolv_conf)
+        except OSError as err:
+            log.warning("no upstream resolvers (%s): only mesh names will resolve", err)
+            resolv = ResolvConf((), ())
+        self.dns = DnsProxy(self.mesh, resolv, self.stats)
+        closers = await serve_dns(self.dns, self.options.dns_port)
+        log.info(
+            "DNS proxy on :%d, upstream %s, search %s",
+            self.options.dns_port,
+            ",".join(resolv.nameservers) or "-",
+            " ".join(resolv.search) or "-",
+        )
+        return closers
 
     async def _supervise(self) -> None:
         """Restart a worker that died, on the same sockets, with the current mesh."""
@@ -213,6 +241,8 @@ class Sidecar:
             log.error("config refused, the running config stays: %s", err)
             return False
         self.mesh = mesh
+        if self.dns is not None:
+            self.dns.apply_mesh(mesh)
         await self._broadcast({"op": "mesh", "mesh": mesh})
         self.reloads += 1
         log.info("config applied: %d services from %s", len(mesh.services), mesh.source)
@@ -237,7 +267,7 @@ class Sidecar:
 
     async def _snapshot(self):
         replies = await self._broadcast({"op": "stats"})
-        counters, gauges = merge(reply["stats"] for reply in replies)
+        counters, gauges = merge([self.stats.snapshot(), *(reply["stats"] for reply in replies)])
         counters[("config_reload_total", ())] = self.reloads
         counters[("config_reload_rejected", ())] = self.rejected
         counters[("worker_restarts_total", ())] = self.worker_restarts

@@ -1,4 +1,4 @@
-"""make demo: a small mesh of namespaced pods where an unmodified curl calls a service's VIP.
+"""make demo: a small mesh of namespaced pods where an unmodified curl calls a service by name.
 
 A client pod and three backend pods sit on a bridge; each gets Detour's interception
 (detour-init) and a sidecar (detour-proxy, uid 1337). The client's plain curl dials the
@@ -37,8 +37,9 @@ def main() -> int:
     lab = MeshLab.create()
     try:
         step("pods on a bridge, each with detour-init (iptables) and detour-proxy (uid 1337)")
+        lab.start_cluster_dns()  # the pods' resolv.conf nameserver; it knows nothing of the mesh
         client = lab.add_pod("client", 10)
-        lab.intercept(client)
+        lab.intercept(client, "--capture-dns")
         lab.start_sidecar(client, lab.write_config("client.yaml", example.read_text()))
         print(f"client    {client.ip:<12} sidecar config: examples/mesh.yaml")
         for n, endpoint in enumerate(backend.endpoints, start=1):
@@ -54,16 +55,20 @@ def main() -> int:
             f"service backend.default: VIP {vip}:8080 (auto-allocated, stable), "
             f"{len(backend.endpoints)} endpoints, {backend.policy.load_balancer.policy}"
         )
+        resolved = client.run("getent", "hosts", "backend").stdout.split()
+        print(f"getent hosts backend -> {resolved[0] if resolved else 'nothing'} "
+              "(answered by the client's sidecar, DNS captured by init)")
         for call in range(1, CALLS + 1):
-            reply = client.curl(f"http://{vip}:8080/")
-            print(f"curl http://{vip}:8080/  #{call} -> {reply.split(' original=')[0]}")
+            reply = client.curl("http://backend:8080/")
+            print(f"curl http://backend:8080/  #{call} -> {reply.split(' original=')[0]}")
 
         step("client sidecar, Istio metrics (curl 127.0.0.1:15020/stats/prometheus)")
         metrics = client.run(
             "curl", "-s", "http://127.0.0.1:15020/stats/prometheus", uid=None
         ).stdout
         for line in metrics.splitlines():
-            if line.startswith(("istio_tcp_connections_opened_total{", "upstream_cx_total{")):
+            if line.startswith(("istio_tcp_connections_opened_total{", "upstream_cx_total{",
+                                "dns_answers_total{")):
                 print(_short(line))
 
         step("client sidecar endpoints (curl 127.0.0.1:15000/clusters)")
@@ -87,7 +92,8 @@ def main() -> int:
 
 def _short(line: str) -> str:
     """Keep the labels a reader cares about."""
-    keep = ("destination_service_name", "source_workload=", "response_flags", "cluster=")
+    keep = ("destination_service_name", "source_workload=", "response_flags", "cluster=",
+            "source=")
     name, _, rest = line.partition("{")
     labels, _, value = rest.rpartition("}")
     shown = [part for part in labels.split(",") if part.startswith(keep)]

@@ -20,12 +20,19 @@ from pathlib import Path
 from support.lab import DETOUR_INIT, PEERS, SYSTEM_PYTHON, VENV_BIN, Netns, wait_until
 
 PROXY_UID = 1337
+CLUSTER_DNS_ZONE = "outside.test"  # the names the lab's cluster DNS knows (none of the mesh)
+CLUSTER_DNS_ANSWER = "10.88.0.30"
 APP_UID = 1000
 SUBNET_V4 = "10.88.0"
 SUBNET_V6 = "fd88::"
 GATEWAY_V4 = f"{SUBNET_V4}.1"
 GATEWAY_V6 = f"{SUBNET_V6}1"
 DETOUR_PROXY = str(VENV_BIN / "detour-proxy")
+RESOLV_CONF = (
+    f"nameserver {GATEWAY_V4}\n"
+    "search default.svc.cluster.local svc.cluster.local cluster.local\n"
+    "options ndots:5\n"
+)
 _ids = itertools.count(1)
 
 
@@ -230,6 +237,11 @@ class MeshLab:
 
     def add_pod(self, role: str, host: int) -> Pod:
         ns = Netns.create(role)
+        # "ip netns exec" bind-mounts /etc/netns/<name>/resolv.conf over /etc/resolv.conf: the
+        # pod's resolvers are the lab's cluster DNS, with Kubernetes' search list.
+        netns_etc = Path("/etc/netns") / ns.name
+        netns_etc.mkdir(parents=True, exist_ok=True)
+        (netns_etc / "resolv.conf").write_text(RESOLV_CONF)
         pod_if, bridge_if = "eth0", f"vp{host}x{next(_ids)}"
         subprocess.run(
             [
@@ -261,6 +273,14 @@ class MeshLab:
         pod = Pod(role, ns, ip, ip6, cgroup)
         self.pods.append(pod)
         return pod
+
+    def start_cluster_dns(self) -> None:
+        """The lab's "cluster DNS" on the bridge (the pods' nameserver): it answers names under
+        outside.test and NXDOMAIN for everything else, mesh names included."""
+        proc = self.bridge_ns.spawn(
+            SYSTEM_PYTHON, str(PEERS), "zone", "53", CLUSTER_DNS_ZONE, CLUSTER_DNS_ANSWER
+        )
+        assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
 
     def write_config(self, name: str, text: str) -> Path:
         """Write (or atomically replace, as a config manager would) a mesh file."""
@@ -330,6 +350,8 @@ class MeshLab:
             _rmdir_cgroup(cgroup)
         _rmdir_cgroup(self.cgroup_parent)
         shutil.rmtree(self.workdir, ignore_errors=True)
+        for pod in self.pods:
+            shutil.rmtree(Path("/etc/netns") / pod.ns.name, ignore_errors=True)
 
 
 def _rmdir_cgroup(path: Path) -> None:

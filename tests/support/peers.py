@@ -6,6 +6,9 @@
         address for a TPROXY listener) so a test sees redirection the way a user would.
     peers.py dns PORT ANSWER_IP
         A DNS server on UDP and TCP that answers every A query with ANSWER_IP.
+    peers.py zone PORT SUFFIX ANSWER_IP
+        A "cluster DNS" on 0.0.0.0 UDP and TCP: A queries for names under SUFFIX get
+        ANSWER_IP, every other name NXDOMAIN. It knows nothing of the mesh.
     peers.py echo PORT
         A TCP server that echoes every byte back until the client's EOF, then closes.
     peers.py count PORT
@@ -80,12 +83,34 @@ def _dns_answer(query: bytes, answer_ip: str) -> bytes:
     return header + question + record
 
 
-def _dns(port: int, answer_ip: str) -> None:
+def _zone_answer(suffix: str, answer_ip: str):
+    """Answers for a tiny authoritative zone: A records under ``suffix``, NXDOMAIN elsewhere."""
+
+    def answer(query: bytes) -> bytes:
+        end, labels = 12, []
+        while query[end] != 0:
+            labels.append(query[end + 1 : end + 1 + query[end]].decode().lower())
+            end += query[end] + 1
+        name = ".".join(labels)
+        qtype = struct.unpack("!H", query[end + 1 : end + 3])[0]
+        if name == suffix or name.endswith("." + suffix):
+            if qtype == 1:
+                return _dns_answer(query, answer_ip)
+            ident = struct.unpack("!H", query[:2])[0]
+            return struct.pack("!HHHHHH", ident, 0x8580, 1, 0, 0, 0) + query[12 : end + 5]
+        ident = struct.unpack("!H", query[:2])[0]
+        return struct.pack("!HHHHHH", ident, 0x8583, 1, 0, 0, 0) + query[12 : end + 5]
+
+    return answer
+
+
+def _dns(port: int, answer_ip: str, host: str = "127.0.0.1", respond=None) -> None:
+    respond = respond or (lambda query: _dns_answer(query, answer_ip))
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    udp.bind(("127.0.0.1", port))  # replies must leave from the address REDIRECT chose
+    udp.bind((host, port))  # replies must leave from the address REDIRECT chose
     tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    tcp.bind(("127.0.0.1", port))
+    tcp.bind((host, port))
     tcp.listen(16)
     print("ready", flush=True)
 
@@ -97,13 +122,13 @@ def _dns(port: int, answer_ip: str) -> None:
                 query = b""
                 while len(query) < size:
                     query += conn.recv(size - len(query))
-                reply = _dns_answer(query, answer_ip)
+                reply = respond(query)
                 conn.sendall(struct.pack("!H", len(reply)) + reply)
 
     threading.Thread(target=serve_tcp, daemon=True).start()
     while True:
         query, client = udp.recvfrom(4096)
-        udp.sendto(_dns_answer(query, answer_ip), client)
+        udp.sendto(respond(query), client)
 
 
 def _tcp_server(port: int, handle) -> None:
@@ -159,6 +184,8 @@ def main(argv: list[str]) -> None:
         _http(int(argv[1]), argv[2], "--transparent" in argv, family)
     elif argv[0] == "dns":
         _dns(int(argv[1]), argv[2])
+    elif argv[0] == "zone":
+        _dns(int(argv[1]), argv[3], "0.0.0.0", _zone_answer(argv[2].lower(), argv[3]))
     elif argv[0] == "echo":
         _tcp_server(int(argv[1]), _echo)
     elif argv[0] == "count":

@@ -1,0 +1,1 @@
+"""DNS proxy: answers mesh names locally and forwards everything else upstream."""

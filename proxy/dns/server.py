@@ -1,0 +1,269 @@
+"""The sidecar's DNS proxy on 127.0.0.1:15053 (and [::1]:15053), UDP and TCP.
+
+init's ``--capture-dns`` sends every app's DNS query here. Mesh names are answered locally
+with the service's VIPs (short TTL); other names inside the mesh domain get NXDOMAIN without
+asking anyone; everything else is forwarded to the pod's own resolvers (from its original
+resolv.conf) over UDP, retried over TCP when truncated, and cached for the TTL the answer
+carries. The sidecar runs as uid 1337, so its own upstream queries are never captured.
+
+Decisions are made by ``answer()`` from the codec, the name table and the cache; the asyncio
+shell around it only moves bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import socket
+import struct
+import time
+from collections.abc import Callable
+
+from proxy.config.model import Mesh
+from proxy.dns.cache import TtlCache
+from proxy.dns.codec import (
+    TYPE_A,
+    TYPE_AAAA,
+    DnsError,
+    Query,
+    Rcode,
+    a_record,
+    aaaa_record,
+    build_answer,
+    build_error,
+    cache_ttl,
+    parse_query,
+    parse_response,
+    with_id_and_ttl,
+)
+from proxy.dns.names import Found, MeshNames, NoSuchName
+from proxy.dns.resolvconf import ResolvConf
+from proxy.stats import Stats, labels
+
+log = logging.getLogger("detour.dns")
+
+MESH_TTL = 5  # seconds: short, so a reload's change is picked up quickly by caching clients
+UPSTREAM_TIMEOUT = 2.0
+TCP_IDLE_TIMEOUT = 10.0
+MAX_TCP_MESSAGE = 65535
+MAX_TCP_CLIENTS = 256
+LATENCY_BUCKETS_MS = (1, 5, 10, 50, 100, 500, 1000, 2000)
+
+
+class DnsProxy:
+    """Answers one DNS message at a time; shared by the UDP and TCP servers."""
+
+    def __init__(
+        self,
+        mesh: Mesh,
+        resolv: ResolvConf,
+        stats: Stats,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.resolv = resolv
+        self.stats = stats
+        self.clock = clock
+        self.cache = TtlCache(clock=clock)
+        self.names = MeshNames.build(mesh, resolv.search)
+
+    def apply_mesh(self, mesh: Mesh) -> None:
+        """A reload: names of removed services stop resolving at once."""
+        self.names = MeshNames.build(mesh, self.resolv.search)
+
+    async def answer(self, data: bytes, transport: str) -> bytes | None:
+        """The reply to one query (None = drop it)."""
+        self.stats.inc("dns_queries_total", labels(transport=transport))
+        try:
+            query = parse_query(data)
+        except DnsError as err:
+            self.stats.inc("dns_malformed_total", labels(reason=err.reason))
+            return build_error(data, err.rcode) if err.rcode is not None else None
+        limit = None if transport == "udp" else MAX_TCP_MESSAGE
+        local = self._answer_locally(query, limit)
+        if local is not None:
+            return local
+        return await self._forward(query, data, limit)
+
+    def _answer_locally(self, query: Query, limit: int | None) -> bytes | None:
+        question = query.question
+        found = self.names.lookup(question.name)
+        if isinstance(found, Found):
+            records = []
+            if question.qtype == TYPE_A:
+                records = [a_record(question.name, ip, MESH_TTL) for ip in found.v4]
+            elif question.qtype == TYPE_AAAA:
+                records = [aaaa_record(question.name, ip, MESH_TTL) for ip in found.v6]
+            self.stats.inc("dns_answers_total", labels(source="mesh"))
+            return build_answer(query, Rcode.NOERROR, records, max_size=limit)
+        if isinstance(found, NoSuchName):
+            self.stats.inc("dns_answers_total", labels(source="mesh_nxdomain"))
+            return build_answer(query, Rcode.NXDOMAIN, max_size=limit)
+        return None
+
+    async def _forward(self, query: Query, data: bytes, limit: int | None) -> bytes | None:
+        question = query.question
+        key = (question.name, question.qtype, question.qclass)
+        cached = self.cache.get(key)
+        if cached is not None:
+            value, elapsed = cached
+            self.stats.inc("dns_answers_total", labels(source="cache"))
+            return self._fit(query, with_id_and_ttl(value, query.id, elapsed), limit)
+        if not self.resolv.nameservers:
+            self.stats.inc("dns_failures_total", labels(reason="no_upstream"))
+            return build_answer(query, Rcode.SERVFAIL, authoritative=False, max_size=limit)
+        reply = await self._ask_upstreams(data)
+        if reply is None:
+            self.stats.inc("dns_failures_total", labels(reason="upstream_unreachable"))
+            return build_answer(query, Rcode.SERVFAIL, authoritative=False, max_size=limit)
+        try:
+            response = parse_response(reply)
+        except DnsError as err:
+            self.stats.inc("dns_failures_total", labels(reason=f"upstream_{err.reason}"))
+            return build_answer(query, Rcode.SERVFAIL, authoritative=False, max_size=limit)
+        ttl = cache_ttl(response)
+        if ttl:
+            self.cache.put(key, reply, ttl)
+        self.stats.inc("dns_answers_total", labels(source="upstream"))
+        return self._fit(query, with_id_and_ttl(reply, query.id, 0), limit)
+
+    def _fit(self, query: Query, reply: bytes, limit: int | None) -> bytes:
+        """Never send a UDP client more than its query allows: truncate instead (TC=1)."""
+        allowed = limit or query.edns_payload or 512
+        if len(reply) <= allowed:
+            return reply
+        empty = build_answer(query, Rcode.NOERROR, (), authoritative=False)
+        return empty[:2] + bytes([empty[2] | _TC]) + empty[3:]  # header byte 2: QR..TC..RD
+
+    async def _ask_upstreams(self, data: bytes) -> bytes | None:
+        for server in self.resolv.nameservers:
+            started = self.clock()
+            reply = await _udp_exchange(server, data)
+            if reply is not None and _truncated(reply):
+                reply = await _tcp_exchange(server, data)
+            self._observe_latency(self.clock() - started)
+            if reply is not None:
+                return reply
+        return None
+
+    def _observe_latency(self, seconds: float) -> None:
+        millis = seconds * 1000
+        for bound in LATENCY_BUCKETS_MS:
+            if millis <= bound:
+                self.stats.inc("dns_upstream_latency_ms_bucket", labels(le=str(bound)))
+        self.stats.inc("dns_upstream_latency_ms_bucket", labels(le="+Inf"))
+        self.stats.inc("dns_upstream_latency_ms_sum", (), int(millis))
+
+
+_TC = 0x02  # the truncation bit, in the third header octet (RFC 1035 §4.1.1)
+
+
+def _truncated(reply: bytes) -> bool:
+    return len(reply) >= 3 and bool(reply[2] & _TC)
+
+
+async def _udp_exchange(server: str, data: bytes) -> bytes | None:
+    """One query to one upstream over UDP, with our own random ID (answers must match it)."""
+    loop = asyncio.get_running_loop()
+    family = socket.AF_INET6 if ":" in server else socket.AF_INET
+    our_id = random.getrandbits(16)
+    packet = struct.pack("!H", our_id) + data[2:]
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, (server, 53))
+            await loop.sock_sendall(sock, packet)
+            deadline = loop.time() + UPSTREAM_TIMEOUT
+            while (remaining := deadline - loop.time()) > 0:
+                reply = await asyncio.wait_for(loop.sock_recv(sock, 65535), remaining)
+                if len(reply) >= 2 and struct.unpack("!H", reply[:2])[0] == our_id:
+                    return reply  # anything else is a stray or spoofed datagram
+        except (OSError, TimeoutError):
+            return None
+    return None
+
+
+async def _tcp_exchange(server: str, data: bytes) -> bytes | None:
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(server, 53), UPSTREAM_TIMEOUT
+        )
+    except (OSError, TimeoutError):
+        return None
+    try:
+        writer.write(struct.pack("!H", len(data)) + data)
+        size = struct.unpack("!H", await asyncio.wait_for(reader.readexactly(2), UPSTREAM_TIMEOUT))[
+            0
+        ]
+        return await asyncio.wait_for(reader.readexactly(size), UPSTREAM_TIMEOUT)
+    except (OSError, TimeoutError, asyncio.IncompleteReadError):
+        return None
+    finally:
+        writer.close()
+
+
+# --- the asyncio shell ----------------------------------------------------------------------
+
+
+class _UdpServer(asyncio.DatagramProtocol):
+    def __init__(self, proxy: DnsProxy) -> None:
+        self.proxy = proxy
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        asyncio.get_running_loop().create_task(self._reply(data, addr))
+
+    async def _reply(self, data: bytes, addr) -> None:
+        reply = await self.proxy.answer(data, "udp")
+        if reply is not None and self.transport is not None:
+            self.transport.sendto(reply, addr)
+
+
+async def _serve_tcp_client(
+    proxy: DnsProxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    try:
+        while True:
+            size = struct.unpack(
+                "!H", await asyncio.wait_for(reader.readexactly(2), TCP_IDLE_TIMEOUT)
+            )[0]
+            data = await asyncio.wait_for(reader.readexactly(size), TCP_IDLE_TIMEOUT)
+            reply = await proxy.answer(data, "tcp")
+            if reply is None:
+                break
+            writer.write(struct.pack("!H", len(reply)) + reply)
+            await writer.drain()
+    except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+async def serve_dns(proxy: DnsProxy, port: int, hosts: tuple[str, ...] = ("127.0.0.1", "::1")):
+    """Start UDP and TCP listeners on each host that exists here; returns closers."""
+    loop = asyncio.get_running_loop()
+    closers = []
+    limiter = asyncio.Semaphore(MAX_TCP_CLIENTS)
+
+    async def tcp_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if limiter.locked():
+            writer.close()
+            return
+        async with limiter:
+            await _serve_tcp_client(proxy, reader, writer)
+
+    for host in hosts:
+        with contextlib.suppress(OSError):  # no ::1 in a namespace without IPv6
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _UdpServer(proxy), local_addr=(host, port)
+            )
+            closers.append(transport.close)
+            server = await asyncio.start_server(tcp_client, host, port, reuse_address=True)
+            closers.append(server.close)
+    if not closers:
+        raise OSError(f"the DNS proxy could not listen on port {port}")
+    return closers
