@@ -83,17 +83,21 @@ class PolicyRouting:
                     priority=RULE_PRIORITY,
                 )
             if not self._has_route(route):
-                self._ipr.route(
-                    "add",
-                    family=family,
-                    type="local",
-                    table=route.table,
-                    oif=self._lo(),
-                    dst_len=0,
-                    scope=_SCOPE_HOST,
-                )
+                self._local_default_route("add", route)
         except NetlinkError as err:
             raise RoutingError(f"adding {'; '.join(route.describe())}: {err}") from None
+
+    def _local_default_route(self, action: str, route: PolicyRoute) -> None:
+        """``ip route {add,del} local default dev lo table T`` (IPv4 needs scope host)."""
+        self._ipr.route(
+            action,
+            family=_AF[route.family],
+            type="local",
+            table=route.table,
+            oif=self._lo(),
+            dst_len=0,
+            scope=_SCOPE_HOST,
+        )
 
     def remove(self, route: PolicyRoute) -> None:
         family = _AF[route.family]
@@ -101,15 +105,7 @@ class PolicyRouting:
             while self._has_rule(route):
                 self._ipr.rule("del", family=family, fwmark=route.mark, table=route.table)
             if self._has_route(route):
-                self._ipr.route(
-                    "del",
-                    family=family,
-                    type="local",
-                    table=route.table,
-                    oif=self._lo(),
-                    dst_len=0,
-                    scope=_SCOPE_HOST,
-                )
+                self._local_default_route("del", route)
         except NetlinkError as err:
             raise RoutingError(f"removing IPv{route.family} policy routing: {err}") from None
 

@@ -320,17 +320,7 @@ class MeshLab:
     def _ready(self, pod: Pod) -> bool:
         if pod.sidecar is not None and pod.sidecar.poll() is not None:
             raise AssertionError(f"sidecar in {pod.name} exited: {pod.read_sidecar_log()}")
-        done = pod.run(
-            "curl",
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "http://127.0.0.1:15021/healthz/ready",
-            uid=None,
-        )
-        return done.stdout == "200"
+        return pod.ready_code() == 200
 
     def destroy_quietly(self) -> None:
         self.destroy(show_logs=False)

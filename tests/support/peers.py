@@ -49,15 +49,21 @@ def _http(port: int, label: str, transparent: bool, family: int) -> None:
         threading.Thread(target=_answer_http, args=(conn, label, transparent), daemon=True).start()
 
 
+def _read_request_head(conn: socket.socket) -> bytes:
+    """Read up to the end of an HTTP request head (64 KiB at most, 5 s)."""
+    conn.settimeout(5)
+    request = b""
+    while b"\r\n\r\n" not in request and len(request) < 65536:
+        chunk = conn.recv(4096)
+        if not chunk:
+            break
+        request += chunk
+    return request
+
+
 def _answer_http(conn: socket.socket, label: str, transparent: bool) -> None:
     with conn:
-        conn.settimeout(5)
-        request = b""
-        while b"\r\n\r\n" not in request and len(request) < 65536:
-            chunk = conn.recv(4096)
-            if not chunk:
-                break
-            request += chunk
+        _read_request_head(conn)
         original = original_destination(conn)
         if original == conn.getsockname()[:2]:
             original = None  # conntrack knows the connection, but nothing rewrote it
@@ -162,13 +168,7 @@ def _count(conn: socket.socket, _peer) -> None:
 def _whoami(label: str):
     def answer(conn: socket.socket, peer) -> None:
         with conn:
-            conn.settimeout(5)
-            request = b""
-            while b"\r\n\r\n" not in request and len(request) < 65536:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    break
-                request += chunk
+            _read_request_head(conn)
             body = f"{label} peer={peer[0]}:{peer[1]}\n".encode()
             conn.sendall(
                 b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s"

@@ -165,17 +165,7 @@ def test_admin_is_local_and_mutations_are_post_only(mesh_lab: MeshLab) -> None:
     assert outside.curl(f"http://{client.ip}:15000/stats").startswith("ERROR")
     code, _ = client.admin("/healthcheck/fail", method="POST")
     assert code == 200
-    ready = client.run(
-        "curl",
-        "-s",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        "http://127.0.0.1:15021/healthz/ready",
-        uid=None,
-    ).stdout
-    assert ready == "503"
+    assert client.ready_code() == 503
 
 
 def test_metrics_agree_with_what_was_sent(mesh_lab: MeshLab) -> None:
@@ -208,3 +198,19 @@ def test_example_mesh_loads_and_names_the_lab_addresses() -> None:
     text = (Path(__file__).resolve().parents[3] / "examples" / "mesh.yaml").read_text()
     mesh = parse_mesh(text, "examples/mesh.yaml")
     assert mesh.service("backend.default") is not None
+
+
+def test_active_health_checks_take_a_dead_endpoint_out_of_rotation(mesh_lab: MeshLab) -> None:
+    health = {"interval": "200ms", "timeout": "200ms", "unhealthy_threshold": 2}
+    client, pods = bring_up(mesh_lab, 2, health_check=health, connect_attempts=1)
+    victim = pods[1]
+    for proc in victim.ns._procs:
+        proc.kill()
+
+    def flagged() -> bool:
+        _, clusters = client.admin("/clusters")
+        return f"{victim.ip}:8080::health_flags::/failed_active_hc" in clusters
+
+    wait_until(flagged, 5, "the health checker to mark the dead endpoint")
+    replies = [client.curl(f"http://{VIP}:8080/") for _ in range(6)]
+    assert {answered_by(r) for r in replies} == {pods[0].name}, replies

@@ -214,20 +214,32 @@ def test_bad_pointers_and_label_types_are_rejected(owner: bytes) -> None:
     rejects(message(question("a.example"), [rr(owner, TYPE_A, 5, b"\x01\x02\x03\x04")]))
 
 
-def test_pointer_hops_are_capped_at_127() -> None:
-    def chain(hops: int) -> bytes:
-        q = question("a.example")
-        rdata_at = 12 + len(q) + 2 + 10
-        # TXT RDATA is opaque to the parser: lay a name "z", then hops - 1 pointers, the
-        # first to "z" and each later one to the pointer before it.
-        links = [ptr(rdata_at)] + [ptr(rdata_at + 3 + 2 * i) for i in range(hops - 2)]
-        rdata = b"\x01z\x00" + b"".join(links)
-        txt = rr(ptr(12), TYPE_TXT, 5, rdata)
-        last_at = rdata_at + len(rdata) - 2  # the answer's owner points here: one more hop
-        return message(q, [txt, rr(ptr(last_at), TYPE_A, 5, b"\x01\x02\x03\x04")])
+def pointer_chain(hops: int, *, then_one_more: bool = False) -> bytes:
+    """An A record whose owner takes ``hops`` pointer hops to reach the name "z"; optionally a
+    second A record pointing at the first one's owner, read after the chain is memoised."""
+    q = question("a.example")
+    rdata_at = 12 + len(q) + 2 + 10
+    # TXT RDATA is opaque to the parser: lay a name "z", then hops - 1 pointers, the first to
+    # "z" and each later one to the pointer before it.
+    links = [ptr(rdata_at)] + [ptr(rdata_at + 3 + 2 * i) for i in range(hops - 2)]
+    rdata = b"\x01z\x00" + b"".join(links)
+    txt = rr(ptr(12), TYPE_TXT, 5, rdata)
+    owner_at = rdata_at + len(rdata)
+    records = [txt, rr(ptr(owner_at - 2), TYPE_A, 5, b"\x01\x02\x03\x04")]
+    if then_one_more:
+        records.append(rr(ptr(owner_at), TYPE_A, 5, b"\x01\x02\x03\x04"))
+    return message(q, records)
 
-    assert parse_response(chain(127)).answers[1].name == "z"
-    assert rejects(chain(128)).reason == "too_many_compression_pointers"
+
+def test_pointer_hops_are_capped_at_127() -> None:
+    assert parse_response(pointer_chain(127)).answers[1].name == "z"
+    assert rejects(pointer_chain(128)).reason == "too_many_compression_pointers"
+
+
+def test_hop_cap_holds_for_names_resolved_from_the_memo() -> None:
+    assert parse_response(pointer_chain(126, then_one_more=True)).answers[2].name == "z"
+    reason = rejects(pointer_chain(127, then_one_more=True)).reason
+    assert reason == "too_many_compression_pointers"
 
 
 def test_names_over_255_octets_via_compression_are_rejected() -> None:
