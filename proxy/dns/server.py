@@ -104,12 +104,15 @@ class DnsProxy:
 
     async def _forward(self, query: Query, data: bytes, limit: int | None) -> bytes | None:
         question = query.question
-        key = (question.name, question.qtype, question.qclass)
+        # EDNS is part of the key: a reply carrying an OPT record must not reach a client that
+        # sent none (RFC 6891 §7).
+        key = (question.name, question.qtype, question.qclass, query.edns_payload is not None)
         cached = self.cache.get(key)
         if cached is not None:
             value, elapsed = cached
             self.stats.inc("dns_answers_total", labels(source="cache"))
-            return self._fit(query, with_id_and_ttl(value, query.id, elapsed), limit)
+            reply = _echo_question(query, with_id_and_ttl(value, query.id, elapsed))
+            return self._fit(query, reply, limit)
         if not self.resolv.nameservers:
             self.stats.inc("dns_failures_total", labels(reason="no_upstream"))
             return build_answer(query, Rcode.SERVFAIL, authoritative=False, max_size=limit)
@@ -121,6 +124,10 @@ class DnsProxy:
             response = parse_response(reply)
         except DnsError as err:
             self.stats.inc("dns_failures_total", labels(reason=f"upstream_{err.reason}"))
+            return build_answer(query, Rcode.SERVFAIL, authoritative=False, max_size=limit)
+        if response.question != question:
+            # Same ID, other question: a stray or spoofed answer (RFC 5452 §4.3).
+            self.stats.inc("dns_failures_total", labels(reason="upstream_question_mismatch"))
             return build_answer(query, Rcode.SERVFAIL, authoritative=False, max_size=limit)
         ttl = cache_ttl(response)
         if ttl:
@@ -154,6 +161,15 @@ class DnsProxy:
                 self.stats.inc("dns_upstream_latency_ms_bucket", labels(le=str(bound)))
         self.stats.inc("dns_upstream_latency_ms_bucket", labels(le="+Inf"))
         self.stats.inc("dns_upstream_latency_ms_sum", (), int(millis))
+
+
+def _echo_question(query: Query, reply: bytes) -> bytes:
+    """Give a cached reply the asking client's own question bytes: names are compared
+    case-insensitively, but clients that randomise letter case (0x20 encoding) check theirs."""
+    size = len(query.raw_question)
+    if reply[12 : 12 + size].lower() == query.raw_question.lower():
+        return reply[:12] + query.raw_question + reply[12 + size :]
+    return reply
 
 
 _TC = 0x02  # the truncation bit, in the third header octet (RFC 1035 §4.1.1)
