@@ -14,13 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from init.backend import Backend, BackendError
-from init.config import TPROXY_MARK, TPROXY_ROUTE_TABLE
+from init.config import INBOUND_PASSTHROUGH_V6, TPROXY_MARK, TPROXY_ROUTE_TABLE
 from init.render import transition
 from init.routing import PolicyRouting, RoutingError
 from init.rules import BUILTIN_CHAINS, RuleSet
 from init.state import DetourView, detour_view, fingerprint, parse_save, view_of_ruleset
 
 log = logging.getLogger("detour.init")
+
+# The only lo address Detour ever adds (and so the only one cleanup may remove).
+OWNED_LO = (f"{INBOUND_PASSTHROUGH_V6}/128",)
 
 # Reads the targets of Detour's rules through an independent path (python-iptables for the
 # legacy backend); None where no such reader exists (nft).
@@ -55,6 +58,7 @@ class Installer:
         plan = {family: wanted.get(family) for family in self.families}
         snapshots = {family: self.backend.save(family, counters=True) for family in plan}
         routes_before = self._routes_installed()
+        addresses_before = self._lo_addresses_installed()
         self._touched = {family: set() for family in plan}
         changed = False
         step = "reading the installed rules"
@@ -76,10 +80,19 @@ class Installer:
                 changed |= self.routing.reconcile(
                     wanted_routes, self.families, TPROXY_MARK, TPROXY_ROUTE_TABLE
                 )
+                if 6 in self.families:
+                    step = "setting the inbound passthrough address on lo"
+                    wanted_lo = {a for rs in plan.values() if rs for a in rs.lo_addresses}
+                    changed |= self.routing.reconcile_lo_addresses(wanted_lo, OWNED_LO)
         except (BackendError, RoutingError, VerifyError) as err:
-            outcome = self._rollback(snapshots, routes_before)
+            outcome = self._rollback(snapshots, routes_before, addresses_before)
             raise ApplyError(f"{step} failed: {err}; {outcome}") from None
         return changed
+
+    def _lo_addresses_installed(self) -> set[str]:
+        if self.routing is None or 6 not in self.families:
+            return set()
+        return self.routing.lo_addresses(OWNED_LO)
 
     def _routes_installed(self) -> set:
         if self.routing is None:
@@ -100,7 +113,12 @@ class Installer:
             if problems:
                 raise VerifyError("python-iptables disagrees: " + "; ".join(problems))
 
-    def _rollback(self, snapshots: dict[int, str], routes_before: set) -> str:
+    def _rollback(
+        self,
+        snapshots: dict[int, str],
+        routes_before: set,
+        addresses_before: set[str] = frozenset(),
+    ) -> str:
         failures: list[str] = []
         for family, tables in self._touched.items():
             if not tables:
@@ -117,6 +135,8 @@ class Installer:
                 self.routing.reconcile(
                     routes_before, self.families, TPROXY_MARK, TPROXY_ROUTE_TABLE
                 )
+                if 6 in self.families:
+                    self.routing.reconcile_lo_addresses(set(addresses_before), OWNED_LO)
             except RoutingError as err:
                 failures.append(str(err))
         if failures:

@@ -37,6 +37,9 @@ def render_plan(rulesets: list[RuleSet]) -> str:
             out.append(f"# ==== IPv{ruleset.family}: policy routing (pyroute2) ====")
             for route in ruleset.routes:
                 out.extend(f"# {line}" for line in route.describe())
+        if ruleset.lo_addresses:
+            out.append(f"# ==== IPv{ruleset.family}: loopback addresses (pyroute2) ====")
+            out.extend(f"# ip -6 addr add {address} dev lo" for address in ruleset.lo_addresses)
     return "\n".join(line for line in out if line) + "\n"
 
 

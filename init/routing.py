@@ -109,6 +109,33 @@ class PolicyRouting:
         except NetlinkError as err:
             raise RoutingError(f"removing IPv{route.family} policy routing: {err}") from None
 
+    # --- the inbound passthrough address on lo ------------------------------------------
+
+    def lo_addresses(self, candidates: Iterable[str]) -> set[str]:
+        """Which of ``candidates`` (CIDR text, e.g. "::6/128") are on lo now."""
+        present = set()
+        for candidate in candidates:
+            address, _, prefix = candidate.partition("/")
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            for entry in self._ipr.get_addr(family=family, index=self._lo()):
+                if entry.get_attr("IFA_ADDRESS") == address and str(entry["prefixlen"]) == prefix:
+                    present.add(candidate)
+        return present
+
+    def reconcile_lo_addresses(self, wanted: set[str], owned: Iterable[str]) -> bool:
+        """Make the ``owned`` addresses on lo equal ``wanted``; True if anything changed."""
+        have = self.lo_addresses(owned)
+        try:
+            for candidate in sorted(have - wanted):
+                address, _, prefix = candidate.partition("/")
+                self._ipr.addr("del", index=self._lo(), address=address, prefixlen=int(prefix))
+            for candidate in sorted(wanted - have):
+                address, _, prefix = candidate.partition("/")
+                self._ipr.addr("add", index=self._lo(), address=address, prefixlen=int(prefix))
+        except NetlinkError as err:
+            raise RoutingError(f"setting the lo addresses {sorted(wanted)}: {err}") from None
+        return have != wanted
+
     def reconcile(
         self, wanted: set[PolicyRoute], families: Iterable[int], mark: int, table: int
     ) -> bool:

@@ -84,6 +84,9 @@ class RuleSet:
     family: int
     tables: tuple[Table, ...]
     routes: tuple[PolicyRoute, ...]
+    # Addresses Detour puts on lo: ::6, the IPv6 inbound passthrough source. 127.0.0.6 needs
+    # nothing (all of 127/8 is local), but ::6 must exist for the app's replies to come back.
+    lo_addresses: tuple[str, ...] = ()
 
     def table(self, name: str) -> Table | None:
         return next((t for t in self.tables if t.name == name), None)
@@ -225,7 +228,10 @@ def build_rules(config: CaptureConfig, family: int) -> RuleSet:
     routes: tuple[PolicyRoute, ...] = ()
     if inbound and config.mode == "TPROXY":
         routes = (PolicyRoute(family, TPROXY_MARK, TPROXY_ROUTE_TABLE),)
-    return RuleSet(family, tables, routes)
+    lo_addresses = (
+        (fam.passthrough,) if inbound and config.mode == "REDIRECT" and family == 6 else ()
+    )
+    return RuleSet(family, tables, routes, lo_addresses)
 
 
 def _inbound_exclusions(table: _TableBuilder, chain: str, config: CaptureConfig) -> None:

@@ -8,6 +8,7 @@ connections already open keep the objects they started with, so none is dropped.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import socket
@@ -28,7 +29,8 @@ log = logging.getLogger("detour.proxy")
 
 OUTBOUND = ListenerInfo("virtualOutbound", "outbound")
 INBOUND_V4 = ListenerInfo("virtualInbound", "inbound", source_address="127.0.0.6")
-INBOUND_V6 = ListenerInfo("virtualInbound", "inbound")
+# ::6 is put on lo by init (REDIRECT mode with IPv6), as 127.0.0.6 is implicitly local.
+INBOUND_V6 = ListenerInfo("virtualInbound", "inbound", source_address="::6")
 INBOUND_TPROXY = ListenerInfo("virtualInbound", "inbound", preserve_source=True)
 
 
@@ -149,25 +151,44 @@ class Worker:
             return
         duration_ms = int((time.time() - session.started) * 1000)
         upstream = session.upstream_address
-        entry = {
-            "start_time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(session.started)),
-            "direction": session.listener.direction,
-            "downstream_remote_address": f"{session.peer[0]}:{session.peer[1]}",
-            "original_destination": (
-                f"{session.destination[0]}:{session.destination[1]}" if session.destination else "-"
-            ),
-            "upstream_cluster": session.cluster_name,
-            "upstream_host": f"{upstream[0]}:{upstream[1]}" if upstream else "-",
-            "response_flags": ",".join(session.flags) or "-",
-            "bytes_received": session.downstream.received,
-            "bytes_sent": session.upstream.received if session.upstream else 0,
-            "duration": duration_ms,
-        }
+        start_time = _log_time(int(session.started))
+        peer, destination = session.peer, session.destination
+        downstream_remote = f"{peer[0]}:{peer[1]}"
+        original = f"{destination[0]}:{destination[1]}" if destination else "-"
+        upstream_host = f"{upstream[0]}:{upstream[1]}" if upstream else "-"
+        flags = ",".join(session.flags) or "-"
+        sent = session.upstream.received if session.upstream else 0
         if self.access_log_format == "json":
-            access.info(json.dumps(entry))
+            entry = {
+                "start_time": start_time,
+                "direction": session.listener.direction,
+                "downstream_remote_address": downstream_remote,
+                "original_destination": original,
+                "upstream_cluster": session.cluster_name,
+                "upstream_host": upstream_host,
+                "response_flags": flags,
+                "bytes_received": session.downstream.received,
+                "bytes_sent": sent,
+                "duration": duration_ms,
+            }
+            _emit_access(json.dumps(entry))
         else:
-            access.info(
-                '[{start_time}] "TCP {direction}" {response_flags} {bytes_received} {bytes_sent} '
-                '{duration} "{downstream_remote_address}" "{original_destination}" '
-                "{upstream_cluster} {upstream_host}".format(**entry)
+            _emit_access(
+                f'[{start_time}] "TCP {session.listener.direction}" {flags} '
+                f"{session.downstream.received} {sent} {duration_ms} "
+                f'"{downstream_remote}" "{original}" {session.cluster_name} {upstream_host}'
             )
+
+
+@functools.lru_cache(maxsize=4)
+def _log_time(second: int) -> str:
+    """The access log's start_time; connections of the same second share one strftime."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+
+
+def _emit_access(line: str) -> None:
+    """``access.info(line)`` without the caller lookup (``findCaller`` walks the stack on every
+    record): neither log format prints the source location, and this runs per connection."""
+    if access.isEnabledFor(logging.INFO):
+        record = access.makeRecord(access.name, logging.INFO, "(unknown file)", 0, line, (), None)
+        access.handle(record)

@@ -141,6 +141,7 @@ def fingerprint(ns: Netns, backend: str) -> str:
         ["ip", "-6", "rule"],
         ["ip", "route", "show", "table", "all"],
         ["ip", "-6", "route", "show", "table", "all"],
+        ["ip", "addr", "show", "dev", "lo"],
     ):
         parts.append(f"## {' '.join(argv)}\n" + ns.run(*argv).stdout)
     return "\n".join(parts)
