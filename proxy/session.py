@@ -9,6 +9,7 @@ are gone: stats, Istio TCP metrics, access log.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from proxy.filters.tcp_proxy import RelayHalf, link, reset
 from proxy.platform.sockets import TPROXY_MARK, transparent_socket
 from proxy.routing import Passthrough, Refuse, ToCluster
-from proxy.stats import labels
+from proxy.stats import Labels, cluster_labels, labels, listener_labels
 
 log = logging.getLogger("detour.proxy")
 
@@ -67,14 +68,15 @@ class Session:
         self._idle_handle: asyncio.TimerHandle | None = None
         self._idle_ticks = 0
         self._seen = -1
+        self._dial_expired = False
 
     # --- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
         self.worker.sessions.add(self)
-        self.worker.stats.inc("downstream_cx_total", labels(listener=self.listener.name))
-        self.worker.stats.gauge_add("downstream_cx_active", labels(listener=self.listener.name), 1)
-        self.task = asyncio.get_running_loop().create_task(self._connect())
+        self.worker.stats.inc("downstream_cx_total", listener_labels(self.listener.name))
+        self.worker.stats.gauge_add("downstream_cx_active", listener_labels(self.listener.name), 1)
+        self.task = self.worker.loop.create_task(self._connect())
 
     def half_lost(self, half: RelayHalf, exc: Exception | None) -> None:
         if exc is not None:
@@ -119,7 +121,7 @@ class Session:
 
     def _refuse(self, flag: str) -> None:
         self.flags.append(flag)
-        self.worker.stats.inc("downstream_cx_refused", labels(listener=self.listener.name))
+        self.worker.stats.inc("downstream_cx_refused", listener_labels(self.listener.name))
         self._close_downstream()
         self._finish()
 
@@ -133,19 +135,36 @@ class Session:
         """Connect the upstream half; returns None on success, else a response flag."""
         half = RelayHalf(self.half_lost)
         half.peer = self.downstream  # upstream bytes may arrive before link() runs
+        # A timer that cancels this task, rather than asyncio.wait_for (one more task per
+        # connection) or asyncio.timeout (two get_running_loop() calls, each a getpid()).
+        self._dial_expired = False
+        timer = self.worker.loop.call_later(timeout, self._expire_dial)
         try:
-            await asyncio.wait_for(self._dial(half, address, port), timeout)
-        except TimeoutError:
-            return "UT"
+            await self._dial(half, address, port)
+        except asyncio.CancelledError:
+            # As asyncio.timeout decides: ours only if nobody else asked to cancel the task
+            # (half_lost does when the downstream goes away).
+            if half.transport is not None:  # connected just as the timer fired: do not leak it
+                half.on_lost = _ignore_lost
+                half.transport.abort()
+            if self._dial_expired and self.task.uncancel() == 0:
+                return "UT"
+            raise
         except OSError:
             return "UF"
+        finally:
+            timer.cancel()
         self.upstream = half
         self.upstream_address = (address, port)
         self._open_halves += 1
         return None
 
+    def _expire_dial(self) -> None:
+        self._dial_expired = True
+        self.task.cancel()
+
     async def _dial(self, half: RelayHalf, address: str, port: int) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self.worker.loop
         if self.listener.preserve_source:
             sock = transparent_socket(self.peer[0], TPROXY_MARK)
             try:
@@ -176,7 +195,7 @@ class Session:
         policy = decision.service.policy
         if not cluster.breaker.try_open_connection():
             self.flags.append("UO")
-            self.worker.stats.inc("upstream_cx_overflow", labels(cluster=cluster.name))
+            self.worker.stats.inc("upstream_cx_overflow", cluster_labels(cluster.name))
             return False
         self._holds_breaker = True
         hash_key = self.peer[0].encode()
@@ -185,12 +204,12 @@ class Session:
             host = cluster.pick(hash_key, avoid=tried)
             if host is None:
                 self.flags.append("UH")
-                self.worker.stats.inc("upstream_cx_none_healthy", labels(cluster=cluster.name))
+                self.worker.stats.inc("upstream_cx_none_healthy", cluster_labels(cluster.name))
                 return False
             tried.add(host)
             if not cluster.breaker.try_start_pending():
                 self.flags.append("UO")
-                self.worker.stats.inc("upstream_cx_overflow", labels(cluster=cluster.name))
+                self.worker.stats.inc("upstream_cx_overflow", cluster_labels(cluster.name))
                 return False
             host.active_requests += 1
             try:
@@ -202,19 +221,19 @@ class Session:
                 self.host = host
                 return True
             host.active_requests -= 1
-        self.worker.stats.inc("upstream_cx_connect_attempts_exceeded", labels(cluster=cluster.name))
+        self.worker.stats.inc("upstream_cx_connect_attempts_exceeded", cluster_labels(cluster.name))
         return False
 
     def _account_connect(self, cluster_name: str, flag: str | None) -> bool:
         stats = self.worker.stats
         self.cluster_name = cluster_name
         if flag is None:
-            stats.inc("upstream_cx_total", labels(cluster=cluster_name))
-            stats.gauge_add("upstream_cx_active", labels(cluster=cluster_name), 1)
+            stats.inc("upstream_cx_total", cluster_labels(cluster_name))
+            stats.gauge_add("upstream_cx_active", cluster_labels(cluster_name), 1)
             return True
-        stats.inc("upstream_cx_connect_fail", labels(cluster=cluster_name))
+        stats.inc("upstream_cx_connect_fail", cluster_labels(cluster_name))
         if flag == "UT":
-            stats.inc("upstream_cx_connect_timeout", labels(cluster=cluster_name))
+            stats.inc("upstream_cx_connect_timeout", cluster_labels(cluster_name))
         if flag not in self.flags:
             self.flags.append(flag)
         return False
@@ -225,8 +244,7 @@ class Session:
         timeout = self.listener.idle_timeout
         if self.service is not None:
             timeout = self.service.policy.idle_timeout
-        loop = asyncio.get_running_loop()
-        self._idle_handle = loop.call_later(timeout / 2, self._check_idle, timeout / 2)
+        self._idle_handle = self.worker.loop.call_later(timeout / 2, self._check_idle, timeout / 2)
 
     def _check_idle(self, period: float) -> None:
         # Progress is measured by byte counts, so the hot path never touches a timer.
@@ -236,7 +254,7 @@ class Session:
             if self._idle_ticks >= 2:  # no byte for a whole idle_timeout
                 self.flags.append("IT")  # Envoy's stream idle timeout flag
                 self.worker.stats.inc(
-                    "downstream_cx_idle_timeout", labels(listener=self.listener.name)
+                    "downstream_cx_idle_timeout", listener_labels(self.listener.name)
                 )
                 for half in (self.downstream, self.upstream):
                     if half is not None and not half.lost:
@@ -245,7 +263,7 @@ class Session:
         else:
             self._idle_ticks = 0
         self._seen = progress
-        self._idle_handle = asyncio.get_running_loop().call_later(period, self._check_idle, period)
+        self._idle_handle = self.worker.loop.call_later(period, self._check_idle, period)
 
     # --- accounting -------------------------------------------------------------------
 
@@ -257,9 +275,9 @@ class Session:
             self._idle_handle.cancel()
         worker, stats = self.worker, self.worker.stats
         worker.sessions.discard(self)
-        stats.gauge_add("downstream_cx_active", labels(listener=self.listener.name), -1)
+        stats.gauge_add("downstream_cx_active", listener_labels(self.listener.name), -1)
         if self.upstream is not None:
-            stats.gauge_add("upstream_cx_active", labels(cluster=self.cluster_name), -1)
+            stats.gauge_add("upstream_cx_active", cluster_labels(self.cluster_name), -1)
         if self.host is not None:
             self.host.active_requests -= 1
         if self._holds_breaker:
@@ -278,22 +296,48 @@ class Session:
             service = (
                 f"{self.destination[0]}:{self.destination[1]}" if self.destination else "unknown"
             )
-        outbound = self.listener.direction == "outbound"
-        metric_labels = labels(
-            reporter="source" if outbound else "destination",
-            source_workload=workload.name if outbound else "unknown",
-            source_workload_namespace=workload.namespace if outbound else "unknown",
-            destination_workload="unknown" if outbound else workload.name,
-            destination_workload_namespace="unknown" if outbound else workload.namespace,
-            destination_service=service,
-            destination_service_name=service_name,
-            destination_service_namespace=service_ns,
-            request_protocol="tcp",
-            response_flags=",".join(self.flags) or "-",
-            connection_security_policy="none",
+        metric_labels = _istio_tcp_labels(
+            self.listener.direction == "outbound",
+            workload.name,
+            workload.namespace,
+            service,
+            service_name,
+            service_ns,
+            ",".join(self.flags) or "-",
         )
         stats = self.worker.stats
         stats.inc("istio_tcp_connections_opened_total", metric_labels)
         stats.inc("istio_tcp_connections_closed_total", metric_labels)
         stats.inc("istio_tcp_received_bytes_total", metric_labels, self.downstream.received)
         stats.inc("istio_tcp_sent_bytes_total", metric_labels, self.upstream.received)
+
+
+@functools.lru_cache(maxsize=4096)
+def _istio_tcp_labels(
+    outbound: bool,
+    workload: str,
+    workload_namespace: str,
+    service: str,
+    service_name: str,
+    service_namespace: str,
+    response_flags: str,
+) -> Labels:
+    """Istio's 11 TCP metric labels. Cached: almost every connection of a route repeats the
+    same values, and building the tuple of pairs cost more than the four increments."""
+    return labels(
+        reporter="source" if outbound else "destination",
+        source_workload=workload if outbound else "unknown",
+        source_workload_namespace=workload_namespace if outbound else "unknown",
+        destination_workload="unknown" if outbound else workload,
+        destination_workload_namespace="unknown" if outbound else workload_namespace,
+        destination_service=service,
+        destination_service_name=service_name,
+        destination_service_namespace=service_namespace,
+        request_protocol="tcp",
+        response_flags=response_flags,
+        connection_security_policy="none",
+    )
+
+
+def _ignore_lost(half: RelayHalf, exc: Exception | None) -> None:
+    """For an upstream half dropped before it was counted as part of the session."""

@@ -11,6 +11,7 @@ by listener or cluster.
 
 from __future__ import annotations
 
+import functools
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 
@@ -61,6 +62,18 @@ GAUGE_HELP: dict[str, str] = {
 
 def labels(**values: str) -> Labels:
     return tuple(values.items())
+
+
+@functools.cache
+def listener_labels(listener: str) -> Labels:
+    """``labels(listener=...)``, built once per listener name: it is keyed on every connection."""
+    return (("listener", listener),)
+
+
+@functools.cache
+def cluster_labels(cluster: str) -> Labels:
+    """``labels(cluster=...)``, built once per cluster name (a handful per mesh)."""
+    return (("cluster", cluster),)
 
 
 class Stats:

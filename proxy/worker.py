@@ -91,6 +91,9 @@ class Worker:
         self.sessions: set[Session] = set()
         self.servers: list[asyncio.AbstractServer] = []
         self.access_log_format = access_log_format
+        # Set by start(). Sessions use it instead of asyncio.get_running_loop(), which costs a
+        # getpid() system call per call on CPython 3.11 (several per connection).
+        self.loop: asyncio.AbstractEventLoop | None = None
         self._local_cache: dict[str, bool] = {}
         self.mesh = mesh
         self.routes = RouteTable.build(mesh, self._is_local)
@@ -114,7 +117,7 @@ class Worker:
         return cached
 
     async def start(self, listeners: list[ListenSpec]) -> None:
-        loop = asyncio.get_running_loop()
+        self.loop = loop = asyncio.get_running_loop()
         for spec in listeners:
             server = await loop.create_server(
                 lambda spec=spec: Downstream(self, spec), sock=spec.sock
@@ -153,9 +156,9 @@ class Worker:
         upstream = session.upstream_address
         start_time = _log_time(int(session.started))
         peer, destination = session.peer, session.destination
-        downstream_remote = f"{peer[0]}:{peer[1]}"
-        original = f"{destination[0]}:{destination[1]}" if destination else "-"
-        upstream_host = f"{upstream[0]}:{upstream[1]}" if upstream else "-"
+        downstream_remote = host_port(peer)
+        original = host_port(destination)
+        upstream_host = host_port(upstream)
         flags = ",".join(session.flags) or "-"
         sent = session.upstream.received if session.upstream else 0
         if self.access_log_format == "json":

@@ -31,7 +31,9 @@ def original_destination(sock: socket.socket) -> Address | None:
             return (str(mapped or address), port)
         raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, _SOCKADDR_IN.size)
         port, packed = _SOCKADDR_IN.unpack(raw)
-        return (str(ipaddress.IPv4Address(packed)), port)
+        # inet_ntoa: the same dotted quad as str(IPv4Address), without building the object
+        # (this runs once per intercepted connection).
+        return (socket.inet_ntoa(packed), port)
     except OSError:
         # ENOENT: no conntrack NAT entry for this socket, i.e. it was not redirected.
         return None
