@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test demo lint clean
+.PHONY: setup test demo lint clean images
 
 setup:
 	@./scripts/setup.sh
@@ -13,6 +13,10 @@ test: setup
 
 demo: setup
 	@./scripts/demo.sh
+
+# Container image localhost/detour:dev (init + sidecar), see deploy/README.md.
+images: setup
+	@./deploy/build.sh
 
 lint: setup
 	$(PY) -m ruff check .

@@ -56,8 +56,10 @@ def main() -> int:
             f"{len(backend.endpoints)} endpoints, {backend.policy.load_balancer.policy}"
         )
         resolved = client.run("getent", "hosts", "backend").stdout.split()
-        print(f"getent hosts backend -> {resolved[0] if resolved else 'nothing'} "
-              "(answered by the client's sidecar, DNS captured by init)")
+        print(
+            f"getent hosts backend -> {resolved[0] if resolved else 'nothing'} "
+            "(answered by the client's sidecar, DNS captured by init)"
+        )
         for call in range(1, CALLS + 1):
             reply = client.curl("http://backend:8080/")
             print(f"curl http://backend:8080/  #{call} -> {reply.split(' original=')[0]}")
@@ -67,8 +69,9 @@ def main() -> int:
             "curl", "-s", "http://127.0.0.1:15020/stats/prometheus", uid=None
         ).stdout
         for line in metrics.splitlines():
-            if line.startswith(("istio_tcp_connections_opened_total{", "upstream_cx_total{",
-                                "dns_answers_total{")):
+            if line.startswith(
+                ("istio_tcp_connections_opened_total{", "upstream_cx_total{", "dns_answers_total{")
+            ):
                 print(_short(line))
 
         step("client sidecar endpoints (curl 127.0.0.1:15000/clusters)")
@@ -92,8 +95,7 @@ def main() -> int:
 
 def _short(line: str) -> str:
     """Keep the labels a reader cares about."""
-    keep = ("destination_service_name", "source_workload=", "response_flags", "cluster=",
-            "source=")
+    keep = ("destination_service_name", "source_workload=", "response_flags", "cluster=", "source=")
     name, _, rest = line.partition("{")
     labels, _, value = rest.rpartition("}")
     shown = [part for part in labels.split(",") if part.startswith(keep)]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # make setup: install what Detour needs on a Debian 12 machine, idempotently, saying what it did.
-#   - Debian packages (only those missing)
+#   - Debian packages (only those missing), podman & debootstrap for deploy/ among them
 #   - kernel header links for bcc, only when /lib/modules/$(uname -r)/build is missing
 #   - .venv from Debian's /usr/bin/python3 with --system-site-packages (sees bcc; runnable by
 #     uid 1337, which cannot read an interpreter under /root), with the project editable + dev
@@ -15,6 +15,9 @@ PACKAGES=(
   python3 python3-venv python3-pip
   python3-bpfcc libbpfcc linux-headers-amd64
   dnsutils
+  # deploy/ (make images, tests/e2e/deploy): rootful podman without a registry. runc because
+  # crun refuses this machine's cgroups v1+v2 hybrid; debootstrap builds the base image.
+  podman debootstrap runc crun uidmap slirp4netns fuse-overlayfs util-linux
 )
 
 missing=()
