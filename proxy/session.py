@@ -14,8 +14,9 @@ import logging
 import time
 from dataclasses import dataclass
 
+from init.config import TPROXY_MARK
 from proxy.filters.tcp_proxy import RelayHalf, link, reset
-from proxy.platform.sockets import TPROXY_MARK, transparent_socket
+from proxy.platform.sockets import transparent_socket
 from proxy.routing import Passthrough, Refuse, ToCluster
 from proxy.stats import Labels, cluster_labels, labels, listener_labels
 

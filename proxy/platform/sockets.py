@@ -36,9 +36,6 @@ def listening_socket(
     return sock
 
 
-TPROXY_MARK = 1337  # init's --mode TPROXY routes packets with this mark back to the proxy
-
-
 def transparent_socket(source: str, mark: int) -> socket.socket:
     """A non-blocking TCP socket bound to a foreign ``source`` address (IP_TRANSPARENT) and
     marked, for connecting to the local app as the original client. Needs CAP_NET_ADMIN."""
