@@ -242,13 +242,16 @@ class MeshLab:
         netns_etc = Path("/etc/netns") / ns.name
         netns_etc.mkdir(parents=True, exist_ok=True)
         (netns_etc / "resolv.conf").write_text(RESOLV_CONF)
-        pod_if, bridge_if = "eth0", f"vp{host}x{next(_ids)}"
+        # Created under a unique name and renamed to eth0 inside the pod: the host (a VM, say)
+        # may have its own eth0, and the name is checked where the link is created.
+        n = next(_ids)
+        pod_if, bridge_if, staged = "eth0", f"vp{host}x{n}", f"vq{host}x{n}"
         subprocess.run(
             [
                 "ip",
                 "link",
                 "add",
-                pod_if,
+                staged,
                 "netns",
                 ns.name,
                 "type",
@@ -262,6 +265,7 @@ class MeshLab:
             check=True,
         )
         self.bridge_ns.run("ip", "link", "set", bridge_if, "master", "br0", "up")
+        ns.run("ip", "link", "set", "dev", staged, "name", pod_if)
         ip, ip6 = f"{SUBNET_V4}.{host}", f"{SUBNET_V6}{host:x}"
         ns.run("ip", "addr", "add", f"{ip}/24", "dev", pod_if)
         ns.run("ip", "addr", "add", f"{ip6}/64", "dev", pod_if, "nodad")
