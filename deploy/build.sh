@@ -32,21 +32,8 @@ done
 [[ -x .venv/bin/python ]] || die ".venv is missing: run 'make setup'"
 mkdir -p "$cache" "$context"
 
-# The Debian mirror apt already uses for bookworm (deb822 .sources first, then sources.list).
-debian_mirror() {
-  local uri
-  uri=$(awk '
-      /^[[:space:]]*$/ { if (uris != "" && suites ~ /(^| )bookworm( |$)/ && !found) { print uris; found = 1 } uris = ""; suites = ""; next }
-      /^URIs:/   { $1 = ""; uris = $2 }
-      /^Suites:/ { $1 = ""; suites = $0 " " }
-      END { if (uris != "" && suites ~ /(^| )bookworm( |$)/ && !found) print uris }
-    ' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n 1)
-  if [[ -z $uri && -r /etc/apt/sources.list ]]; then
-    uri=$(awk '$1 == "deb" { i = 2; if ($2 ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
-                             if ($(i + 1) == "bookworm") { print $i; exit } }' /etc/apt/sources.list)
-  fi
-  printf '%s\n' "$uri"
-}
+# shellcheck source=scripts/debian-mirror.sh
+source scripts/debian-mirror.sh  # cwd is the repo root (cd above)
 
 # 1. the base image
 if [[ $BASE_IMAGE == "$LOCAL_BASE" ]]; then

@@ -77,22 +77,8 @@ pubkey=${DETOUR_VM_PUBKEY:-$(ls /usr/share/rubygems-integration/all/gems/vagrant
   /opt/vagrant/embedded/gems/gems/vagrant-*/keys/vagrant.pub 2>/dev/null | head -n 1 || true)}
 [[ -n $pubkey && -r $pubkey ]] || die "Vagrant's insecure public key not found: install vagrant or set DETOUR_VM_PUBKEY"
 
-# The Debian mirror apt already uses for bookworm (deb822 .sources first, then sources.list);
-# the same lookup as deploy/build.sh.
-debian_mirror() {
-  local uri
-  uri=$(awk '
-      /^[[:space:]]*$/ { if (uris != "" && suites ~ /(^| )bookworm( |$)/ && !found) { print uris; found = 1 } uris = ""; suites = ""; next }
-      /^URIs:/   { $1 = ""; uris = $2 }
-      /^Suites:/ { $1 = ""; suites = $0 " " }
-      END { if (uris != "" && suites ~ /(^| )bookworm( |$)/ && !found) print uris }
-    ' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n 1)
-  if [[ -z $uri && -r /etc/apt/sources.list ]]; then
-    uri=$(awk '$1 == "deb" { i = 2; if ($2 ~ /^\[/) { while ($i !~ /\]$/) i++; i++ }
-                             if ($(i + 1) == "bookworm") { print $i; exit } }' /etc/apt/sources.list)
-  fi
-  printf '%s\n' "$uri"
-}
+# shellcheck source=scripts/debian-mirror.sh
+source scripts/debian-mirror.sh  # cwd is the repo root (cd above)
 
 mkdir -p "$out" "$boxdir"
 
