@@ -18,7 +18,7 @@ def require(condition: bool, what: str) -> None:
         return
     if in_ci():
         pytest.fail(f"prerequisite missing in CI: {what}")
-    pytest.skip(f"prerequisite missing: {what}")
+    pytest.skip(f"prerequisite missing: {what}")  # outside CI only (see above)
 
 
 def require_root_and_tools(*tools: str) -> None:
