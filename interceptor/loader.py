@@ -18,10 +18,12 @@ percent-encoded), which is how ``detach`` and ``status`` find them again.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote
@@ -287,6 +289,29 @@ def _remove_pins(pins: Path) -> None:
     pins.rmdir()
 
 
+@contextlib.contextmanager
+def _directory_fd(path: Path) -> Iterator[int]:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _pinned_programs(lib, pins: Path) -> Iterator[tuple[Program, int]]:
+    """(program, fd) for each of our programs pinned under ``pins``; each fd is closed as the
+    loop moves on."""
+    for program in PROGRAMS:
+        pin = pins / f"prog_{program.key}"
+        if not pin.exists():
+            continue
+        fd = _check(lib.bpf_obj_get(str(pin).encode()), f"opening {pin}")
+        try:
+            yield program, fd
+        finally:
+            os.close(fd)
+
+
 def detach(cgroup: str) -> None:
     """Detach what ``attach`` attached to ``cgroup`` and remove its pins."""
     _mount, path, pins = _context(cgroup, must_exist=False)
@@ -294,21 +319,11 @@ def detach(cgroup: str) -> None:
         raise InterceptorError(f"nothing attached to {path} by detour-ebpf (no {pins})")
     lib = _lib()
     if path.is_dir():  # a removed cgroup took its attachments with it
-        cgroup_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            for program in PROGRAMS:
-                pin = pins / f"prog_{program.key}"
-                if not pin.exists():
-                    continue
-                fd = _check(lib.bpf_obj_get(str(pin).encode()), f"opening {pin}")
-                try:
-                    res = lib.bpf_prog_detach2(fd, cgroup_fd, program.attach_type)
-                    if res < 0 and -res != 2:  # ENOENT: already detached
-                        _check(res, f"detaching {program.key} from {path}")
-                finally:
-                    os.close(fd)
-        finally:
-            os.close(cgroup_fd)
+        with _directory_fd(path) as cgroup_fd:
+            for program, fd in _pinned_programs(lib, pins):
+                res = lib.bpf_prog_detach2(fd, cgroup_fd, program.attach_type)
+                if res < 0 and -res != 2:  # ENOENT: already detached
+                    _check(res, f"detaching {program.key} from {path}")
     _remove_pins(pins)
 
 
@@ -335,19 +350,9 @@ def status() -> list[Attachment]:
         cgroup = cgroup_from_pin_name(mounts[0], pins.name)
         programs = {p.key: False for p in PROGRAMS}
         if cgroup.is_dir():
-            cgroup_fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                for program in PROGRAMS:
-                    pin = pins / f"prog_{program.key}"
-                    if not pin.exists():
-                        continue
-                    fd = _check(lib.bpf_obj_get(str(pin).encode()), f"opening {pin}")
-                    try:
-                        ids = _attached_ids(lib, cgroup_fd, program.attach_type)
-                        programs[program.key] = _prog_id(lib, fd) in ids
-                    finally:
-                        os.close(fd)
-            finally:
-                os.close(cgroup_fd)
+            with _directory_fd(cgroup) as cgroup_fd:
+                for program, fd in _pinned_programs(lib, pins):
+                    ids = _attached_ids(lib, cgroup_fd, program.attach_type)
+                    programs[program.key] = _prog_id(lib, fd) in ids
         found.append(Attachment(cgroup, pins, programs))
     return found

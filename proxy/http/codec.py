@@ -392,19 +392,7 @@ class Connection:
         end = buf.find(b"\r\n\r\n", self._scan)
         limits = self.limits
         if end < 0:
-            # No end yet. Fail early on what can't become valid, scanning only the new bytes.
-            scan = self._scan
-            if buf.find(b"\n\n", scan) >= 0 or buf.find(b"\n\r\n", scan) >= 0:
-                raise ProtocolError("bare LF in head", 400)
-            line_max = limits.max_request_line
-            if len(buf) > line_max + 2 and buf.find(b"\r\n", 0, line_max + 2) < 0:
-                raise ProtocolError("request line too long", 414)
-            if len(buf) > limits.max_head_bytes:
-                raise ProtocolError("header section too large", 431)
-            if self._eof:
-                return self._truncated()
-            self._scan = max(0, len(buf) - 3)
-            return None
+            return self._incomplete_section("head", "header", limits.max_request_line)
         self._scan = 0
         head = bytes(buf[:end])
         del buf[: end + 4]
@@ -416,6 +404,26 @@ class Connection:
         if self.their_role == CLIENT:
             return self._parse_request(head, lines)
         return self._parse_response(head, lines)
+
+    def _incomplete_section(self, where: str, kind: str, line_max: int | None) -> None:
+        """A head or trailer section without its blank line yet: fail early on what can never
+        become valid (scanning only the bytes added since the last look), report a truncation
+        at EOF, or wait for more (None)."""
+        buf, scan = self._buf, self._scan
+        if buf.find(b"\n\n", scan) >= 0 or buf.find(b"\n\r\n", scan) >= 0:
+            raise ProtocolError(f"bare LF in {where}", 400)
+        if (
+            line_max is not None
+            and len(buf) > line_max + 2
+            and buf.find(b"\r\n", 0, line_max + 2) < 0
+        ):
+            raise ProtocolError("request line too long", 414)
+        if len(buf) > self.limits.max_head_bytes:
+            raise ProtocolError(f"{kind} section too large", 431)
+        if self._eof:
+            return self._truncated()
+        self._scan = max(0, len(buf) - 3)
+        return None
 
     def _truncated(self) -> None:
         raise ProtocolError("connection closed inside a message", 400)
@@ -638,15 +646,7 @@ class Connection:
         limits = self.limits
         end = buf.find(b"\r\n\r\n", self._scan)
         if end < 0:
-            scan = self._scan
-            if buf.find(b"\n\n", scan) >= 0 or buf.find(b"\n\r\n", scan) >= 0:
-                raise ProtocolError("bare LF in trailers", 400)
-            if len(buf) > limits.max_head_bytes:
-                raise ProtocolError("trailer section too large", 431)
-            if self._eof:
-                return self._truncated()
-            self._scan = max(0, len(buf) - 3)
-            return None
+            return self._incomplete_section("trailers", "trailer", None)
         self._scan = 0
         if end + 4 > limits.max_head_bytes:
             raise ProtocolError("trailer section too large", 431)
