@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 
 from init.config import TPROXY_MARK
+from proxy.filters.http_proxy import HttpConnectionManager
+from proxy.filters.sniff import DEFAULT_DETECT_TIMEOUT, DEFAULT_SKIP_PORTS, detect
 from proxy.filters.tcp_proxy import RelayHalf, link, reset
 from proxy.platform.sockets import transparent_socket
 from proxy.routing import Passthrough, Refuse, ToCluster
@@ -70,6 +72,7 @@ class Session:
         self._idle_ticks = 0
         self._seen = -1
         self._dial_expired = False
+        self.http: HttpConnectionManager | None = None  # set when the connection speaks HTTP
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -104,6 +107,9 @@ class Session:
                 return
             if isinstance(decision, Passthrough):
                 connected = await self._connect_passthrough(decision)
+            elif await self._speaks_http(decision):
+                await self._serve_http(decision)
+                return
             else:
                 connected = await self._connect_cluster(decision)
         except asyncio.CancelledError:
@@ -119,6 +125,69 @@ class Session:
             return
         link(self.downstream, self.upstream)
         self._arm_idle_timer()
+
+    # --- HTTP ---------------------------------------------------------------------------
+
+    async def _speaks_http(self, decision: ToCluster) -> bool:
+        """A port declared ``http`` is HTTP; an ``auto`` one is sniffed: the first bytes decide,
+        and a client that stays silent (a server-first protocol) is TCP after the detection
+        timeout. Well-known server-first ports are never sniffed."""
+        protocol = decision.port.protocol
+        if protocol == "http":
+            return True
+        if protocol != "auto" or decision.port.port in DEFAULT_SKIP_PORTS:
+            return False
+        downstream = self.downstream
+        loop = self.worker.loop
+        deadline = loop.time() + DEFAULT_DETECT_TIMEOUT
+        while True:
+            detected = detect(b"".join(downstream.early))
+            if detected is not None:
+                return detected.protocol == "http1"
+            remaining = deadline - loop.time()
+            if downstream.eof or downstream.lost or remaining <= 0:
+                return False
+            arrived = loop.create_future()
+            downstream.on_early = functools.partial(_wake, arrived)
+            downstream.transport.resume_reading()
+            try:
+                async with asyncio.timeout(remaining):
+                    await arrived
+            except TimeoutError:
+                return False
+            finally:
+                downstream.on_early = None
+
+    async def _serve_http(self, decision: ToCluster) -> None:
+        """Hand the downstream transport to the HTTP connection manager until it is done."""
+        downstream, worker = self.downstream, self.worker
+        self.service, self.cluster_name = decision.service, "-"
+        channel = HttpConnectionManager.channel(worker.loop)
+        manager = HttpConnectionManager(
+            self,
+            decision.service,
+            decision.port,
+            worker.http_router(decision.service),
+            channel,
+            worker.rng,
+        )
+        self.http = manager
+        transport = downstream.transport
+        early = b"".join(downstream.early)
+        downstream.early.clear()
+        transport.set_protocol(channel)
+        channel.connection_made(transport)
+        channel.feed(early, downstream.eof)
+        if not downstream.eof:
+            transport.resume_reading()
+        self._arm_idle_timer()
+        try:
+            await manager.run()
+        finally:
+            manager.abort_upstream()
+            channel.close()
+            self._open_halves = 0
+            self._finish()
 
     def _refuse(self, flag: str) -> None:
         self.flags.append(flag)
@@ -191,7 +260,7 @@ class Session:
         return self._account_connect(cluster, flag)
 
     async def _connect_cluster(self, decision: ToCluster) -> bool:
-        cluster = self.worker.clusters[(decision.service.key, decision.port.port)]
+        cluster = self.worker.clusters[(decision.service.key, decision.port.port, "")]
         self.cluster, self.service = cluster, decision.service
         policy = decision.service.policy
         if not cluster.breaker.try_open_connection():
@@ -249,7 +318,10 @@ class Session:
 
     def _check_idle(self, period: float) -> None:
         # Progress is measured by byte counts, so the hot path never touches a timer.
-        progress = self.downstream.received + (self.upstream.received if self.upstream else 0)
+        if self.http is not None:
+            progress = self.http.progress()
+        else:
+            progress = self.downstream.received + (self.upstream.received if self.upstream else 0)
         if progress == self._seen:
             self._idle_ticks += 1
             if self._idle_ticks >= 2:  # no byte for a whole idle_timeout
@@ -257,6 +329,8 @@ class Session:
                 self.worker.stats.inc(
                     "downstream_cx_idle_timeout", listener_labels(self.listener.name)
                 )
+                if self.http is not None:
+                    self.http.abort()
                 for half in (self.downstream, self.upstream):
                     if half is not None and not half.lost:
                         half.transport.abort()
@@ -283,6 +357,8 @@ class Session:
             self.host.active_requests -= 1
         if self._holds_breaker:
             self.cluster.breaker.connection_closed()
+        if self.http is not None:
+            return  # HTTP connections are accounted per request (Worker.http_exchange_done)
         if self.upstream is not None:
             self._istio_tcp_metrics()
         worker.access_log(self)
@@ -338,6 +414,11 @@ def _istio_tcp_labels(
         response_flags=response_flags,
         connection_security_policy="none",
     )
+
+
+def _wake(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 def _ignore_lost(half: RelayHalf, exc: Exception | None) -> None:

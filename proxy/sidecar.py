@@ -27,7 +27,7 @@ from proxy.config.model import Mesh
 from proxy.dns.resolvconf import ResolvConf, read_resolv_conf
 from proxy.dns.server import DnsProxy, serve_dns
 from proxy.platform.sockets import listening_socket
-from proxy.stats import Stats, merge
+from proxy.stats import Merged, Stats, merge
 from proxy.worker import OUTBOUND, ListenSpec
 from proxy.workers import LISTENER_KINDS, WorkerProcess
 
@@ -265,14 +265,14 @@ class Sidecar:
             "/quitquitquit": Route(self._quit, post),
         }
 
-    async def _snapshot(self):
+    async def _snapshot(self) -> Merged:
         replies = await self._broadcast({"op": "stats"})
-        counters, gauges = merge([self.stats.snapshot(), *(reply["stats"] for reply in replies)])
-        counters[("config_reload_total", ())] = self.reloads
-        counters[("config_reload_rejected", ())] = self.rejected
-        counters[("worker_restarts_total", ())] = self.worker_restarts
-        gauges[("workers_alive", ())] = sum(w.alive for w in self.workers)
-        return counters, gauges
+        merged = merge([self.stats.snapshot(), *(reply["stats"] for reply in replies)])
+        merged.counters[("config_reload_total", ())] = self.reloads
+        merged.counters[("config_reload_rejected", ())] = self.rejected
+        merged.counters[("worker_restarts_total", ())] = self.worker_restarts
+        merged.gauges[("workers_alive", ())] = sum(w.alive for w in self.workers)
+        return merged
 
     async def _ready(self, _request: Request) -> Response:
         if self.ready and not self.health_failed:
@@ -288,7 +288,7 @@ class Sidecar:
         )
 
     async def _stats(self, request: Request) -> Response:
-        counters, gauges = await self._snapshot()
+        counters, gauges, _histograms = await self._snapshot()
         pattern = request.query.get("filter", [""])[0]
         try:
             matcher = re.compile(pattern)

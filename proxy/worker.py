@@ -11,17 +11,20 @@ import asyncio
 import functools
 import json
 import logging
+import random
 import socket
 import time
 from dataclasses import dataclass
 
-from proxy.config.model import Mesh
+from proxy.config.model import Mesh, Service
+from proxy.filters.http_proxy import Exchange
 from proxy.filters.tcp_proxy import RelayHalf
+from proxy.http.router import HttpRouter, header_value
 from proxy.platform.original_dst import original_destination
 from proxy.platform.sockets import is_local_address
 from proxy.routing import RouteTable
 from proxy.session import ListenerInfo, Session
-from proxy.stats import Stats
+from proxy.stats import Labels, Stats, labels, listener_labels
 from proxy.upstream.cluster import ClusterKey, ClusterRuntime, build_clusters
 
 access = logging.getLogger("detour.access")
@@ -98,6 +101,8 @@ class Worker:
         self.mesh = mesh
         self.routes = RouteTable.build(mesh, self._is_local)
         self.clusters: dict[ClusterKey, ClusterRuntime] = build_clusters(mesh, {}, self.stats)
+        self.rng = random.Random()  # weighted splits, retry jitter, fault injection
+        self._http_routers: dict[str, HttpRouter] = {}
 
     def apply_mesh(self, mesh: Mesh) -> None:
         """Swap routes and clusters; endpoint state is carried over where endpoints stay."""
@@ -105,10 +110,18 @@ class Worker:
         self.clusters = build_clusters(mesh, old, self.stats)
         self.routes = RouteTable.build(mesh, self._is_local)
         self.mesh = mesh
+        self._http_routers = {}
         for cluster in old.values():
-            cluster.stop_health_checks()
+            cluster.retire()
         for cluster in self.clusters.values():
             cluster.start_health_checks()
+
+    def http_router(self, service: Service) -> HttpRouter:
+        """The service's compiled HTTP routes, built on first use per mesh version."""
+        router = self._http_routers.get(service.key)
+        if router is None or router.service is not service:
+            router = self._http_routers[service.key] = HttpRouter(service)
+        return router
 
     def _is_local(self, address: str) -> bool:
         cached = self._local_cache.get(address)
@@ -181,6 +194,127 @@ class Worker:
                 f"{session.downstream.received} {sent} {duration_ms} "
                 f'"{downstream_remote}" "{original}" {session.cluster_name} {upstream_host}'
             )
+
+    # --- HTTP requests ----------------------------------------------------------------------
+
+    def http_exchange_done(self, session: Session, exchange: Exchange) -> None:
+        """Count and log one HTTP request (Envoy's downstream_rq_*, Istio's request metrics)."""
+        stats = self.stats
+        listener = listener_labels(session.listener.name)
+        stats.inc("downstream_rq_total", listener)
+        status = exchange.status
+        if status:
+            stats.inc(_STATUS_CLASS.get(status // 100, "downstream_rq_5xx"), listener)
+        flags = ",".join(exchange.flags) or "-"
+        service = session.service
+        workload = self.mesh.workload
+        metric_labels = _istio_request_labels(
+            session.listener.direction == "outbound",
+            workload.name,
+            workload.namespace,
+            service.fqdn(self.mesh.cluster_domain),
+            service.name,
+            service.namespace,
+            str(status) if status else "0",
+            flags,
+        )
+        stats.inc("istio_requests_total", metric_labels)
+        stats.observe(
+            "istio_request_duration_milliseconds", metric_labels, exchange.duration * 1000
+        )
+        stats.observe("istio_request_bytes", metric_labels, exchange.request_bytes)
+        stats.observe("istio_response_bytes", metric_labels, exchange.response_bytes)
+        if self.access_log_format != "off":
+            self._http_access_log(session, exchange, flags)
+
+    def _http_access_log(self, session: Session, exchange: Exchange, flags: str) -> None:
+        request = exchange.request
+        headers = request.headers
+        path = request.target.decode("latin-1")
+        cluster = exchange.cluster.name if exchange.cluster is not None else "-"
+        route = exchange.route.name if exchange.route is not None else "-"
+        start_time = (
+            _log_time(int(exchange.started)) + f".{int(exchange.started * 1000) % 1000:03d}Z"
+        )
+        fields = {
+            "start_time": start_time,
+            "method": request.method.decode("latin-1"),
+            "path": path,
+            "protocol": "HTTP/1.1" if request.version == b"1.1" else "HTTP/1.0",
+            "response_code": exchange.status,
+            "response_flags": flags,
+            "bytes_received": exchange.request_bytes,
+            "bytes_sent": exchange.response_bytes,
+            "duration": int(exchange.duration * 1000),
+            "upstream_service_time": None,
+            "x_forwarded_for": _text(header_value(headers, b"x-forwarded-for")),
+            "user_agent": _text(header_value(headers, b"user-agent")),
+            "request_id": _text(exchange.request_id),
+            "authority": _text(header_value(headers, b"host")),
+            "upstream_host": host_port(exchange.upstream_host),
+            "upstream_cluster": cluster,
+            "downstream_remote_address": host_port(session.peer),
+            "route_name": route,
+            "retries": exchange.retries,
+        }
+        if self.access_log_format == "json":
+            _emit_access(json.dumps(fields))
+            return
+        f = fields
+        _emit_access(
+            f'[{f["start_time"]}] "{f["method"]} {f["path"]} {f["protocol"]}" '
+            f"{f['response_code']} {flags} {f['bytes_received']} {f['bytes_sent']} "
+            f'{f["duration"]} - "{f["x_forwarded_for"]}" "{f["user_agent"]}" '
+            f'"{f["request_id"]}" "{f["authority"]}" "{f["upstream_host"]}" {cluster} '
+            f"{f['downstream_remote_address']} {route}"
+        )
+
+
+_STATUS_CLASS = {
+    1: "downstream_rq_1xx",
+    2: "downstream_rq_2xx",
+    3: "downstream_rq_3xx",
+    4: "downstream_rq_4xx",
+    5: "downstream_rq_5xx",
+}
+
+
+def _text(value: bytes | None) -> str:
+    """A header value for the access log: "-" when absent, control bytes escaped (a log line
+    must stay one line whatever the client sends)."""
+    if value is None:
+        return "-"
+    return value.decode("latin-1").encode("unicode_escape").decode("ascii").replace('"', '\\"')
+
+
+@functools.lru_cache(maxsize=4096)
+def _istio_request_labels(
+    outbound: bool,
+    workload: str,
+    workload_namespace: str,
+    service: str,
+    service_name: str,
+    service_namespace: str,
+    response_code: str,
+    response_flags: str,
+) -> Labels:
+    """Istio's request metric labels (the ones this sidecar can know), cached per combination:
+    a route's requests repeat the same few."""
+    return labels(
+        reporter="source" if outbound else "destination",
+        source_workload=workload if outbound else "unknown",
+        source_workload_namespace=workload_namespace if outbound else "unknown",
+        destination_workload="unknown" if outbound else workload,
+        destination_workload_namespace="unknown" if outbound else workload_namespace,
+        destination_service=service,
+        destination_service_name=service_name,
+        destination_service_namespace=service_namespace,
+        request_protocol="http",
+        response_code=response_code,
+        grpc_response_status="",
+        response_flags=response_flags,
+        connection_security_policy="none",
+    )
 
 
 @functools.lru_cache(maxsize=4)

@@ -1,7 +1,7 @@
 """Prometheus text for the merged worker stats, through prometheus-client's own renderer.
 
 An explicit CollectorRegistry (never the global one) holds one custom collector that turns
-the summed counters and gauges into metric families at scrape time.
+the summed counters, gauges and histograms into metric families at scrape time.
 """
 
 from __future__ import annotations
@@ -9,11 +9,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.utils import floatToGoString
 
-from proxy.stats import COUNTER_HELP, GAUGE_HELP, Key
+from proxy.stats import COUNTER_HELP, GAUGE_HELP, HISTOGRAMS, HistogramData, Key, Labels, Merged
 
-Snapshot = tuple[dict[Key, int], dict[Key, int]]
+Snapshot = Merged
 
 
 class MergedStatsCollector:
@@ -21,22 +27,61 @@ class MergedStatsCollector:
         self._current = current
 
     def collect(self) -> Iterator[Metric]:
-        counters, gauges = self._current()
+        counters, gauges, histograms = self._current()
         yield from _families(counters, CounterMetricFamily, COUNTER_HELP)
         yield from _families(gauges, GaugeMetricFamily, GAUGE_HELP)
+        yield from _histogram_families(histograms)
+
+
+def _by_name(values: dict[Key, object]) -> dict[str, list[tuple[Labels, object]]]:
+    by_name: dict[str, list[tuple[Labels, object]]] = {}
+    for (name, label_values), value in values.items():
+        by_name.setdefault(name, []).append((label_values, value))
+    return by_name
+
+
+def _family(kind, name: str, help_text: str, series: list, add: Callable) -> Metric:
+    """One family for every series of ``name``. A family pairs values with the label names it
+    was built with, and two series of one name may carry different label names, so each series
+    is added through a family of its own label names and its samples moved over."""
+    family = kind(name, help_text, labels=[k for k, _ in series[0][0]])
+    for label_values, value in series:
+        part = kind(name, help_text, labels=[k for k, _ in label_values])
+        add(part, [v for _, v in label_values], value)
+        family.samples.extend(part.samples)
+    return family
 
 
 def _families(values: dict[Key, int], kind, helps: dict[str, str]) -> Iterator[Metric]:
-    by_name: dict[str, list[tuple[tuple[tuple[str, str], ...], int]]] = {}
-    for (name, label_values), value in values.items():
-        by_name.setdefault(name, []).append((label_values, value))
+    by_name = _by_name(values)
     for name in sorted(by_name):
-        samples = by_name[name]
-        label_names = [k for k, _ in samples[0][0]]
-        family = kind(name, helps.get(name, name), labels=label_names)
-        for label_values, value in sorted(samples):
-            family.add_metric([v for _, v in label_values], value)
-        yield family
+        series = sorted(by_name[name])
+        yield _family(kind, name, helps.get(name, name), series, _add_value)
+
+
+def _add_value(family: Metric, label_values: list[str], value: int) -> None:
+    family.add_metric(label_values, value)
+
+
+def _histogram_families(histograms: dict[Key, HistogramData]) -> Iterator[Metric]:
+    """One family per name: cumulative ``_bucket{le}`` (ending in +Inf), ``_sum`` and
+    ``_count`` per label set, with the bounds the workers actually counted with."""
+    by_name = _by_name(histograms)
+    for name in sorted(by_name):
+        series = sorted(by_name[name], key=lambda item: item[0])
+        spec = HISTOGRAMS.get(name)
+        help_text = spec.help if spec else name
+        yield _family(HistogramMetricFamily, name, help_text, series, _add_histogram)
+
+
+def _add_histogram(family: Metric, label_values: list[str], data: HistogramData) -> None:
+    family.add_metric(label_values, _buckets(data), data.sum)
+
+
+def _buckets(data: HistogramData) -> list[tuple[str, float]]:
+    """``le`` values written as prometheus-client's own Histogram writes them ("1.0", "+Inf")."""
+    les = [floatToGoString(bound) for bound in data.bounds] + ["+Inf"]
+    return list(zip(les, data.cumulative(), strict=True))
 
 
 def render(snapshot: Snapshot) -> bytes:

@@ -7,6 +7,9 @@ is ever returned), with a message naming the file, the place in the document
 spirit as ``init/config.py``'s ``ConfigError``. Unknown keys are errors too: a typo such as
 ``conect_timeout`` would otherwise silently fall back to a default.
 
+HTTP routing (``subsets``, ``http`` routes) uses Istio's DestinationRule / VirtualService
+vocabulary in snake_case, and a route may only name subsets of its own service.
+
 Durations are a number of seconds or a string with a unit (``250ms``, ``1.5s``, ``2m``,
 ``1h``). Every duration must be greater than zero and at most one day: anything longer is far
 more likely a unit mistake than a wish, and a zero timeout would fail every connection.
@@ -28,16 +31,26 @@ import yaml
 from proxy.config.model import (
     LB_POLICIES,
     PROTOCOLS,
+    RETRY_ON,
+    STRING_MATCH_KINDS,
     CircuitBreaker,
     Endpoint,
+    Fault,
+    HeaderOperations,
     HealthCheck,
+    HttpRoute,
     IPAddress,
     LoadBalancer,
     Mesh,
     OutboundPolicy,
     OutlierDetection,
+    RetryPolicy,
+    RouteDestination,
+    RouteMatch,
     Service,
     ServicePort,
+    StringMatch,
+    Subset,
     TrafficPolicy,
     Workload,
 )
@@ -189,6 +202,12 @@ def _list(node: object, path: str) -> list:
     return node
 
 
+def _unique(value: object, earlier: list[Any], path: str, list_path: str, what: str) -> None:
+    """Refuse ``value`` when an earlier item of the list at ``list_path`` already has it."""
+    if value in earlier:
+        _refuse(path, value, f"duplicate {what} (also {_item(list_path, earlier.index(value))})")
+
+
 def _string(node: object, path: str) -> str:
     if not isinstance(node, str):
         _refuse(path, node, "expected a string")
@@ -250,6 +269,15 @@ def _duration_seconds(node: object, path: str) -> float:
     return float(match["number"]) * _UNIT_SECONDS[match["unit"]]
 
 
+def _percentage(node: object, path: str) -> float:
+    """A share in percent, 0-100, as a number (``10`` or ``0.5``, not ``"10%"``)."""
+    if isinstance(node, bool) or not isinstance(node, int | float):
+        _refuse(path, node, "expected a number (0-100)")
+    if not 0 <= node <= 100:  # also refuses NaN
+        _refuse(path, node, "out of range (0-100)")
+    return float(node)
+
+
 def _choice(allowed: tuple[str, ...]) -> Parser:
     def parse(node: object, path: str) -> str:
         if node not in allowed:
@@ -306,7 +334,16 @@ _WORKLOAD_FIELDS: dict[str, Parser] = {
 
 # --- services ----------------------------------------------------------------------------------
 
-_SERVICE_KEYS = ("name", "namespace", "vip", "ports", "endpoints", "traffic_policy")
+_SERVICE_KEYS = (
+    "name",
+    "namespace",
+    "vip",
+    "ports",
+    "endpoints",
+    "subsets",
+    "http",
+    "traffic_policy",
+)
 _AUTO = "auto"
 
 
@@ -356,7 +393,9 @@ def _service(node: object, where: str, claims: _Claims) -> Service:
     names = tuple(p.name for p in ports)
     endpoints = _endpoints(entry.get("endpoints"), _at(where, "endpoints"), names)
     policy = _traffic_policy(entry.get("traffic_policy"), _at(where, "traffic_policy"))
-    return Service(name, namespace, vips or (), ports, endpoints, policy)
+    subsets = _subsets(entry.get("subsets"), _at(where, "subsets"))
+    routes = _http_routes(entry.get("http"), _at(where, "http"), ports, subsets)
+    return Service(name, namespace, vips or (), ports, endpoints, policy, subsets, routes)
 
 
 def _vips(node: object, path: str, claims: _Claims, owner: str) -> tuple[IPAddress, ...] | None:
@@ -515,7 +554,13 @@ _LB_FIELDS: dict[str, Parser] = {
     "ring_size": _ranged(1, MAX_RING_SIZE),
     "choice_count": _ranged(2, MAX_CHOICE_COUNT),
 }
-_CIRCUIT_BREAKER_FIELDS: dict[str, Parser] = {"max_connections": _count, "max_pending": _count}
+_CIRCUIT_BREAKER_FIELDS: dict[str, Parser] = {
+    "max_connections": _count,
+    "max_pending": _count,
+    "max_requests": _count,
+    "retry_budget_percent": _percentage,
+    "min_retry_concurrency": _ranged(0, MAX_COUNT),
+}
 _OUTLIER_FIELDS: dict[str, Parser] = {
     "consecutive_failures": _count,
     "base_ejection_time": _duration,
@@ -537,4 +582,390 @@ _POLICY_FIELDS: dict[str, Parser] = {
     ),
     "outlier_detection": _optional(OutlierDetection, _OUTLIER_FIELDS),
     "health_check": _optional(HealthCheck, _HEALTH_CHECK_FIELDS),
+    "http_idle_timeout": _duration,
+    "max_requests_per_connection": _ranged(0, MAX_COUNT),  # 0: unlimited
 }
+
+
+# --- subsets -----------------------------------------------------------------------------------
+
+_SUBSET_KEYS = ("name", "labels")
+
+
+def _subsets(node: object, path: str) -> tuple[Subset, ...]:
+    """Routes refer to subsets by name, so names are unique within the service."""
+    subsets: list[Subset] = []
+    for index, entry in enumerate(_list(node, path)):
+        subset = _subset(entry, _item(path, index))
+        names = [s.name for s in subsets]
+        _unique(subset.name, names, _at(_item(path, index), "name"), path, "subset name")
+        subsets.append(subset)
+    return tuple(subsets)
+
+
+def _subset(node: object, where: str) -> Subset:
+    """A subset without labels would select every endpoint: surely a mistake, so refused."""
+    entry = _entry(node, where, _SUBSET_KEYS)
+    name = _dns_label(_required(entry, "name", where), _at(where, "name"))
+    labels = _labels(_required(entry, "labels", where), _at(where, "labels"))
+    if not labels:
+        _refuse(_at(where, "labels"), entry["labels"], "a subset needs at least one label")
+    return Subset(name, labels)
+
+
+# --- HTTP routes: matching ---------------------------------------------------------------------
+
+# RFC 9110 section 5.6.2: a field name is a token.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # every ASCII control character but tab
+
+
+def _text(node: object, path: str) -> str:
+    """A string that YAML might have turned into a bool or number (``yes``, ``1.0``) unquoted."""
+    if not isinstance(node, str):
+        _refuse(path, node, "expected a string (quote it)")
+    return node
+
+
+def _regex(text: str, path: str) -> str:
+    """Compiled here only to refuse a bad pattern. The router compiles its UTF-8 bytes (it
+    matches raw header bytes), where ``\\u00e9`` or ``(?u)`` fail, so both forms must compile."""
+    try:
+        re.compile(text)
+        re.compile(text.encode())
+    except re.error as exc:
+        _refuse(path, text, f"not a valid regular expression: {exc}")
+    return text
+
+
+def _string_match(node: object, path: str) -> StringMatch:
+    """Istio's StringMatch: a mapping with exactly one of exact, prefix or regex."""
+    kinds = ", ".join(STRING_MATCH_KINDS)
+    if not isinstance(node, dict):
+        _refuse(path, node, f"expected a mapping with one of: {kinds} (e.g. {{prefix: /api}})")
+    entry = _mapping(node, path, STRING_MATCH_KINDS)
+    if len(entry) != 1:
+        _refuse(path, node, f"expected exactly one of: {kinds}")
+    ((kind, value),) = entry.items()
+    text = _text(value, _at(path, kind))
+    return StringMatch(kind, _regex(text, _at(path, kind)) if kind == "regex" else text)
+
+
+def _header_name(node: object, path: str) -> str:
+    """Field names are tokens, compared case-insensitively: the model keeps them lowercase."""
+    if not isinstance(node, str) or not _TOKEN.fullmatch(node):
+        _refuse(path, node, "not a header name (an HTTP token: letters, digits, !#$%&'*+-.^_`|~)")
+    return node.lower()
+
+
+def _claim_header(name: str, node: object, path: str, seen: dict[str, str]) -> None:
+    """``X-A`` and ``x-a`` are one header: naming it twice in one place is a contradiction."""
+    if name in seen:
+        _refuse(path, node, f"header {name!r} given twice (also {seen[name]})")
+    seen[name] = path
+
+
+def _header_map(node: object, path: str, what: str) -> dict:
+    if node is not None and not isinstance(node, dict):
+        _refuse(path, node, f"expected a mapping of header names to {what}")
+    return node or {}
+
+
+def _header_matches(node: object, path: str) -> tuple[tuple[str, StringMatch], ...]:
+    seen: dict[str, str] = {}
+    pairs: list[tuple[str, StringMatch]] = []
+    for key, value in _header_map(node, path, "matches").items():
+        name = _header_name(key, _at(path, key))
+        _claim_header(name, key, _at(path, key), seen)
+        pairs.append((name, _string_match(value, _at(path, key))))
+    return tuple(pairs)
+
+
+_MATCH_FIELDS: dict[str, Parser] = {
+    "uri": _string_match,
+    "method": _string_match,
+    "authority": _string_match,
+    "headers": _header_matches,
+}
+
+
+def _matches(node: object, path: str) -> tuple[RouteMatch, ...]:
+    """The list is OR'ed, each item's conditions AND'ed; no list matches every request."""
+    matches: list[RouteMatch] = []
+    for index, entry in enumerate(_list(node, path)):
+        where = _item(path, index)
+        _entry(entry, where, _MATCH_FIELDS)
+        matches.append(RouteMatch(**_fields(entry, where, _MATCH_FIELDS)))
+    return tuple(matches)
+
+
+# --- HTTP routes: destinations -----------------------------------------------------------------
+
+_DESTINATION_KEYS = ("subset", "weight")
+
+
+def _destinations(
+    node: object, path: str, subsets: tuple[str, ...]
+) -> tuple[RouteDestination, ...]:
+    """No list sends everything to all endpoints; several destinations split it by weight."""
+    entries = _list(node, path)
+    if not entries:
+        return (RouteDestination(),)
+    destinations: list[RouteDestination] = []
+    for index, entry in enumerate(entries):
+        where = _item(path, index)
+        destination = _destination(entry, where, subsets, shared=len(entries) > 1)
+        earlier = [d.subset for d in destinations]
+        _unique(destination.subset, earlier, _at(where, "subset"), path, "destination")
+        destinations.append(destination)
+    total = sum(d.weight for d in destinations)
+    if total != 100:
+        _refuse(path, [d.weight for d in destinations], f"weights add up to {total}, not 100")
+    return tuple(destinations)
+
+
+def _destination(
+    node: object, where: str, subsets: tuple[str, ...], shared: bool
+) -> RouteDestination:
+    entry = _entry(node, where, _DESTINATION_KEYS)
+    subset = _subset_name(entry.get("subset"), _at(where, "subset"), subsets)
+    return RouteDestination(subset, _weight(entry, where, shared))
+
+
+def _subset_name(node: object, path: str, subsets: tuple[str, ...]) -> str | None:
+    """A subset of this service (None: all its endpoints)."""
+    if node is None:
+        return None
+    if node not in subsets:
+        known = ", ".join(subsets) if subsets else "it defines none"
+        _refuse(path, node, f"not a subset of this service ({known})")
+    return node
+
+
+def _weight(entry: dict, where: str, shared: bool) -> int:
+    """A weight is a percentage of the route's traffic: required only when it is shared."""
+    if "weight" not in entry:
+        if shared:
+            _refuse(_at(where, "weight"), None, "required when a route has several destinations")
+        return 100
+    weight = _integer(entry["weight"], _at(where, "weight"), 0, 100)
+    if not shared and weight != 100:
+        reason = "a single destination takes all the traffic: leave its weight out or make it 100"
+        _refuse(_at(where, "weight"), weight, reason)
+    return weight
+
+
+# --- HTTP routes: retries ----------------------------------------------------------------------
+
+MAX_RETRIES = 10
+_RETRIABLE_STATUS_CODES = "retriable-status-codes"
+
+
+def _retry_on(node: object, path: str) -> tuple[str, ...]:
+    """Istio's comma-separated string (``5xx,connect-failure``) or a YAML list of conditions."""
+    if isinstance(node, str):
+        found = [(part.strip(), path, node) for part in node.split(",")]
+    elif isinstance(node, list):
+        found = [(item, _item(path, index), item) for index, item in enumerate(node)]
+    else:
+        _refuse(path, node, "expected a comma-separated string or a list of conditions")
+    conditions: list[str] = []
+    for condition, where, value in found:
+        if condition not in RETRY_ON:
+            _refuse(where, value, _unknown_condition(condition))
+        if condition in conditions:
+            _refuse(where, value, f"condition {condition!r} given twice")
+        conditions.append(condition)
+    if not conditions:
+        _refuse(path, node, f"expected at least one condition ({', '.join(RETRY_ON)})")
+    return tuple(conditions)
+
+
+def _unknown_condition(condition: object) -> str:
+    """Istio accepts status codes in retryOn; here they have their own key, so say where."""
+    known = f"expected one of: {', '.join(RETRY_ON)}"
+    if condition == "":
+        return f"an empty condition (a stray comma?); {known}"
+    if str(condition).isdigit():
+        return f"status codes go in retriable_status_codes; {known}"
+    return f"unknown retry condition {condition!r}; {known}"
+
+
+def _status_codes(node: object, path: str) -> tuple[int, ...]:
+    codes: list[int] = []
+    for index, entry in enumerate(_list(node, path)):
+        code = _integer(entry, _item(path, index), 100, 599)
+        _unique(code, codes, _item(path, index), path, "status code")
+        codes.append(code)
+    return tuple(codes)
+
+
+_RETRY_FIELDS: dict[str, Parser] = {
+    "attempts": _ranged(0, MAX_RETRIES),  # 0 disables retries
+    "per_try_timeout": _duration,
+    "retry_on": _retry_on,
+    "retriable_status_codes": _status_codes,
+    "backoff_base": _duration,
+    "backoff_max": _duration,
+}
+
+
+def _retries(node: object, path: str) -> RetryPolicy:
+    """Absent or null: the model's defaults (``attempts: 0`` is how retries are turned off)."""
+    raw = _mapping(node, path, _RETRY_FIELDS)
+    policy = RetryPolicy(**_fields(raw, path, _RETRY_FIELDS))
+    _check_backoff(policy, raw, path)
+    if "retriable_status_codes" in raw and _RETRIABLE_STATUS_CODES not in policy.retry_on:
+        reason = f"used only when retry_on includes {_RETRIABLE_STATUS_CODES}"
+        _refuse(_at(path, "retriable_status_codes"), raw["retriable_status_codes"], reason)
+    return policy
+
+
+def _check_backoff(policy: RetryPolicy, raw: dict, path: str) -> None:
+    """The cap must not be below the base; blame the key the operator wrote."""
+    if policy.backoff_max >= policy.backoff_base:
+        return
+    if "backoff_max" in raw:
+        reason = f"must be at least backoff_base ({policy.backoff_base:g}s)"
+        _refuse(_at(path, "backoff_max"), raw["backoff_max"], reason)
+    reason = f"must be at most backoff_max ({policy.backoff_max:g}s, its default)"
+    _refuse(_at(path, "backoff_base"), raw["backoff_base"], reason)
+
+
+# --- HTTP routes: headers and faults -----------------------------------------------------------
+
+# Hop-by-hop headers (RFC 9110 section 7.6.1) and framing: the proxy owns them per connection,
+# and rewriting them would desynchronise the message framing between the two sides.
+_PROTECTED_HEADERS = (
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "content-length",
+    "host",
+)
+_HEADER_RULE_KEYS = ("request", "response")
+_HEADER_OPERATION_KEYS = ("set", "add", "remove")
+
+
+def _operated_header(node: object, path: str, seen: dict[str, str]) -> str:
+    name = _header_name(node, path)
+    if name in _PROTECTED_HEADERS:
+        protected = ", ".join(_PROTECTED_HEADERS)
+        _refuse(path, node, f"the proxy manages this header itself (it owns: {protected})")
+    _claim_header(name, node, path, seen)
+    return name
+
+
+def _header_value(node: object, path: str) -> str:
+    """CR, LF or NUL would end or split the header (request smuggling); RFC 9110 section 5.5
+    makes every other control character but tab invalid in a field value too."""
+    text = _text(node, path)
+    if _CONTROL.search(text):
+        _refuse(path, node, "a header value cannot contain CR, LF, NUL or other control characters")
+    return text
+
+
+def _header_values(node: object, path: str, seen: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    return tuple(
+        (_operated_header(key, _at(path, key), seen), _header_value(value, _at(path, key)))
+        for key, value in _header_map(node, path, "values").items()
+    )
+
+
+def _header_removals(node: object, path: str, seen: dict[str, str]) -> tuple[str, ...]:
+    entries = _list(node, path)
+    return tuple(_operated_header(name, _item(path, i), seen) for i, name in enumerate(entries))
+
+
+def _header_operations(node: object, path: str) -> HeaderOperations:
+    """One header in two of set/add/remove would leave the outcome to the order applied."""
+    entry = _mapping(node, path, _HEADER_OPERATION_KEYS)
+    seen: dict[str, str] = {}
+    return HeaderOperations(
+        set=_header_values(entry.get("set"), _at(path, "set"), seen),
+        add=_header_values(entry.get("add"), _at(path, "add"), seen),
+        remove=_header_removals(entry.get("remove"), _at(path, "remove"), seen),
+    )
+
+
+def _header_rules(node: object, path: str) -> dict[str, HeaderOperations]:
+    """``headers: {request: ..., response: ...}`` as HttpRoute's keyword arguments."""
+    entry = _mapping(node, path, _HEADER_RULE_KEYS)
+    return {
+        "request_headers": _header_operations(entry.get("request"), _at(path, "request")),
+        "response_headers": _header_operations(entry.get("response"), _at(path, "response")),
+    }
+
+
+# fault key -> {YAML key: (Fault field, parser)}; every key of a part is required.
+_FAULT_PARTS: dict[str, dict[str, tuple[str, Parser]]] = {
+    "delay": {"percentage": ("delay_percent", _percentage), "fixed_delay": ("delay", _duration)},
+    "abort": {
+        "percentage": ("abort_percent", _percentage),
+        "http_status": ("abort_status", _ranged(200, 599)),
+    },
+}
+
+
+def _fault(node: object, path: str) -> Fault | None:
+    """Chaos testing: absent or null injects nothing."""
+    if node is None:
+        return None
+    entry = _mapping(node, path, _FAULT_PARTS)
+    fields: dict[str, Any] = {}
+    for key, table in _FAULT_PARTS.items():
+        if entry.get(key) is not None:
+            fields |= _fault_part(entry[key], _at(path, key), table)
+    return Fault(**fields)
+
+
+def _fault_part(node: object, where: str, table: dict[str, tuple[str, Parser]]) -> dict[str, Any]:
+    """A delay or abort without its percentage or its effect would be a silent no-op."""
+    entry = _entry(node, where, tuple(table))
+    return {
+        name: parse(_required(entry, key, where), _at(where, key))
+        for key, (name, parse) in table.items()
+    }
+
+
+# --- HTTP routes -------------------------------------------------------------------------------
+
+_ROUTE_KEYS = ("name", "match", "route", "timeout", "retries", "headers", "fault")
+_HTTP_PROTOCOLS = ("http", "auto")
+
+
+def _http_routes(
+    node: object, path: str, ports: tuple[ServicePort, ...], subsets: tuple[Subset, ...]
+) -> tuple[HttpRoute, ...]:
+    """File order is kept (the first match wins); names tell routes apart, so are unique."""
+    entries = _list(node, path)
+    if entries and not any(p.protocol in _HTTP_PROTOCOLS for p in ports):
+        declared = ", ".join(f"{p.name} ({p.protocol})" for p in ports)
+        reason = f"HTTP routes need a port with protocol http or auto; this service has {declared}"
+        _refuse(path, node, reason)
+    names = tuple(s.name for s in subsets)
+    routes: list[HttpRoute] = []
+    for index, entry in enumerate(entries):
+        where = _item(path, index)
+        route = _http_route(entry, where, index, names)
+        _unique(route.name, [r.name for r in routes], _at(where, "name"), path, "route name")
+        routes.append(route)
+    return tuple(routes)
+
+
+def _http_route(node: object, where: str, index: int, subsets: tuple[str, ...]) -> HttpRoute:
+    entry = _entry(node, where, _ROUTE_KEYS)
+    timeout = entry.get("timeout")
+    return HttpRoute(
+        name=_dns_label(entry.get("name", f"route-{index}"), _at(where, "name")),
+        matches=_matches(entry.get("match"), _at(where, "match")),
+        destinations=_destinations(entry.get("route"), _at(where, "route"), subsets),
+        timeout=None if timeout is None else _duration(timeout, _at(where, "timeout")),
+        retries=_retries(entry.get("retries"), _at(where, "retries")),
+        **_header_rules(entry.get("headers"), _at(where, "headers")),
+        fault=_fault(entry.get("fault"), _at(where, "fault")),
+    )

@@ -11,11 +11,23 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-Protocol = Literal["tcp", "http", "http2", "grpc", "tls"]
+Protocol = Literal["auto", "tcp", "http", "http2", "grpc", "tls"]
 LbPolicy = Literal["round_robin", "least_request", "random", "ring_hash"]
 OutboundPolicy = Literal["ALLOW_ANY", "REGISTRY_ONLY"]
 
-PROTOCOLS: tuple[str, ...] = ("tcp", "http", "http2", "grpc", "tls")
+# "auto": sniff the first bytes (HTTP/1.x → the HTTP router, anything else → TCP), as Istio does
+# for ports whose protocol is not declared.
+PROTOCOLS: tuple[str, ...] = ("auto", "tcp", "http", "http2", "grpc", "tls")
+StringMatchKind = Literal["exact", "prefix", "regex"]
+STRING_MATCH_KINDS: tuple[str, ...] = ("exact", "prefix", "regex")
+# Envoy's retry_on conditions that an HTTP/1.1 router can observe (x-envoy-retry-on names).
+RETRY_ON: tuple[str, ...] = (
+    "5xx",
+    "gateway-error",
+    "connect-failure",
+    "reset",
+    "retriable-status-codes",
+)
 LB_POLICIES: tuple[str, ...] = ("round_robin", "least_request", "random", "ring_hash")
 # Reserved ranges for auto-allocated virtual IPs (Istio's auto-allocation uses 240.240/16 too).
 DEFAULT_VIP_RANGE_V4 = ipaddress.ip_network("240.240.0.0/16")
@@ -63,6 +75,12 @@ class CircuitBreaker:
 
     max_connections: int = 1024
     max_pending: int = 1024  # connections waiting for their upstream connect to finish
+    max_requests: int = 1024  # HTTP requests in flight to the cluster (503 UO beyond)
+    # Retry budget (Envoy's RetryBudget): retries in flight may be at most this share of the
+    # requests in flight, but never fewer than min_retry_concurrency. Retries beyond it are
+    # not made (upstream_rq_retry_overflow): under overload, retries must not multiply load.
+    retry_budget_percent: float = 20.0
+    min_retry_concurrency: int = 3
 
 
 @dataclass(frozen=True)
@@ -93,6 +111,110 @@ class TrafficPolicy:
     circuit_breaker: CircuitBreaker = field(default_factory=CircuitBreaker)
     outlier_detection: OutlierDetection | None = None
     health_check: HealthCheck | None = None
+    # HTTP upstream connection pool (Istio's connectionPool.http): an idle keep-alive
+    # connection is closed after http_idle_timeout; 0 requests per connection = unlimited.
+    http_idle_timeout: float = 3600.0
+    max_requests_per_connection: int = 0
+
+
+# --- HTTP routing (Istio's VirtualService http section, per service) --------------------------
+
+
+@dataclass(frozen=True)
+class StringMatch:
+    """Istio's StringMatch: exactly one of exact / prefix / regex (RE2-like, full match)."""
+
+    kind: StringMatchKind
+    value: str
+
+
+@dataclass(frozen=True)
+class RouteMatch:
+    """All given conditions must hold (AND); a route's list of matches is OR'ed. Header names
+    are lowercase; ``uri`` applies to the path without the query string."""
+
+    uri: StringMatch | None = None
+    method: StringMatch | None = None
+    authority: StringMatch | None = None
+    headers: tuple[tuple[str, StringMatch], ...] = ()
+
+
+@dataclass(frozen=True)
+class RouteDestination:
+    """A share of a route's traffic, sent to the service's endpoints in ``subset`` (all of them
+    when None). Weights of one route add up to 100 (or there is a single destination)."""
+
+    subset: str | None = None
+    weight: int = 100
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Istio's HTTPRetry with its defaults: 2 retries on connect failures and 503s.
+
+    ``attempts`` counts retries (not the first try). Back-off between tries is Envoy's:
+    full jitter over base * 2^n, capped at ``backoff_max``.
+    """
+
+    attempts: int = 2
+    per_try_timeout: float | None = None
+    retry_on: tuple[str, ...] = ("connect-failure", "retriable-status-codes")
+    retriable_status_codes: tuple[int, ...] = (503,)
+    backoff_base: float = 0.025
+    backoff_max: float = 0.25
+
+
+@dataclass(frozen=True)
+class HeaderOperations:
+    """Istio's Headers.HeaderOperations: set replaces, add appends, remove deletes (names are
+    lowercase)."""
+
+    set: tuple[tuple[str, str], ...] = ()
+    add: tuple[tuple[str, str], ...] = ()
+    remove: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Fault:
+    """Fault injection for chaos testing (Istio's HTTPFaultInjection): each request is delayed
+    with probability delay_percent and/or aborted with abort_status with abort_percent."""
+
+    delay_percent: float = 0.0
+    delay: float = 0.0
+    abort_percent: float = 0.0
+    abort_status: int = 503
+
+
+@dataclass(frozen=True)
+class HttpRoute:
+    """One rule of a service's HTTP routing table; the first whose matches hold wins.
+
+    ``timeout`` is the whole request's budget, retries included (504 + UT when it fires);
+    None means no route timeout (Istio's default), the stream idle timeout still applies.
+    """
+
+    name: str
+    matches: tuple[RouteMatch, ...] = ()  # empty: matches every request
+    destinations: tuple[RouteDestination, ...] = (RouteDestination(),)
+    timeout: float | None = None
+    retries: RetryPolicy = field(default_factory=RetryPolicy)
+    request_headers: HeaderOperations = field(default_factory=HeaderOperations)
+    response_headers: HeaderOperations = field(default_factory=HeaderOperations)
+    fault: Fault | None = None
+
+
+@dataclass(frozen=True)
+class Subset:
+    """Istio's DestinationRule subset: the endpoints whose labels include all of ``labels``."""
+
+    name: str
+    labels: tuple[tuple[str, str], ...]
+
+    def selects(self, endpoint: Endpoint) -> bool:
+        return all(pair in endpoint.labels for pair in self.labels)
+
+
+DEFAULT_HTTP_ROUTE = HttpRoute(name="default")
 
 
 @dataclass(frozen=True)
@@ -103,6 +225,17 @@ class Service:
     ports: tuple[ServicePort, ...]
     endpoints: tuple[Endpoint, ...] = ()
     policy: TrafficPolicy = field(default_factory=TrafficPolicy)
+    subsets: tuple[Subset, ...] = ()
+    # Applies to the service's http (and sniffed-HTTP auto) ports; when empty, one default
+    # route sends everything to all endpoints with the default retry policy.
+    http_routes: tuple[HttpRoute, ...] = ()
+
+    @property
+    def routes(self) -> tuple[HttpRoute, ...]:
+        return self.http_routes or (DEFAULT_HTTP_ROUTE,)
+
+    def subset(self, name: str) -> Subset | None:
+        return next((s for s in self.subsets if s.name == name), None)
 
     @property
     def key(self) -> str:

@@ -28,7 +28,7 @@ _LINGER_RESET = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger 
 class RelayHalf(asyncio.Protocol):
     """One end of a relayed connection: what it reads is written to ``peer``."""
 
-    __slots__ = ("early", "eof", "lost", "on_lost", "peer", "received", "transport")
+    __slots__ = ("early", "eof", "lost", "on_early", "on_lost", "peer", "received", "transport")
 
     def __init__(self, on_lost: Callable[[RelayHalf, Exception | None], None]) -> None:
         self.transport: asyncio.Transport | None = None
@@ -41,6 +41,8 @@ class RelayHalf(asyncio.Protocol):
         # connect finished). Reading is paused as soon as anything lands here, so this holds
         # at most one read's worth.
         self.early: list[bytes] = []
+        # Told when early bytes or the EOF arrive (protocol sniffing waits on it).
+        self.on_early: Callable[[], object] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -52,6 +54,8 @@ class RelayHalf(asyncio.Protocol):
         if peer is None:
             self.early.append(data)
             self.transport.pause_reading()  # type: ignore[union-attr]
+            if self.on_early is not None:
+                self.on_early()
             return
         peer.transport.write(data)  # type: ignore[union-attr]
 
@@ -59,6 +63,8 @@ class RelayHalf(asyncio.Protocol):
         self.eof = True
         peer = self.peer
         if peer is None:
+            if self.on_early is not None:
+                self.on_early()
             return True  # link() passes the EOF on
         if peer is not None and not peer.lost and peer.transport.can_write_eof():
             peer.transport.write_eof()

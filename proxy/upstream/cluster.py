@@ -13,6 +13,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from proxy.config.model import Mesh, Service, ServicePort
 from proxy.stats import Stats, labels
@@ -21,12 +22,16 @@ from proxy.upstream.health import HealthState
 from proxy.upstream.hosts import Host, HostSet
 from proxy.upstream.lb import make_balancer
 from proxy.upstream.outlier import OutlierDetector
+from proxy.upstream.pool import UpstreamPool
 
-ClusterKey = tuple[str, int]  # (service key "name.namespace", service port)
+# (service key "name.namespace", service port, subset name or "" for all endpoints)
+ClusterKey = tuple[str, int, str]
 
 
-def cluster_name(service: Service, port: ServicePort, cluster_domain: str) -> str:
-    return f"outbound|{port.port}||{service.fqdn(cluster_domain)}"
+def cluster_name(service: Service, port: ServicePort, cluster_domain: str, subset: str = "") -> str:
+    """Istio's names: ``outbound|8080||backend.default.svc.cluster.local``, and with a subset
+    ``outbound|8080|v1|backend.default.svc.cluster.local``."""
+    return f"outbound|{port.port}|{subset}|{service.fqdn(cluster_domain)}"
 
 
 class ClusterRuntime:
@@ -66,6 +71,11 @@ class ClusterRuntime:
         self.breaker = previous.breaker if same_breaker else CircuitBreaker(policy.circuit_breaker)
         self.outlier = self._outlier(previous, hosts)
         self.health_task: asyncio.Task | None = None
+        # HTTP: requests and retries in flight (max_requests breaker, retry budget), and the
+        # keep-alive pool, made on first use (it needs the running loop).
+        self.requests_active = 0
+        self.retries_active = 0
+        self._pool: UpstreamPool | None = None
 
     def _outlier(self, previous: ClusterRuntime | None, hosts: list[Host]):
         config = self.service.policy.outlier_detection
@@ -102,6 +112,20 @@ class ClusterRuntime:
         host.connect_failures_total += 1
         if self.outlier is not None and self.outlier.on_failure(host):
             self.stats.inc("outlier_detection_ejections_total", labels(cluster=self.name))
+
+    def http_pool(self, loop: asyncio.AbstractEventLoop) -> UpstreamPool:
+        if self._pool is None:
+            policy = self.service.policy
+            self._pool = UpstreamPool(
+                loop, policy.http_idle_timeout, policy.max_requests_per_connection
+            )
+        return self._pool
+
+    def retire(self) -> None:
+        """A reload replaced this cluster: stop probing, let pooled connections go."""
+        self.stop_health_checks()
+        if self._pool is not None:
+            self._pool.close_all()
 
     # --- observability ------------------------------------------------------------------
 
@@ -175,12 +199,19 @@ def build_clusters(
     stats: Stats,
     rng: random.Random | None = None,
 ) -> dict[ClusterKey, ClusterRuntime]:
-    """One ClusterRuntime per (service, port), reusing what ``previous`` knew."""
+    """One ClusterRuntime per (service, port) and per (service, port, subset), reusing what
+    ``previous`` knew. A subset cluster is the service narrowed to the subset's endpoints, with
+    its own balancer, breaker and outlier detector, as Istio's subset clusters are."""
     rng = rng or random.Random()
     clusters: dict[ClusterKey, ClusterRuntime] = {}
     for service in mesh.services:
+        variants = [("", service)] + [
+            (s.name, replace(service, endpoints=tuple(filter(s.selects, service.endpoints))))
+            for s in service.subsets
+        ]
         for port in service.ports:
-            key = (service.key, port.port)
-            name = cluster_name(service, port, mesh.cluster_domain)
-            clusters[key] = ClusterRuntime(name, service, port, stats, previous.get(key), rng)
+            for subset, narrowed in variants:
+                key = (service.key, port.port, subset)
+                name = cluster_name(service, port, mesh.cluster_domain, subset)
+                clusters[key] = ClusterRuntime(name, narrowed, port, stats, previous.get(key), rng)
     return clusters

@@ -8,6 +8,7 @@ teardown, even when the test failed.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
 import subprocess
@@ -18,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from support.lab import DETOUR_INIT, PEERS, SYSTEM_PYTHON, VENV_BIN, Netns, wait_until
+
+HTTP_PEERS = PEERS.parent / "http_peers.py"
 
 PROXY_UID = 1337
 CLUSTER_DNS_ZONE = "outside.test"  # the names the lab's cluster DNS knows (none of the mesh)
@@ -130,6 +133,24 @@ class Pod:
         line = proc.stdout.readline()
         assert line.strip() == "ready", f"app {label} did not start: {proc.stderr.read()}"
         return proc
+
+    def serve_http11(self, port: int, label: str, family: int = 4) -> subprocess.Popen:
+        """An app: Python's http.server with keep-alive (tests/support/http_peers.py)."""
+        proc = self.spawn(
+            SYSTEM_PYTHON, str(HTTP_PEERS), "serve", str(port), label, "--family", str(family)
+        )
+        line = proc.stdout.readline()
+        assert line.strip() == "ready", f"app {label} did not start: {proc.stderr.read()}"
+        return proc
+
+    def http_client(self, url: str, count: int, *extra: str, timeout: float = 60) -> list[dict]:
+        """``count`` GETs with Python's http.client on keep-alive connections, as uid 1000;
+        one {"status", "label"} per request."""
+        done = self.run(
+            SYSTEM_PYTHON, str(HTTP_PEERS), "client", url, str(count), *extra, timeout=timeout
+        )
+        assert done.returncode == 0, done.stderr
+        return [json.loads(line) for line in done.stdout.splitlines()]
 
     def serve_peer(self, *args: str, uid: int | None = APP_UID) -> subprocess.Popen:
         """An app: any peers.py subcommand (``"echo", "7000"``), returned once it is ready."""

@@ -14,6 +14,9 @@
     peers.py count PORT
         A TCP server that reads until the client's EOF (a half-close), then replies with the
         number of bytes it read ("COUNT\n") and closes.
+    peers.py banner PORT
+        A server-first TCP server (as MySQL or SMTP): it says "HELLO\n" on accept, then
+        echoes until the client's EOF.
     peers.py whoami PORT LABEL
         An HTTP/1.0 server answering "LABEL peer=IP:PORT": the client address it saw.
 
@@ -156,6 +159,11 @@ def _echo(conn: socket.socket, _peer) -> None:
         conn.shutdown(socket.SHUT_WR)
 
 
+def _banner(conn: socket.socket, peer) -> None:
+    conn.sendall(b"HELLO\n")
+    _echo(conn, peer)
+
+
 def _count(conn: socket.socket, _peer) -> None:
     with conn:
         conn.settimeout(10)
@@ -188,6 +196,8 @@ def main(argv: list[str]) -> None:
         _dns(int(argv[1]), argv[3], "0.0.0.0", _zone_answer(argv[2].lower(), argv[3]))
     elif argv[0] == "echo":
         _tcp_server(int(argv[1]), _echo)
+    elif argv[0] == "banner":
+        _tcp_server(int(argv[1]), _banner)
     elif argv[0] == "count":
         _tcp_server(int(argv[1]), _count)
     elif argv[0] == "whoami":

@@ -18,6 +18,7 @@ from proxy.config.model import (
     OutlierDetection,
     Service,
     ServicePort,
+    Subset,
     TrafficPolicy,
 )
 from proxy.stats import Stats, labels
@@ -87,18 +88,45 @@ def test_one_cluster_per_service_port_with_envoy_names() -> None:
     db = make_service("db", "data", ports=(ServicePort("pg", 5432),), vip="240.240.0.2")
     clusters = build(reviews, db)
     assert set(clusters) == {
-        ("reviews.default", 9080),
-        ("reviews.default", 9090),
-        ("db.data", 5432),
+        ("reviews.default", 9080, ""),
+        ("reviews.default", 9090, ""),
+        ("db.data", 5432, ""),
     }
     assert {key: c.name for key, c in clusters.items()} == {
-        ("reviews.default", 9080): "outbound|9080||reviews.default.svc.cluster.local",
-        ("reviews.default", 9090): "outbound|9090||reviews.default.svc.cluster.local",
-        ("db.data", 5432): "outbound|5432||db.data.svc.cluster.local",
+        ("reviews.default", 9080, ""): "outbound|9080||reviews.default.svc.cluster.local",
+        ("reviews.default", 9090, ""): "outbound|9090||reviews.default.svc.cluster.local",
+        ("db.data", 5432, ""): "outbound|5432||db.data.svc.cluster.local",
     }
-    for (_, port), cluster in clusters.items():
+    for (_, port, _), cluster in clusters.items():
         assert cluster.port.port == port
         assert cluster.service in (reviews, db)
+
+
+def test_each_subset_gets_a_cluster_of_its_endpoints_with_istio_names() -> None:
+    v1 = Endpoint(ipaddress.ip_address("10.0.0.1"), labels=(("version", "v1"),))
+    v2 = Endpoint(ipaddress.ip_address("10.0.0.2"), labels=(("app", "r"), ("version", "v2")))
+    svc = dataclasses.replace(
+        make_service(eps=(v1, v2)),
+        subsets=(
+            Subset("v1", (("version", "v1"),)),
+            Subset("v2", (("version", "v2"),)),
+            Subset("none", (("version", "v3"),)),
+        ),
+    )
+    clusters = build(svc)
+    assert clusters[("reviews.default", 9080, "v2")].name == (
+        "outbound|9080|v2|reviews.default.svc.cluster.local"
+    )
+    addresses = {
+        subset: [h.address for h in clusters[("reviews.default", 9080, subset)].hosts.hosts]
+        for subset in ("", "v1", "v2", "none")
+    }
+    assert addresses == {
+        "": ["10.0.0.1", "10.0.0.2"],
+        "v1": ["10.0.0.1"],
+        "v2": ["10.0.0.2"],
+        "none": [],
+    }
 
 
 def test_cluster_name_uses_the_mesh_cluster_domain() -> None:
@@ -263,7 +291,7 @@ def test_ejections_are_counted_per_cluster() -> None:
     a = make_service("a", policy=with_outlier(), vip="240.240.0.1")
     b = make_service("b", policy=with_outlier(), vip="240.240.0.2")
     clusters = build(a, b, stats=stats)
-    ca, cb = clusters[("a.default", 9080)], clusters[("b.default", 9080)]
+    ca, cb = clusters[("a.default", 9080, "")], clusters[("b.default", 9080, "")]
     ca.report_connect(ca.hosts.hosts[0], False)
     ca.report_connect(ca.hosts.hosts[1], False)
     cb.report_connect(cb.hosts.hosts[0], False)
@@ -378,11 +406,11 @@ def test_rebuild_with_a_changed_breaker_replaces_only_the_breaker() -> None:
 def test_rebuild_of_another_port_does_not_share_hosts() -> None:
     svc = make_service(ports=(ServicePort("http", 80), ServicePort("admin", 81)))
     clusters = build(svc)
-    a, b = clusters[("reviews.default", 80)], clusters[("reviews.default", 81)]
+    a, b = clusters[("reviews.default", 80, "")], clusters[("reviews.default", 81, "")]
     assert not set(a.hosts.hosts) & set(b.hosts.hosts)
     rebuilt = build(fresh_copy(svc), previous=clusters)
-    assert rebuilt[("reviews.default", 80)].hosts.hosts == a.hosts.hosts
-    assert rebuilt[("reviews.default", 81)].hosts.hosts == b.hosts.hosts
+    assert rebuilt[("reviews.default", 80, "")].hosts.hosts == a.hosts.hosts
+    assert rebuilt[("reviews.default", 81, "")].hosts.hosts == b.hosts.hosts
 
 
 def test_a_late_failure_on_the_previous_cluster_does_not_eject_forever() -> None:

@@ -8,7 +8,17 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.admin.prometheus import MergedStatsCollector, render
-from proxy.stats import COUNTER_HELP, GAUGE_HELP, ISTIO_TCP_LABELS, Stats, labels, merge
+from proxy.stats import (
+    COUNTER_HELP,
+    GAUGE_HELP,
+    HISTOGRAMS,
+    ISTIO_TCP_LABELS,
+    HistogramData,
+    Merged,
+    Stats,
+    labels,
+    merge,
+)
 
 OUT = labels(listener="virtualOutbound")
 IN = labels(listener="virtualInbound")
@@ -44,10 +54,10 @@ def sample_snapshot():
     stats.gauge_set("membership_total", CLUSTER, 3)
     stats.gauge_set("membership_healthy", CLUSTER, 2)
     stats.gauge_set("outlier_detection_ejections_active", CLUSTER, 1)
-    counters, gauges = merge([stats.snapshot()])
-    counters[("config_reload_total", ())] = 2
-    counters[("config_reload_rejected", ())] = 0
-    return counters, gauges
+    merged = merge([stats.snapshot()])
+    merged.counters[("config_reload_total", ())] = 2
+    merged.counters[("config_reload_rejected", ())] = 0
+    return merged
 
 
 def test_render_is_valid_exposition_text() -> None:
@@ -59,7 +69,7 @@ def test_render_is_valid_exposition_text() -> None:
 
 
 def test_empty_snapshot_renders_nothing() -> None:
-    assert render(({}, {})) == b""
+    assert render(Merged({}, {}, {})) == b""
 
 
 @pytest.mark.parametrize(
@@ -122,7 +132,9 @@ def test_gauges(name: str, label_values, value: int) -> None:
 
 
 def test_negative_and_zero_gauges() -> None:
-    families = parse(({}, {("downstream_cx_active", OUT): -1, ("upstream_cx_active", ()): 0}))
+    families = parse(
+        Merged({}, {("downstream_cx_active", OUT): -1, ("upstream_cx_active", ()): 0}, {})
+    )
     assert samples(families["downstream_cx_active"]) == {
         ("downstream_cx_active", (("listener", "virtualOutbound"),)): -1
     }
@@ -144,26 +156,43 @@ def test_help_text_for_known_names() -> None:
 def test_every_known_name_renders_with_its_help() -> None:
     counters = {(name, OUT): 1 for name in COUNTER_HELP}
     gauges = {(name, OUT): 1 for name in GAUGE_HELP}
-    families = parse((counters, gauges))
-    assert len(families) == len(COUNTER_HELP) + len(GAUGE_HELP)
+    stats = Stats()
+    for name in HISTOGRAMS:
+        stats.observe(name, OUT, 1)
+    merged = Merged(counters, gauges, merge([stats.snapshot()]).histograms)
+    families = parse(merged)
+    assert len(families) == len(COUNTER_HELP) + len(GAUGE_HELP) + len(HISTOGRAMS)
     for name, help_text in COUNTER_HELP.items():
         assert families[name.removesuffix("_total")].documentation == help_text
     for name, help_text in GAUGE_HELP.items():
         assert families[name].documentation == help_text
-    text = render((counters, gauges)).decode()
-    for help_text in [*COUNTER_HELP.values(), *GAUGE_HELP.values()]:
+    for name, spec in HISTOGRAMS.items():
+        assert families[name].documentation == spec.help
+    text = render(merged).decode()
+    helps = [*COUNTER_HELP.values(), *GAUGE_HELP.values(), *(s.help for s in HISTOGRAMS.values())]
+    for help_text in helps:
         assert help_text in text
 
 
 def test_unknown_names_get_their_name_as_help() -> None:
-    families = parse(({("custom_thing_total", ()): 1}, {("custom_level", ()): 2}))
+    families = parse(Merged({("custom_thing_total", ()): 1}, {("custom_level", ()): 2}, {}))
     assert families["custom_thing"].documentation == "custom_thing_total"
     assert families["custom_level"].documentation == "custom_level"
 
 
+def test_series_of_one_name_with_different_label_names() -> None:
+    """Each series keeps its own label names, even when they differ within one family."""
+    counters = {("m_total", labels(a="1")): 1, ("m_total", labels(b="2", c="3")): 2}
+    family = parse(Merged(counters, {}, {}))["m"]
+    assert samples(family) == {
+        ("m_total", (("a", "1"),)): 1,
+        ("m_total", (("b", "2"), ("c", "3"))): 2,
+    }
+
+
 def test_label_values_are_escaped() -> None:
     tricky = 'a "quoted" \\ back\nslash'
-    families = parse(({("downstream_cx_total", labels(listener=tricky)): 1}, {}))
+    families = parse(Merged({("downstream_cx_total", labels(listener=tricky)): 1}, {}, {}))
     (sample,) = families["downstream_cx"].samples
     assert sample.labels == {"listener": tricky}
 
@@ -182,7 +211,9 @@ def test_render_of_merged_json_snapshots_matches_the_sums() -> None:
 
 def test_collector_reads_the_current_snapshot_at_collect_time() -> None:
     state = {"value": 1}
-    collector = MergedStatsCollector(lambda: ({("downstream_cx_total", OUT): state["value"]}, {}))
+    collector = MergedStatsCollector(
+        lambda: Merged({("downstream_cx_total", OUT): state["value"]}, {}, {})
+    )
     first = [s.value for f in collector.collect() for s in f.samples]
     state["value"] = 5
     second = [s.value for f in collector.collect() for s in f.samples]
@@ -190,8 +221,8 @@ def test_collector_reads_the_current_snapshot_at_collect_time() -> None:
 
 
 def test_counters_then_gauges_each_sorted_by_name() -> None:
-    counters, gauges = sample_snapshot()
-    text = render((counters, gauges)).decode()
+    counters, gauges, _ = merged = sample_snapshot()
+    text = render(merged).decode()
     # Counter HELP lines carry the _total name in the text format.
     help_names = [line.split()[2] for line in text.splitlines() if line.startswith("# HELP")]
     counter_names = [
@@ -199,3 +230,104 @@ def test_counters_then_gauges_each_sorted_by_name() -> None:
     ]
     gauge_names = sorted({name for name, _ in gauges})
     assert help_names == counter_names + gauge_names
+
+
+# --- histograms ----------------------------------------------------------------------------
+
+DURATION = "istio_request_duration_milliseconds"
+BOUNDS = HISTOGRAMS[DURATION].bounds
+HTTP = labels(reporter="source", destination_service_name="reviews", response_code="200")
+
+
+def histogram_samples(family, label_values=HTTP) -> tuple[dict[float, float], float, float]:
+    """({le: cumulative count}, sum, count) of one series, read back from the parsed text."""
+    wanted = dict(label_values)
+    buckets, total, count = {}, None, None
+    for sample in family.samples:
+        own = {k: v for k, v in sample.labels.items() if k != "le"}
+        if own != wanted:
+            continue
+        if sample.name.endswith("_bucket"):
+            buckets[float(sample.labels["le"])] = sample.value
+        elif sample.name.endswith("_sum"):
+            total = sample.value
+        elif sample.name.endswith("_count"):
+            count = sample.value
+    return buckets, total, count
+
+
+def two_workers() -> Merged:
+    one, two = Stats(), Stats()
+    for value in (0.3, 1, 1, 42, 7200000):
+        one.observe(DURATION, HTTP, value)
+    for value in (1, 99.9, 100, 100.1):
+        two.observe(DURATION, HTTP, value)
+    two.observe(DURATION, OUT, 5)
+    one.inc("istio_requests_total", HTTP, 5)
+    two.inc("istio_requests_total", HTTP, 4)
+    return merge(json.loads(json.dumps(s.snapshot())) for s in (one, two))
+
+
+def test_merged_histogram_renders_cumulative_buckets_sum_and_count() -> None:
+    families = parse(two_workers())
+    family = families[DURATION]
+    assert family.type == "histogram"
+    assert family.documentation == HISTOGRAMS[DURATION].help
+    buckets, total, count = histogram_samples(family)
+    assert list(buckets) == [*BOUNDS, float("inf")]
+    expected = {bound: 0 for bound in BOUNDS}
+    for value in (0.3, 1, 1, 42, 1, 99.9, 100, 100.1):  # every observation but the huge one
+        for bound in BOUNDS:
+            if value <= bound:
+                expected[bound] += 1
+    assert {b: v for b, v in buckets.items() if b != float("inf")} == expected
+    assert buckets[float("inf")] == count == 9
+    assert total == pytest.approx(0.3 + 1 + 1 + 42 + 7200000 + 1 + 99.9 + 100 + 100.1)
+    assert samples(families["istio_requests"]) == {("istio_requests_total", tuple(sorted(HTTP))): 9}
+
+
+def test_each_label_set_is_its_own_series() -> None:
+    family = parse(two_workers())[DURATION]
+    buckets, total, count = histogram_samples(family, OUT)
+    assert (total, count) == (5, 1)
+    assert buckets[1.0] == 0 and buckets[5.0] == 1 and buckets[float("inf")] == 1
+
+
+def test_an_observation_on_a_bound_is_in_that_bucket() -> None:
+    stats = Stats()
+    stats.observe(DURATION, HTTP, 250)
+    buckets, _, _ = histogram_samples(parse(merge([stats.snapshot()]))[DURATION])
+    assert buckets[100.0] == 0
+    assert buckets[250.0] == 1
+
+
+def test_values_above_the_last_bound_are_only_in_inf() -> None:
+    stats = Stats()
+    stats.observe(DURATION, HTTP, BOUNDS[-1] + 1)
+    stats.observe(DURATION, HTTP, 1e15)
+    buckets, total, count = histogram_samples(parse(merge([stats.snapshot()]))[DURATION])
+    assert all(buckets[bound] == 0 for bound in BOUNDS)
+    assert buckets[float("inf")] == count == 2
+    assert total == BOUNDS[-1] + 1 + 1e15
+
+
+def test_histogram_text_lines() -> None:
+    stats = Stats()
+    stats.observe("istio_response_bytes", OUT, 1)
+    text = render(merge([stats.snapshot()])).decode()
+    assert "# TYPE istio_response_bytes histogram" in text
+    assert 'istio_response_bytes_bucket{le="0.5",listener="virtualOutbound"} 0.0' in text
+    assert 'istio_response_bytes_bucket{le="1.0",listener="virtualOutbound"} 1.0' in text
+    assert 'istio_response_bytes_bucket{le="+Inf",listener="virtualOutbound"} 1.0' in text
+    assert 'istio_response_bytes_count{listener="virtualOutbound"} 1.0' in text
+    assert 'istio_response_bytes_sum{listener="virtualOutbound"} 1.0' in text
+    assert "_created" not in text
+
+
+def test_unknown_histogram_names_render_with_their_name_as_help() -> None:
+    data = HistogramData((1.0, 2.0), [1, 1, 1], 10.0, 3)
+    families = parse(Merged({}, {}, {("custom_latency", ()): data}))
+    assert families["custom_latency"].documentation == "custom_latency"
+    buckets, total, count = histogram_samples(families["custom_latency"], ())
+    assert buckets == {1.0: 1, 2.0: 2, float("inf"): 3}
+    assert (total, count) == (10.0, 3)

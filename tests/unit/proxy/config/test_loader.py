@@ -24,6 +24,7 @@ from proxy.config.model import (
     LoadBalancer,
     Mesh,
     OutlierDetection,
+    RouteDestination,
     ServicePort,
     TrafficPolicy,
     Workload,
@@ -128,10 +129,10 @@ REFUSALS: list[tuple[str, dict[str, Any] | str, str, object, str]] = [
     ),
     (
         "unknown breaker key",
-        with_policy(circuit_breaker={"max_requests": 1}),
-        f"{TP}.circuit_breaker.max_requests",
+        with_policy(circuit_breaker={"max_request": 1}),
+        f"{TP}.circuit_breaker.max_request",
         1,
-        "unknown key",
+        "did you mean 'max_requests'",
     ),
     (
         "unknown outlier key",
@@ -252,7 +253,7 @@ REFUSALS: list[tuple[str, dict[str, Any] | str, str, object, str]] = [
         with_port(port=80, protocol="udp"),
         "services[0].ports[0].protocol",
         "udp",
-        "expected one of: tcp, http, http2, grpc, tls",
+        "expected one of: auto, tcp, http, http2, grpc, tls",
     ),
     (
         "port name",
@@ -906,6 +907,13 @@ def test_example_file_loads() -> None:
     assert backend.policy.connect_timeout == 1.0
     assert backend.policy.outlier_detection == OutlierDetection(1, 10.0, 100)
     assert backend.vips == allocate_vips([backend.key])[backend.key]
+    assert [s.name for s in backend.subsets] == ["v1", "v2"]
+    canary, default = backend.http_routes
+    assert canary.destinations == (RouteDestination("v2", 90), RouteDestination("v1", 10))
+    assert default.matches == ()
+    assert default.destinations == (RouteDestination(),)  # the demo's calls reach every endpoint
+    assert default.fault is None
+    assert echo.http_routes == ()
     assert echo.key == "echo.default"
     assert echo.vips == (ip("10.96.0.20"),)
     assert echo.ports == (ServicePort("tcp-7000", 7000, "tcp", 7000),)

@@ -1,0 +1,161 @@
+"""The asyncio shell around one sans-IO HTTP/1.1 ``Connection``: bytes in, awaitable events out.
+
+One class serves both ends of the L7 path: the downstream connection (role "server") and each
+pooled upstream connection (role "client"). The codec decides what the bytes mean; this shell
+only moves them and applies backpressure:
+
+* reading: at most ``READ_AHEAD`` unparsed bytes are buffered; beyond that the transport stops
+  reading until somebody awaits the next event (a pipelining or fast-uploading peer cannot
+  grow our memory);
+* writing: ``drain`` waits while the transport's buffer is above its high-water mark (the
+  same marks as the L4 relay), so a slow reader slows the writer down instead of filling RAM.
+
+Why a Protocol and not asyncio streams: the codec already buffers, so a StreamReader would copy
+every byte once more, and the L4 relay's transport can be handed to this protocol with
+``set_protocol`` after sniffing without a new socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from proxy.filters.tcp_proxy import HIGH_WATER, LOW_WATER
+
+from .codec import NEED_DATA, Connection
+from .events import Event, _Sentinel
+
+READ_AHEAD = 256 * 1024  # unparsed bytes held before reading pauses
+
+
+class ChannelClosed(ConnectionError):
+    """The peer went away (reset, or closed while we still needed bytes from it)."""
+
+
+class HttpChannel(asyncio.Protocol):
+    """A transport plus a codec; coroutines ``await next_event()`` and ``write()`` / ``drain()``."""
+
+    def __init__(self, codec: Connection, loop: asyncio.AbstractEventLoop) -> None:
+        self.codec = codec
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.lost = False
+        self.lost_error: Exception | None = None
+        self.eof = False
+        self.received = 0  # bytes read from the peer (for the access log and metrics)
+        self.sent = 0  # bytes written to the peer
+        self.exchanges = 0  # requests sent (upstream) or served (downstream) on this connection
+        self._buffered = 0
+        self._reading_paused = False
+        self._data_waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._write_paused = False
+        # Called once when the connection is gone (the pool drops it, a session finishes).
+        self.on_lost: Callable[[HttpChannel], None] | None = None
+        # Set while an upstream connection sits idle in its pool: the peer closing it then
+        # closes ours at once, so it is never picked for a request.
+        self.close_on_eof = False
+
+    # --- asyncio.Protocol ---------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        self.received += len(data)
+        self.codec.receive_data(data)
+        self._buffered += len(data)
+        if self._buffered > READ_AHEAD and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()  # type: ignore[union-attr]
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self.codec.receive_data(b"")
+        self._wake()
+        # Keep our sending side open (a response may still be on its way), unless the
+        # connection idles in a pool: then asyncio closes it and connection_lost tells the pool.
+        return not self.close_on_eof
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.lost_error = exc
+        if not self.eof:
+            self.eof = True
+            self.codec.receive_data(b"")
+        self._wake()
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ChannelClosed("connection lost while writing"))
+        if self.on_lost is not None:
+            self.on_lost(self)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # --- for coroutines -----------------------------------------------------------------
+
+    def feed(self, data: bytes, eof: bool) -> None:
+        """Bytes read before this protocol took over the transport (sniffing, the L4 relay's
+        early-bytes buffer)."""
+        if data:
+            self.data_received(data)
+        if eof:
+            self.eof_received()
+
+    async def next_event(self) -> Event | _Sentinel:
+        """The next event; raises RemoteProtocolError (bad bytes) or ChannelClosed (reset)."""
+        codec = self.codec
+        while True:
+            event = codec.next_event()
+            if event is not NEED_DATA:
+                return event
+            if self.lost and self.lost_error is not None:
+                raise ChannelClosed(str(self.lost_error))
+            self._buffered = 0  # the codec consumed everything it could
+            if self._reading_paused and not self.lost:
+                self._reading_paused = False
+                self.transport.resume_reading()  # type: ignore[union-attr]
+            self._data_waiter = self.loop.create_future()
+            try:
+                await self._data_waiter
+            finally:
+                self._data_waiter = None
+
+    def write(self, data: bytes) -> None:
+        if data and not self.lost:
+            self.sent += len(data)
+            self.transport.write(data)  # type: ignore[union-attr]
+
+    async def drain(self) -> None:
+        """Wait until the peer has read enough of what we wrote (no-op when not backed up)."""
+        if self.lost:
+            raise ChannelClosed("connection lost while writing")
+        if not self._write_paused:
+            return
+        self._drain_waiter = self.loop.create_future()
+        try:
+            await self._drain_waiter
+        finally:
+            self._drain_waiter = None
+
+    def close(self) -> None:
+        if self.transport is not None and not self.lost:
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.lost:
+            self.transport.abort()
+
+    def _wake(self) -> None:
+        waiter = self._data_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)

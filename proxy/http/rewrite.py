@@ -1,0 +1,69 @@
+"""Header rewriting between the downstream and the upstream, pure.
+
+What a forwarding proxy must change (RFC 9110 §7.6): hop-by-hop fields go, and the message is
+re-framed by the next hop's codec (``Content-Length`` is kept when the length is known,
+``Transfer-Encoding: chunked`` is re-added when the body was chunked). What a sidecar adds, as
+Envoy does: ``x-request-id`` when absent (tracing and log correlation), ``x-forwarded-proto``
+when absent, ``x-forwarded-for`` with the downstream peer appended. Then the route's own
+header operations: remove, set, add (Istio applies them in that order).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+from proxy.config.model import HeaderOperations
+
+from .events import Headers, Request, Response
+from .headers import strip_hop_by_hop
+
+
+def forward_request_headers(
+    request: Request,
+    peer_address: str,
+    operations: HeaderOperations,
+    new_request_id: Callable[[], bytes] = lambda: str(uuid.uuid4()).encode(),
+) -> Headers:
+    """The request's headers as the upstream should see them."""
+    headers = strip_hop_by_hop(request.headers)
+    headers = [h for h in headers if h[0] != b"expect"]  # we answered 100-continue ourselves
+    if request.chunked:
+        headers.append((b"transfer-encoding", b"chunked"))
+    if request.upgrade is not None:
+        headers.append((b"connection", b"upgrade"))
+        headers.append((b"upgrade", request.upgrade))
+    names = {name for name, _ in headers}
+    if b"x-request-id" not in names:
+        headers.append((b"x-request-id", new_request_id()))
+    if b"x-forwarded-proto" not in names:
+        headers.append((b"x-forwarded-proto", b"http"))
+    headers = _append_forwarded_for(headers, peer_address.encode())
+    return apply_operations(headers, operations)
+
+
+def forward_response_headers(response: Response, operations: HeaderOperations) -> Headers:
+    """The response's headers as the downstream should see them (the downstream codec adds
+    chunked framing itself when no Content-Length is left)."""
+    return apply_operations(strip_hop_by_hop(response.headers), operations)
+
+
+def apply_operations(headers: Headers, operations: HeaderOperations) -> Headers:
+    if not (operations.remove or operations.set or operations.add):
+        return headers
+    drop = {name.encode() for name in operations.remove}
+    drop.update(name.encode() for name, _ in operations.set)
+    result = [h for h in headers if h[0] not in drop]
+    result += [(name.encode(), value.encode()) for name, value in operations.set]
+    result += [(name.encode(), value.encode()) for name, value in operations.add]
+    return result
+
+
+def _append_forwarded_for(headers: Headers, peer: bytes) -> Headers:
+    for index in range(len(headers) - 1, -1, -1):  # the last field line is the list's end
+        name, value = headers[index]
+        if name == b"x-forwarded-for":
+            headers[index] = (name, value + b", " + peer)
+            return headers
+    headers.append((b"x-forwarded-for", peer))
+    return headers

@@ -1,0 +1,174 @@
+"""HTTP routing decisions, pure: which route a request takes, which destination of the route,
+whether a failed try is retried and after how long.
+
+Built once per service and mesh version (regexes compiled here, not per request); the data
+path asks and acts. Matching follows Istio's VirtualService semantics: routes are tried in
+order and the first whose match list holds wins (an empty list matches everything); inside one
+match every given condition must hold; ``uri`` is the path without the query string; a header
+condition on a header sent several times sees the values joined with "," (RFC 9110 §5.3).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from proxy.config.model import (
+    HttpRoute,
+    RetryPolicy,
+    RouteDestination,
+    RouteMatch,
+    Service,
+    StringMatch,
+)
+
+from .events import Headers
+
+# What ended a try, as the retry policy names it: a status code, or one of these.
+CONNECT_FAILURE = "connect-failure"
+RESET = "reset"  # the upstream closed or reset before a complete response head
+PER_TRY_TIMEOUT = "per-try-timeout"
+
+
+class _Matcher:
+    """One StringMatch, ready to test bytes from the wire."""
+
+    __slots__ = ("_kind", "_pattern", "_value")
+
+    def __init__(self, spec: StringMatch) -> None:
+        self._kind = spec.kind
+        self._value = spec.value.encode()
+        self._pattern = re.compile(self._value) if spec.kind == "regex" else None
+
+    def __call__(self, value: bytes | None) -> bool:
+        if value is None:
+            return False
+        if self._kind == "exact":
+            return value == self._value
+        if self._kind == "prefix":
+            return value.startswith(self._value)
+        return self._pattern.fullmatch(value) is not None  # type: ignore[union-attr]
+
+
+@dataclass(frozen=True)
+class _CompiledMatch:
+    uri: _Matcher | None
+    method: _Matcher | None
+    authority: _Matcher | None
+    headers: tuple[tuple[bytes, _Matcher], ...]
+
+    @classmethod
+    def build(cls, match: RouteMatch) -> _CompiledMatch:
+        def compiled(spec: StringMatch | None) -> _Matcher | None:
+            return _Matcher(spec) if spec is not None else None
+
+        return cls(
+            compiled(match.uri),
+            compiled(match.method),
+            compiled(match.authority),
+            tuple((name.encode(), _Matcher(spec)) for name, spec in match.headers),
+        )
+
+    def holds(self, method: bytes, path: bytes, authority: bytes | None, headers: Headers) -> bool:
+        if self.uri is not None and not self.uri(path):
+            return False
+        if self.method is not None and not self.method(method):
+            return False
+        if self.authority is not None and not self.authority(authority):
+            return False
+        return all(test(header_value(headers, name)) for name, test in self.headers)
+
+
+@dataclass(frozen=True)
+class _CompiledRoute:
+    route: HttpRoute
+    matches: tuple[_CompiledMatch, ...]
+
+
+class HttpRouter:
+    """A service's routes, compiled."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self._routes = tuple(
+            _CompiledRoute(route, tuple(_CompiledMatch.build(m) for m in route.matches))
+            for route in service.routes
+        )
+
+    def match(
+        self, method: bytes, target: bytes, authority: bytes | None, headers: Headers
+    ) -> HttpRoute | None:
+        path = request_path(target)
+        for compiled in self._routes:
+            if not compiled.matches or any(
+                m.holds(method, path, authority, headers) for m in compiled.matches
+            ):
+                return compiled.route
+        return None
+
+
+def request_path(target: bytes) -> bytes:
+    """The path of a request target without its query: origin form ``/a?b`` → ``/a``, absolute
+    form ``http://h/a?b`` → ``/a`` (RFC 9112 §3.2), ``*`` stays ``*``."""
+    if target[:1] != b"/" and b"://" in target:
+        rest = target.split(b"://", 1)[1]
+        slash = rest.find(b"/")
+        target = rest[slash:] if slash >= 0 else b"/"
+    return target.split(b"?", 1)[0]
+
+
+def header_value(headers: Headers, name: bytes) -> bytes | None:
+    """All values of ``name`` joined with ",", or None when absent (names are lowercase)."""
+    values = [value for key, value in headers if key == name]
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else b",".join(values)
+
+
+def pick_destination(destinations: Sequence[RouteDestination], roll: float) -> RouteDestination:
+    """The destination whose weight band contains ``roll`` (uniform in [0, 100))."""
+    if len(destinations) == 1:
+        return destinations[0]
+    total = 0
+    for destination in destinations:
+        total += destination.weight
+        if roll < total:
+            return destination
+    return destinations[-1]
+
+
+def is_retriable(policy: RetryPolicy, outcome: int | str) -> bool:
+    """Whether a try that ended with ``outcome`` (a status or a failure name) is worth another
+    try under ``policy``'s ``retry_on`` (Envoy's x-envoy-retry-on semantics)."""
+    retry_on = policy.retry_on
+    if isinstance(outcome, int):
+        if "5xx" in retry_on and outcome >= 500:
+            return True
+        if "gateway-error" in retry_on and outcome in (502, 503, 504):
+            return True
+        return "retriable-status-codes" in retry_on and outcome in policy.retriable_status_codes
+    if outcome == CONNECT_FAILURE:
+        return bool({"connect-failure", "5xx", "gateway-error"} & set(retry_on))
+    if outcome == RESET:
+        return bool({"reset", "5xx", "gateway-error"} & set(retry_on))
+    if outcome == PER_TRY_TIMEOUT:
+        # Envoy: a per-try timeout counts as a 5xx / gateway error for retry purposes.
+        return bool({"5xx", "gateway-error", "reset"} & set(retry_on))
+    return False
+
+
+def backoff_delay(policy: RetryPolicy, retry_number: int, roll: float) -> float:
+    """Envoy's back-off: full jitter in [0, base * 2^(n-1)), capped at ``backoff_max``; ``roll``
+    is uniform in [0, 1). Retry 1 waits up to base, retry 2 up to 2 x base, ..."""
+    ceiling = min(policy.backoff_base * (1 << max(0, retry_number - 1)), policy.backoff_max)
+    return ceiling * roll
+
+
+def retry_budget_allows(
+    requests_active: int, retries_active: int, budget_percent: float, min_concurrency: int
+) -> bool:
+    """Envoy's retry budget: one more retry may start while retries in flight stay within
+    ``budget_percent`` of the requests in flight, or below ``min_concurrency`` retries."""
+    allowed = max(min_concurrency, int(requests_active * budget_percent / 100.0))
+    return retries_active < allowed

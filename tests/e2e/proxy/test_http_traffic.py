@@ -1,0 +1,130 @@
+"""What HTTP traffic through the sidecar's router keeps intact or changes on purpose: request
+bodies (fixed, chunked, with Expect: 100-continue), WebSocket upgrades, header rules, fault
+injection, and the retry budget under a failing, saturated upstream.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import yaml
+from support.http_mesh import URL, curl_json, curl_status, http_service
+from support.lab import SYSTEM_PYTHON
+from support.mesh_lab import HTTP_PEERS, MeshLab, Pod, stat
+
+
+def bring_up(lab: MeshLab, **extra) -> tuple[Pod, Pod]:
+    client = lab.add_pod("client", 10)
+    backend = lab.add_pod("v1", 11)
+    backend.serve_http11(8080, "v1")
+    config = http_service([backend], **extra)
+    lab.intercept(client)
+    lab.start_sidecar(client, lab.write_config("mesh.yaml", yaml.safe_dump(config)))
+    return client, backend
+
+
+def test_request_bodies_arrive_intact_fixed_chunked_and_after_100_continue(
+    mesh_lab: MeshLab,
+) -> None:
+    client, _ = bring_up(mesh_lab)
+    payload = os.urandom(3 * 1024 * 1024 + 17)  # over the retry buffer: streamed, not kept
+    path = mesh_lab.workdir / "upload.bin"
+    path.write_bytes(payload)
+    path.chmod(0o644)
+    mesh_lab.workdir.chmod(0o755)
+    digest = hashlib.sha256(payload).hexdigest()
+    plain = curl_json(client, "/upload", "--data-binary", f"@{path}")
+    assert (plain["method"], plain["body_bytes"], plain["body_sha256"]) == (
+        "POST",
+        len(payload),
+        digest,
+    )
+    chunked = curl_json(
+        client, "/upload", "--data-binary", f"@{path}", "-H", "Transfer-Encoding: chunked"
+    )
+    assert (chunked["body_bytes"], chunked["body_sha256"]) == (len(payload), digest)
+    expecting = client.curl(
+        URL + "/upload",
+        "--data-binary",
+        f"@{path}",
+        "-H",
+        "Expect: 100-continue",
+        "-w",
+        "\n%{http_code}",
+        "-v",
+    )
+    body, _, code = expecting.rpartition("\n")
+    assert code == "200"
+    assert json.loads(body)["body_sha256"] == digest
+
+
+def test_websocket_upgrade_becomes_a_tunnel_after_the_upstreams_101(mesh_lab: MeshLab) -> None:
+    client, _ = bring_up(mesh_lab)
+    done = client.run(SYSTEM_PYTHON, str(HTTP_PEERS), "websocket", URL + "/ws", "hello", "mesh")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "HTTP/1.1 101 Switching Protocols accept-ok",
+        "HELLO",
+        "MESH",
+    ]
+    assert stat(client, "downstream_rq_1xx") == 1
+
+
+def test_route_header_rules_change_requests_and_responses(mesh_lab: MeshLab) -> None:
+    rules = {
+        "request": {"set": {"x-env": "mesh"}, "add": {"x-extra": "1"}, "remove": ["x-secret"]},
+        "response": {"set": {"x-served-by": "detour"}, "remove": ["server"]},
+    }
+    client, _ = bring_up(mesh_lab, http=[{"headers": rules}])
+    reply = client.curl(
+        URL + "/", "-i", "-H", "x-secret: s3cret", "-H", "x-env: dev", "-H", "x-extra: 0"
+    )
+    head, _, body = reply.partition("\n\n")  # curl -i; subprocess text mode made CRLF LF
+    seen = json.loads(body)["headers"]
+    assert ["x-env", "mesh"] in seen and ["x-env", "dev"] not in seen
+    assert ["x-extra", "0"] in seen and ["x-extra", "1"] in seen
+    assert all(name != "x-secret" for name, _ in seen)
+    head = head.lower()
+    assert "x-served-by: detour" in head
+    assert "\nserver:" not in head
+
+
+def test_fault_injection_aborts_the_configured_share(mesh_lab: MeshLab) -> None:
+    fault = {"abort": {"percentage": 50, "http_status": 418}}
+    client, backend = bring_up(mesh_lab, http=[{"fault": fault, "retries": {"attempts": 0}}])
+    replies = client.http_client(URL + "/", 400)
+    aborted = sum(r["status"] == 418 for r in replies)
+    assert 140 <= aborted <= 260, aborted  # 50% of 400, with a wide margin
+    assert sum(r["status"] == 200 for r in replies) == 400 - aborted
+    served = json.loads(client.curl(f"http://{backend.ip}:8080/__counts"))["requests"]
+    assert served == 400 - aborted  # an aborted request never reached the upstream
+
+
+def test_fault_delay_slows_requests_down(mesh_lab: MeshLab) -> None:
+    fault = {"delay": {"percentage": 100, "fixed_delay": "400ms"}}
+    client, _ = bring_up(mesh_lab, http=[{"fault": fault}])
+    took = client.curl(URL + "/", "-o", "/dev/null", "-w", "%{time_total}")
+    assert float(took) >= 0.4
+
+
+def test_retry_budget_caps_retries_when_every_try_fails(mesh_lab: MeshLab) -> None:
+    # Every try fails slowly, 24 clients at once, 5 retries allowed each: without a budget
+    # that is 144 tries. The budget lets at most max(3, 20% of 24) requests retry at a time.
+    retries = {"attempts": 5, "retry_on": "5xx", "backoff_base": "1ms", "backoff_max": "2ms"}
+    client, backend = bring_up(mesh_lab, http=[{"retries": retries}])
+    replies = client.http_client(URL + "/?status=503&delay=0.3", 24, "--parallel", "24")
+    assert [r["status"] for r in replies] == [503] * 24  # the upstream's own answer, relayed
+    tries = json.loads(client.curl(f"http://{backend.ip}:8080/__counts"))["requests"]
+    overflow = stat(client, "upstream_rq_retry_overflow")
+    assert overflow > 0
+    assert tries <= 24 + 4 * 5, tries
+    assert stat(client, "upstream_rq_retry.cluster=") == tries - 24
+
+
+def test_no_route_for_a_bad_request_and_the_connection_is_closed(mesh_lab: MeshLab) -> None:
+    client, _ = bring_up(mesh_lab)
+    big = "x" * (70 * 1024)
+    assert curl_status(client, "/", "-H", f"x-big: {big}") == "431"
+    assert curl_status(client, "/") == "200"

@@ -1,0 +1,39 @@
+"""Shared by the HTTP router's end-to-end tests: one service "backend" on a VIP with an HTTP
+port, and curl helpers that read the backend's JSON answer (tests/support/http_peers.py)."""
+
+from __future__ import annotations
+
+import json
+
+from support.mesh_lab import Pod
+
+VIP = "10.96.0.10"
+URL = f"http://{VIP}:8080"
+
+
+def http_service(backends: list[Pod], protocol: str = "http", **extra) -> dict:
+    return {
+        "workload": {"name": "client", "namespace": "default"},
+        "services": [
+            {
+                "name": "backend",
+                "vip": VIP,
+                "ports": [{"name": "http", "port": 8080, "protocol": protocol}],
+                "endpoints": [
+                    {"address": pod.ip, "labels": {"version": pod.name}} for pod in backends
+                ],
+                "traffic_policy": {"connect_timeout": "1s"},
+                **extra,
+            }
+        ],
+    }
+
+
+def curl_json(client: Pod, path: str, *extra: str) -> dict:
+    reply = client.curl(URL + path, *extra)
+    assert not reply.startswith("ERROR"), reply
+    return json.loads(reply)
+
+
+def curl_status(client: Pod, path: str, *extra: str) -> str:
+    return client.curl(URL + path, "-o", "/dev/null", "-w", "%{http_code}", *extra)
