@@ -10,7 +10,7 @@ header operations: remove, set, add (Istio applies them in that order).
 
 from __future__ import annotations
 
-import uuid
+import random
 from collections.abc import Callable
 
 from proxy.config.model import HeaderOperations
@@ -23,7 +23,7 @@ def forward_request_headers(
     request: Request,
     peer_address: str,
     operations: HeaderOperations,
-    new_request_id: Callable[[], bytes] = lambda: str(uuid.uuid4()).encode(),
+    new_request_id: Callable[[], bytes] = lambda: new_request_id(),
 ) -> Headers:
     """The request's headers as the upstream should see them."""
     headers = strip_hop_by_hop(request.headers)
@@ -40,6 +40,14 @@ def forward_request_headers(
         headers.append((b"x-forwarded-proto", b"http"))
     headers = _append_forwarded_for(headers, peer_address.encode())
     return apply_operations(headers, operations)
+
+
+def new_request_id(bits: Callable[[int], int] = random.getrandbits) -> bytes:
+    """A random (version 4) UUID as Envoy writes x-request-id. Not uuid.uuid4(): that reads
+    os.urandom (a system call) per request, and an id needs to be unique, not secret."""
+    value = (bits(128) & ~(0xF000 << 64) & ~(0xC << 60)) | (0x4000 << 64) | (0x8 << 60)
+    text = b"%032x" % value
+    return b"-".join((text[:8], text[8:12], text[12:16], text[16:20], text[20:]))
 
 
 def forward_response_headers(response: Response, operations: HeaderOperations) -> Headers:

@@ -5,7 +5,12 @@ from __future__ import annotations
 from proxy.config.model import HeaderOperations
 from proxy.http import local_reply
 from proxy.http.codec import Connection, Data, EndOfMessage, Request, Response
-from proxy.http.rewrite import apply_operations, forward_request_headers, forward_response_headers
+from proxy.http.rewrite import (
+    apply_operations,
+    forward_request_headers,
+    forward_response_headers,
+    new_request_id,
+)
 
 
 def parsed_request(raw: bytes) -> Request:
@@ -97,3 +102,14 @@ def test_local_replies_carry_their_flag_and_a_well_formed_body() -> None:
     assert (b"connection", b"close") in closing.headers
     assert local_reply.fault_abort(418).status == 418
     assert local_reply.bad_request(431, "header section too large").flag == "DPE"
+
+
+def test_generated_request_ids_are_distinct_version_4_uuids() -> None:
+    import uuid
+
+    ids = {new_request_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    for value in list(ids)[:50]:
+        parsed = uuid.UUID(value.decode())
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+        assert str(parsed).encode() == value
