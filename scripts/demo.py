@@ -3,14 +3,17 @@
 A client pod and three backend pods sit on a bridge; each gets Detour's interception
 (detour-init) and a sidecar (detour-proxy, uid 1337). The client's plain curl dials the
 ``backend`` service's virtual IP; its sidecar balances the calls over the three backends, whose
-sidecars take them in on the inbound port and hand them to the app. Everything is torn down at
-the end, also on failure or Ctrl-C.
+sidecars take them in on the inbound port and hand them to the app (Python's http.server).
+Then the HTTP router at work: a 90/10 traffic split by header, and retries hiding a backend
+failure rate of 50%. Everything is torn down at the end, also on failure or Ctrl-C.
 """
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +48,7 @@ def main() -> int:
         for n, endpoint in enumerate(backend.endpoints, start=1):
             pod = lab.add_pod(f"backend{n}", int(str(endpoint.address).rsplit(".", 1)[1]))
             version = dict(endpoint.labels).get("version", "")
-            pod.serve_http(8080, f"hello from backend{n} ({version})")
+            pod.serve_http11(8080, f"backend{n} ({version})")
             config = {"workload": {"name": f"backend-{version}", "inbound_ports": [8080]}}
             lab.intercept(pod)
             lab.start_sidecar(pod, lab.write_config(f"backend{n}.yaml", yaml.safe_dump(config)))
@@ -61,17 +64,33 @@ def main() -> int:
             "(answered by the client's sidecar, DNS captured by init)"
         )
         for call in range(1, CALLS + 1):
-            reply = client.curl("http://backend:8080/")
-            print(f"curl http://backend:8080/  #{call} -> {reply.split(' original=')[0]}")
+            print(
+                f"curl http://backend:8080/  #{call} -> {_label(client.curl('http://backend:8080/'))}"
+            )
+
+        step("traffic split: route 'canary' sends x-canary: yes 90% to subset v2, 10% to v1")
+        replies = client.http_client("http://backend:8080/", 200, "--header", "x-canary:yes")
+        shares = Counter(reply["label"] for reply in replies)
+        for label, count in sorted(shares.items()):
+            print(f"{count:4d} of 200 answered by {label}")
+
+        step("retries: every backend fails half its requests with 503 (?fail=0.5)")
+        replies = client.http_client("http://backend:8080/?fail=0.5", 100)
+        ok = sum(reply["status"] == 200 for reply in replies)
+        failed = sum(
+            json.loads(client.curl(f"http://{pod.ip}:8080/__counts"))["failures"]
+            for pod in lab.pods[1:]
+        )
+        _, retried = client.admin("/stats?filter=^upstream_rq_retry")
+        print(f"{ok} of 100 requests succeeded; the backends answered 503 {failed} times")
+        print(retried.strip())
 
         step("client sidecar, Istio metrics (curl 127.0.0.1:15020/stats/prometheus)")
         metrics = client.run(
             "curl", "-s", "http://127.0.0.1:15020/stats/prometheus", uid=None
         ).stdout
         for line in metrics.splitlines():
-            if line.startswith(
-                ("istio_tcp_connections_opened_total{", "upstream_cx_total{", "dns_answers_total{")
-            ):
+            if line.startswith(("istio_requests_total{", "dns_answers_total{")):
                 print(_short(line))
 
         step("client sidecar endpoints (curl 127.0.0.1:15000/clusters)")
@@ -95,11 +114,26 @@ def main() -> int:
 
 def _short(line: str) -> str:
     """Keep the labels a reader cares about."""
-    keep = ("destination_service_name", "source_workload=", "response_flags", "cluster=", "source=")
+    keep = (
+        "destination_service_name",
+        "source_workload=",
+        "response_code",
+        "response_flags",
+        "cluster=",
+        "source=",
+    )
     name, _, rest = line.partition("{")
     labels, _, value = rest.rpartition("}")
     shown = [part for part in labels.split(",") if part.startswith(keep)]
     return f"{name}{{{','.join(shown)}}}{value}"
+
+
+def _label(reply: str) -> str:
+    """Who answered, from the backend's JSON (or the error curl printed)."""
+    try:
+        return json.loads(reply)["label"]
+    except ValueError:
+        return reply
 
 
 if __name__ == "__main__":

@@ -367,7 +367,11 @@ class HttpConnectionManager:
                 last_try = attempt == policy.attempts
 
                 def may_retry(outcome: int | str, last_try: bool = last_try) -> bool:
-                    if last_try or not body.replayable or not is_retriable(policy, outcome):
+                    if not body.replayable or not is_retriable(policy, outcome):
+                        return False
+                    if last_try:
+                        if exchange.retries:
+                            exchange.flags.append("URX")  # Envoy: retry limit exceeded
                         return False
                     if not retry_budget_allows(
                         cluster.requests_active,

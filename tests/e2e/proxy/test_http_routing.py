@@ -131,6 +131,7 @@ def test_per_try_timeout_retries_on_another_try(mesh_lab: MeshLab) -> None:
     assert curl_status(client, "/?delay=1") == "504"
     assert stat(client, "upstream_rq_per_try_timeout") == 3
     assert stat(client, "upstream_rq_retry.cluster=") == 2
+    wait_until(lambda: " 504 URX,UT " in client.read_sidecar_log(), 5, "a 504 URX,UT log line")
 
 
 def test_local_replies_no_route_no_endpoint_connect_failure(mesh_lab: MeshLab) -> None:
