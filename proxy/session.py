@@ -15,12 +15,14 @@ import time
 from dataclasses import dataclass
 
 from init.config import TPROXY_MARK
+from proxy.config.model import Service, ServicePort
 from proxy.filters.http_proxy import HttpConnectionManager
 from proxy.filters.sniff import DEFAULT_DETECT_TIMEOUT, DEFAULT_SKIP_PORTS, detect
 from proxy.filters.tcp_proxy import RelayHalf, link, reset
 from proxy.platform.sockets import transparent_socket
 from proxy.routing import Passthrough, Refuse, ToCluster
 from proxy.stats import Labels, cluster_labels, labels, listener_labels
+from proxy.upstream.cluster import ClusterRuntime
 
 log = logging.getLogger("detour.proxy")
 
@@ -106,9 +108,13 @@ class Session:
                 self._refuse(decision.flag)
                 return
             if isinstance(decision, Passthrough):
+                if await self._inbound_speaks_http(decision):
+                    service, cluster = self.worker.inbound_http(decision.address, decision.port)
+                    await self._serve_http(service, service.ports[0], cluster)
+                    return
                 connected = await self._connect_passthrough(decision)
-            elif await self._speaks_http(decision):
-                await self._serve_http(decision)
+            elif await self._speaks_http(decision.port.protocol, decision.port.port):
+                await self._serve_http(decision.service, decision.port)
                 return
             else:
                 connected = await self._connect_cluster(decision)
@@ -128,14 +134,22 @@ class Session:
 
     # --- HTTP ---------------------------------------------------------------------------
 
-    async def _speaks_http(self, decision: ToCluster) -> bool:
+    async def _inbound_speaks_http(self, decision: Passthrough) -> bool:
+        """Inbound ports the workload declares ``http`` (or ``auto``) get the HTTP router, for
+        destination-side request metrics. Not under TPROXY: its upstream connections carry the
+        client's own address, so they could not be pooled across clients."""
+        if self.listener.direction != "inbound" or self.listener.preserve_source:
+            return False
+        protocol = self.worker.mesh.workload.inbound_protocol(decision.port)
+        return await self._speaks_http(protocol, decision.port)
+
+    async def _speaks_http(self, protocol: str, port: int) -> bool:
         """A port declared ``http`` is HTTP; an ``auto`` one is sniffed: the first bytes decide,
         and a client that stays silent (a server-first protocol) is TCP after the detection
         timeout. Well-known server-first ports are never sniffed."""
-        protocol = decision.port.protocol
         if protocol == "http":
             return True
-        if protocol != "auto" or decision.port.port in DEFAULT_SKIP_PORTS:
+        if protocol != "auto" or port in DEFAULT_SKIP_PORTS:
             return False
         downstream = self.downstream
         loop = self.worker.loop
@@ -158,18 +172,16 @@ class Session:
             finally:
                 downstream.on_early = None
 
-    async def _serve_http(self, decision: ToCluster) -> None:
-        """Hand the downstream transport to the HTTP connection manager until it is done."""
+    async def _serve_http(
+        self, service: Service, port: ServicePort, cluster: ClusterRuntime | None = None
+    ) -> None:
+        """Hand the downstream transport to the HTTP connection manager until it is done;
+        ``cluster`` is the one upstream of an inbound port (else routes pick clusters)."""
         downstream, worker = self.downstream, self.worker
-        self.service, self.cluster_name = decision.service, "-"
+        self.service, self.cluster_name = service, "-"
         channel = HttpConnectionManager.channel(worker.loop)
         manager = HttpConnectionManager(
-            self,
-            decision.service,
-            decision.port,
-            worker.http_router(decision.service),
-            channel,
-            worker.rng,
+            self, service, port, worker.http_router(service), channel, worker.rng, cluster
         )
         self.http = manager
         transport = downstream.transport

@@ -25,7 +25,7 @@ from proxy.platform.sockets import is_local_address
 from proxy.routing import RouteTable
 from proxy.session import ListenerInfo, Session
 from proxy.stats import Labels, Stats, labels, listener_labels
-from proxy.upstream.cluster import ClusterKey, ClusterRuntime, build_clusters
+from proxy.upstream.cluster import ClusterKey, ClusterRuntime, build_clusters, inbound_service
 
 access = logging.getLogger("detour.access")
 log = logging.getLogger("detour.proxy")
@@ -103,6 +103,7 @@ class Worker:
         self.clusters: dict[ClusterKey, ClusterRuntime] = build_clusters(mesh, {}, self.stats)
         self.rng = random.Random()  # weighted splits, retry jitter, fault injection
         self._http_routers: dict[str, HttpRouter] = {}
+        self._inbound_http: dict[tuple[str, int], tuple[Service, ClusterRuntime]] = {}
 
     def apply_mesh(self, mesh: Mesh) -> None:
         """Swap routes and clusters; endpoint state is carried over where endpoints stay."""
@@ -111,6 +112,9 @@ class Worker:
         self.routes = RouteTable.build(mesh, self._is_local)
         self.mesh = mesh
         self._http_routers = {}
+        for _service, cluster in self._inbound_http.values():
+            cluster.retire()
+        self._inbound_http = {}
         for cluster in old.values():
             cluster.retire()
         for cluster in self.clusters.values():
@@ -122,6 +126,18 @@ class Worker:
         if router is None or router.service is not service:
             router = self._http_routers[service.key] = HttpRouter(service)
         return router
+
+    def inbound_http(self, address: str, port: int) -> tuple[Service, ClusterRuntime]:
+        """The workload itself as a one-endpoint service, for an inbound HTTP port: Istio's
+        ``inbound|PORT||`` cluster. No retries (the caller's sidecar already retries)."""
+        key = (address, port)
+        known = self._inbound_http.get(key)
+        if known is None:
+            service = inbound_service(self.mesh.workload, address, port)
+            name = f"inbound|{port}||"
+            cluster = ClusterRuntime(name, service, service.ports[0], self.stats, None, self.rng)
+            known = self._inbound_http[key] = (service, cluster)
+        return known
 
     def _is_local(self, address: str) -> bool:
         cached = self._local_cache.get(address)

@@ -49,7 +49,8 @@ def main() -> int:
             pod = lab.add_pod(f"backend{n}", int(str(endpoint.address).rsplit(".", 1)[1]))
             version = dict(endpoint.labels).get("version", "")
             pod.serve_http11(8080, f"backend{n} ({version})")
-            config = {"workload": {"name": f"backend-{version}", "inbound_ports": [8080]}}
+            inbound = [{"port": 8080, "protocol": "http"}]  # requests counted on this side too
+            config = {"workload": {"name": f"backend-{version}", "inbound_ports": inbound}}
             lab.intercept(pod)
             lab.start_sidecar(pod, lab.write_config(f"backend{n}.yaml", yaml.safe_dump(config)))
             print(f"backend{n}  {pod.ip:<12} app on :8080, inbound through its sidecar")
@@ -99,9 +100,15 @@ def main() -> int:
             if "::cx_total::" in line or "::health_flags::" in line:
                 print(line)
 
-        step("backend1 sidecar: inbound connections it handed to the app")
-        _, stats = lab.pods[1].admin("/stats?filter=^downstream_cx_total")
-        print(stats.strip())
+        step("backend3 sidecar: the requests it handed to its app (reporter=destination)")
+        metrics = (
+            lab.pods[3]
+            .run("curl", "-s", "http://127.0.0.1:15020/stats/prometheus", uid=None)
+            .stdout
+        )
+        for line in metrics.splitlines():
+            if line.startswith("istio_requests_total{"):
+                print(_short(line))
     finally:
         step("tearing down")
         for pod in lab.pods:
@@ -115,6 +122,8 @@ def main() -> int:
 def _short(line: str) -> str:
     """Keep the labels a reader cares about."""
     keep = (
+        "reporter",
+        "destination_workload=",
         "destination_service_name",
         "source_workload=",
         "response_code",

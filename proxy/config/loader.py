@@ -306,19 +306,41 @@ def _fields(node: object, path: str, table: Mapping[str, Parser]) -> dict[str, A
 def _mesh(document: object, source: str) -> Mesh:
     top = _mapping(document, "", ("mesh", "workload", "services"))
     settings = _fields(top.get("mesh"), "mesh", _MESH_FIELDS)
-    workload = Workload(**_fields(top.get("workload"), "workload", _WORKLOAD_FIELDS))
+    fields = _fields(top.get("workload"), "workload", _WORKLOAD_FIELDS)
+    declared = fields.pop("inbound_ports", ())
+    workload = Workload(
+        **fields,
+        inbound_ports=tuple(port for port, _ in declared),
+        inbound_protocols=tuple(entry for entry in declared if entry[1] != "tcp"),
+    )
     services = _services(top.get("services"), "services")
     return Mesh(services=services, workload=workload, source=source, **settings)
 
 
-def _inbound_ports(node: object, path: str) -> tuple[int, ...]:
+_INBOUND_PROTOCOLS = ("tcp", "http", "auto")
+
+
+def _inbound_ports(node: object, path: str) -> tuple[tuple[int, str], ...]:
+    """A port number (TCP), or ``{port: N, protocol: http|auto|tcp}`` for the sidecar to serve
+    it with the HTTP router: destination-side request metrics and access log."""
     ports: list[int] = []
+    declared: list[tuple[int, str]] = []
     for index, entry in enumerate(_list(node, path)):
-        port = _port(entry, _item(path, index))
+        where = _item(path, index)
+        protocol = "tcp"
+        if isinstance(entry, dict):
+            fields = _entry(entry, where, ("port", "protocol"))
+            port = _port(_required(fields, "port", where), _at(where, "port"))
+            protocol = _choice(_INBOUND_PROTOCOLS)(
+                fields.get("protocol", "tcp"), _at(where, "protocol")
+            )
+        else:
+            port = _port(entry, where)
         if port in ports:
-            _refuse(_item(path, index), entry, f"duplicate port (also {path}[{ports.index(port)}])")
+            _refuse(where, entry, f"duplicate port (also {path}[{ports.index(port)}])")
         ports.append(port)
-    return tuple(ports)
+        declared.append((port, protocol))
+    return tuple(declared)
 
 
 _MESH_FIELDS: dict[str, Parser] = {

@@ -256,6 +256,11 @@ class Workload:
     name: str = "unknown"
     namespace: str = "default"
     inbound_ports: tuple[int, ...] = ()
+    # Inbound ports served as HTTP ("http") or sniffed ("auto"); every other port is TCP.
+    inbound_protocols: tuple[tuple[int, str], ...] = ()
+
+    def inbound_protocol(self, port: int) -> str:
+        return dict(self.inbound_protocols).get(port, "tcp")
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from proxy.http.local_reply import LocalReply
 from proxy.http.rewrite import forward_request_headers, forward_response_headers, new_request_id
 from proxy.http.router import (
     CONNECT_FAILURE,
+    NO_HEALTHY_UPSTREAM,
     PER_TRY_TIMEOUT,
     RESET,
     HttpRouter,
@@ -176,6 +177,7 @@ class HttpConnectionManager:
         router: HttpRouter,
         downstream: HttpChannel,
         rng: random.Random,
+        fixed_cluster: ClusterRuntime | None = None,
     ) -> None:
         self.session = session
         self.worker = session.worker
@@ -184,6 +186,7 @@ class HttpConnectionManager:
         self.router = router
         self.downstream = downstream
         self.rng = rng
+        self.fixed_cluster = fixed_cluster  # inbound: the local app, whatever the route says
         self.upstream: HttpChannel | None = None  # the try in progress, for the idle watchdog
         self.tunnel: tuple[RelayHalf, RelayHalf] | None = None  # after an upgrade
         self.requests = 0
@@ -301,8 +304,10 @@ class HttpConnectionManager:
                 await self._local(exchange, local_reply.fault_abort(fault.abort_status), body)
                 return
         destination = pick_destination(route.destinations, self.rng.random() * 100)
-        key = (self.service.key, self.port.port, destination.subset or "")
-        cluster = self.worker.clusters[key]
+        cluster = (
+            self.fixed_cluster
+            or self.worker.clusters[(self.service.key, self.port.port, destination.subset or "")]
+        )
         exchange.cluster = cluster
         reply = await self._forward_with_timeout(exchange, route, cluster, body)
         if reply is not None:
@@ -416,7 +421,7 @@ class HttpConnectionManager:
         host = cluster.pick(self.session.peer[0].encode(), avoid=tried)
         if host is None:
             self.worker.stats.inc("upstream_cx_none_healthy", cluster_labels(cluster.name))
-            raise _TryFailed(CONNECT_FAILURE, local_reply.NO_HEALTHY_UPSTREAM)
+            raise _TryFailed(NO_HEALTHY_UPSTREAM, local_reply.NO_HEALTHY_UPSTREAM)
         tried.add(host)
         exchange.tries += 1
         exchange.upstream_host = (host.address, host.port)
@@ -454,9 +459,15 @@ class HttpConnectionManager:
             return channel
         loop = self.worker.loop
         channel = HttpChannel(Connection("client"), loop)
+        source = self.session.listener.source_address  # inbound: 127.0.0.6 / ::6
         try:
             async with asyncio.timeout(cluster.service.policy.connect_timeout):
-                await loop.create_connection(lambda: channel, host.address, host.port)
+                await loop.create_connection(
+                    lambda: channel,
+                    host.address,
+                    host.port,
+                    local_addr=(source, 0) if source else None,
+                )
         except (OSError, TimeoutError) as exc:
             cluster.report_connect(host, False)
             stats.inc("upstream_cx_connect_fail", cluster_labels(cluster.name))

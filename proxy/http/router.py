@@ -29,6 +29,7 @@ from .events import Headers
 CONNECT_FAILURE = "connect-failure"
 RESET = "reset"  # the upstream closed or reset before a complete response head
 PER_TRY_TIMEOUT = "per-try-timeout"
+NO_HEALTHY_UPSTREAM = "no-healthy-upstream"  # never retried: no host would take the retry
 
 
 class _Matcher:

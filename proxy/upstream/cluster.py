@@ -10,12 +10,21 @@ open keep the cluster object they started with.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import random
 import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from proxy.config.model import Mesh, Service, ServicePort
+from proxy.config.model import (
+    Endpoint,
+    HttpRoute,
+    Mesh,
+    RetryPolicy,
+    Service,
+    ServicePort,
+    Workload,
+)
 from proxy.stats import Stats, labels
 from proxy.upstream.breaker import CircuitBreaker
 from proxy.upstream.health import HealthState
@@ -215,3 +224,16 @@ def build_clusters(
                 name = cluster_name(service, port, mesh.cluster_domain, subset)
                 clusters[key] = ClusterRuntime(name, narrowed, port, stats, previous.get(key), rng)
     return clusters
+
+
+def inbound_service(workload: Workload, address: str, port: int) -> Service:
+    """The local app behind an inbound HTTP port, as a service of one endpoint (the address the
+    client dialled), with one route that never retries."""
+    return Service(
+        name=workload.name,
+        namespace=workload.namespace,
+        vips=(),
+        ports=(ServicePort("http", port, "http"),),
+        endpoints=(Endpoint(ipaddress.ip_address(address)),),
+        http_routes=(HttpRoute(name="inbound", retries=RetryPolicy(attempts=0)),),
+    )

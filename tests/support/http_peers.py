@@ -3,7 +3,8 @@ they run as any uid with /usr/bin/python3 and nothing about them knows a mesh ex
 
     http_peers.py serve PORT LABEL [--family 4|6]
         A keep-alive HTTP/1.1 server (http.server.ThreadingHTTPServer). Every answer is JSON:
-        {"label", "method", "path", "headers", "body_bytes", "body_sha256", "connections"}.
+        {"label", "method", "path", "headers", "body_bytes", "body_sha256", "connections",
+        "peer"} (peer: the client address the server saw).
         Query parameters steer it, so one server plays every upstream a test needs:
           fail=R     answer 503 with probability R (a seeded RNG: the same run twice is the same)
           status=N   answer N
@@ -113,6 +114,7 @@ def _handler(label: str, counts: _Counts) -> type[BaseHTTPRequestHandler]:
                     "body_bytes": len(body),
                     "body_sha256": hashlib.sha256(body).hexdigest(),
                     "connections": connections,
+                    "peer": self.client_address[0],
                 },
             )
 

@@ -165,8 +165,8 @@ def test_local_replies_no_route_no_endpoint_connect_failure(mesh_lab: MeshLab) -
     log = client.read_sidecar_log()
     wait_until(lambda: " 404 NR " in client.read_sidecar_log(), 5, "the NR access log line")
     log = client.read_sidecar_log()
-    assert " 503 UH " in log
-    assert " 503 UF " in log
+    assert " 503 UH " in log  # not retried: no host could take a retry
+    assert " 503 UF " in log  # retries off on this route: no URX
 
 
 def test_every_request_is_counted_once_everywhere(mesh_lab: MeshLab) -> None:
@@ -210,3 +210,33 @@ def test_auto_port_sniffs_http_and_lets_server_first_tcp_through(mesh_lab: MeshL
     done = client.run("/usr/bin/python3", "-c", talk, timeout=20)
     assert done.stdout.split() == ["HELLO", "ping"], done.stderr
     assert stat(client, "downstream_rq_total") == 1  # the TCP connection is not a request
+
+
+def test_two_sidecars_count_each_request_on_both_sides(mesh_lab: MeshLab) -> None:
+    client = mesh_lab.add_pod("client", 10)
+    backend = mesh_lab.add_pod("v1", 11)
+    backend.serve_http11(8080, "v1")
+    workload = {"name": "backend-v1", "inbound_ports": [{"port": 8080, "protocol": "http"}]}
+    mesh_lab.intercept(backend)
+    mesh_lab.start_sidecar(
+        backend, mesh_lab.write_config("b.yaml", yaml.safe_dump({"workload": workload}))
+    )
+    mesh_lab.intercept(client)
+    config = http_service([backend])
+    mesh_lab.start_sidecar(client, mesh_lab.write_config("c.yaml", yaml.safe_dump(config)))
+    replies = client.http_client(URL + "/?status=201", 20)
+    assert [r["status"] for r in replies] == [201] * 20
+    answer = curl_json(client, "/")
+    assert answer["peer"] == "127.0.0.6"  # the backend's sidecar handed it to the app
+    assert stat(backend, "downstream_rq_2xx") == 21
+    assert stat(client, "downstream_rq_2xx") == 21
+    code, text = backend.admin("/stats/prometheus")
+    assert code == 200
+    inbound = [
+        line
+        for line in text.splitlines()
+        if line.startswith("istio_requests_total{") and 'reporter="destination"' in line
+    ]
+    assert sum(float(line.rsplit(" ", 1)[1]) for line in inbound) == 21
+    assert any('destination_workload="backend-v1"' in line for line in inbound)
+    assert any('response_code="201"' in line for line in inbound)

@@ -949,3 +949,36 @@ def test_http_is_checked_against_the_service_it_is_in() -> None:
     }
     error = refusal({"services": [first, second]})
     assert (error.path, error.value) == ("services[0].http[0].route[0].subset", "v1")
+
+
+def test_inbound_ports_may_declare_http_or_auto() -> None:
+    mesh = parse_mesh(
+        "workload:\n  name: app\n  inbound_ports: [9000, {port: 8080, protocol: http},"
+        " {port: 8081, protocol: auto}, {port: 7000}]\n",
+        "mesh.yaml",
+    )
+    workload = mesh.workload
+    assert workload.inbound_ports == (9000, 8080, 8081, 7000)
+    assert [workload.inbound_protocol(p) for p in (9000, 8080, 8081, 7000, 1)] == [
+        "tcp",
+        "http",
+        "auto",
+        "tcp",
+        "tcp",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("ports", "path", "reason"),
+    [
+        ("[{port: 8080, protocol: grpc}]", "workload.inbound_ports[0].protocol", "grpc"),
+        ("[{protocol: http}]", "workload.inbound_ports[0]", "port"),
+        ("[{port: 8080, proto: http}]", "workload.inbound_ports[0]", "proto"),
+        ("[8080, {port: 8080, protocol: http}]", "workload.inbound_ports[1]", "duplicate"),
+    ],
+)
+def test_bad_inbound_port_declarations_are_refused(ports: str, path: str, reason: str) -> None:
+    with pytest.raises(MeshConfigError) as caught:
+        parse_mesh(f"workload:\n  inbound_ports: {ports}\n", "mesh.yaml")
+    assert caught.value.path.startswith(path), caught.value
+    assert reason in str(caught.value)

@@ -18,6 +18,7 @@ from proxy.config.model import (
 )
 from proxy.http.router import (
     CONNECT_FAILURE,
+    NO_HEALTHY_UPSTREAM,
     PER_TRY_TIMEOUT,
     RESET,
     HttpRouter,
@@ -140,6 +141,7 @@ def test_weighted_destinations_split_by_their_bands() -> None:
         (("retriable-status-codes",), PER_TRY_TIMEOUT, False),
         (("5xx",), CONNECT_FAILURE, True),
         (("5xx",), PER_TRY_TIMEOUT, True),
+        (("5xx", "connect-failure", "reset"), NO_HEALTHY_UPSTREAM, False),
     ],
 )
 def test_retry_on_conditions(retry_on: tuple[str, ...], outcome, expected: bool) -> None:
