@@ -164,6 +164,9 @@ class Worker:
     async def drain(self, timeout: float) -> int:
         """Stop accepting, let open connections finish; returns how many had to be aborted."""
         self.stop_accepting()
+        for session in list(self.sessions):
+            if session.http is not None:
+                session.http.drain()
         deadline = time.monotonic() + timeout
         while self.sessions and time.monotonic() < deadline:
             await asyncio.sleep(0.05)

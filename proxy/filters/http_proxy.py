@@ -187,6 +187,8 @@ class HttpConnectionManager:
         self.downstream = downstream
         self.rng = rng
         self.fixed_cluster = fixed_cluster  # inbound: the local app, whatever the route says
+        self.between_requests = False  # waiting for the next request head
+        self.draining = False
         self.upstream: HttpChannel | None = None  # the try in progress, for the idle watchdog
         self.tunnel: tuple[RelayHalf, RelayHalf] | None = None  # after an upgrade
         self.requests = 0
@@ -205,6 +207,14 @@ class HttpConnectionManager:
             + self.downstream.sent
             + (upstream.received + upstream.sent if upstream is not None else 0)
         )
+
+    def drain(self) -> None:
+        """The sidecar is shutting down: an idle keep-alive connection is closed now (a FIN
+        the client's pool notices before reusing it); a busy one gets ``Connection: close``
+        on its response and closes after it, as Envoy's drain does for HTTP/1."""
+        self.draining = True
+        if self.between_requests and not self.downstream.codec.trailing_data[0]:
+            self.downstream.close()
 
     def abort(self) -> None:
         if self.tunnel is not None:
@@ -228,7 +238,9 @@ class HttpConnectionManager:
         # timeout) closes a connection that stays silent between requests.
         while not downstream.lost:
             try:
+                self.between_requests = True
                 event = await downstream.next_event()
+                self.between_requests = False
             except ProtocolError as exc:
                 self._reply_and_close(local_reply.bad_request(exc.status_hint, exc.reason))
                 return
@@ -326,7 +338,7 @@ class HttpConnectionManager:
             self._reply_and_close(reply)
             return
         downstream = self.downstream
-        response, payload = reply.response(close=False)
+        response, payload = reply.response(close=self.draining)
         codec = downstream.codec
         downstream.write(codec.send(response))
         downstream.write(codec.send(Data(payload)))
@@ -599,7 +611,10 @@ class HttpConnectionManager:
         downstream = self.downstream
         dcodec = downstream.codec
         operations = exchange.route.response_headers if exchange.route else _NO_OPS
-        head = Response(response.status, forward_response_headers(response, operations))
+        headers = forward_response_headers(response, operations)
+        if self.draining:
+            headers.append((b"connection", b"close"))
+        head = Response(response.status, headers)
         exchange.status = response.status
         start = downstream.sent
         downstream.write(dcodec.send(head))

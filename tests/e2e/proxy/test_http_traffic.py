@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 
 import yaml
 from support.http_mesh import URL, curl_json, curl_status, http_service
@@ -128,3 +129,21 @@ def test_no_route_for_a_bad_request_and_the_connection_is_closed(mesh_lab: MeshL
     big = "x" * (70 * 1024)
     assert curl_status(client, "/", "-H", f"x-big: {big}") == "431"
     assert curl_status(client, "/") == "200"
+
+
+def test_drain_closes_idle_keep_alive_connections_gracefully(mesh_lab: MeshLab) -> None:
+    client, _ = bring_up(mesh_lab)
+    hold = (
+        "import http.client, sys\n"
+        f"c = http.client.HTTPConnection('{URL.split('//')[1].split(':')[0]}', 8080, timeout=20)\n"
+        "c.request('GET', '/'); r = c.getresponse(); r.read(); print(r.status, flush=True)\n"
+        "print('eof' if c.sock.recv(1) == b'' else 'data', flush=True)\n"
+    )
+    proc = client.spawn(SYSTEM_PYTHON, "-c", hold)
+    assert proc.stdout.readline().strip() == "200"  # one request done, connection kept idle
+    started = time.monotonic()
+    client.sidecar.terminate()
+    assert client.sidecar.wait(10) == 0
+    assert time.monotonic() - started < 2.5, "an idle connection must not hold the drain"
+    assert proc.stdout.readline().strip() == "eof"  # a FIN, not a reset
+    assert "(0 connections cut" in client.read_sidecar_log()
