@@ -299,9 +299,10 @@ class HttpConnectionManager:
 
     async def _route_and_forward(self, exchange: Exchange) -> None:
         request = exchange.request
-        route = self.router.match(
-            request.method, request.target, header_value(request.headers, b"host"), request.headers
-        )
+        authority = header_value(request.headers, b"host")
+        if authority is None:  # HTTP/1.0 may omit Host; Envoy refuses such requests too
+            raise DownstreamGone(local_reply.bad_request(400, "missing host header"))
+        route = self.router.match(request.method, request.target, authority, request.headers)
         exchange.route = route
         if route is None:
             await self._local(exchange, local_reply.NO_ROUTE, None)

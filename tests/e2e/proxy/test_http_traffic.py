@@ -128,6 +128,7 @@ def test_no_route_for_a_bad_request_and_the_connection_is_closed(mesh_lab: MeshL
     client, _ = bring_up(mesh_lab)
     big = "x" * (70 * 1024)
     assert curl_status(client, "/", "-H", f"x-big: {big}") == "431"
+    assert curl_status(client, "/", "--http1.0", "-H", "Host:") == "400"  # no Host at all
     assert curl_status(client, "/") == "200"
 
 
