@@ -12,7 +12,7 @@ import time
 
 import yaml
 from support.http_mesh import URL, curl_json, curl_status, http_service
-from support.lab import SYSTEM_PYTHON
+from support.lab import SYSTEM_PYTHON, wait_until
 from support.mesh_lab import HTTP_PEERS, MeshLab, Pod, stat
 
 
@@ -148,3 +148,16 @@ def test_drain_closes_idle_keep_alive_connections_gracefully(mesh_lab: MeshLab) 
     assert time.monotonic() - started < 2.5, "an idle connection must not hold the drain"
     assert proc.stdout.readline().strip() == "eof"  # a FIN, not a reset
     assert "(0 connections cut" in client.read_sidecar_log()
+
+
+def test_requests_over_the_circuit_breaker_get_503_uo(mesh_lab: MeshLab) -> None:
+    client, _ = bring_up(mesh_lab)
+    config = http_service([mesh_lab.pods[1]])
+    config["services"][0]["traffic_policy"]["circuit_breaker"] = {"max_requests": 2}
+    mesh_lab.write_config("mesh.yaml", yaml.safe_dump(config))  # reloaded in place
+    wait_until(lambda: stat(client, "config_reload_total") >= 1, 10, "the reload")
+    replies = client.http_client(URL + "/?delay=0.5", 6, "--parallel", "6")
+    statuses = sorted(r["status"] for r in replies)
+    assert statuses == [200, 200, 503, 503, 503, 503], statuses
+    assert stat(client, "upstream_rq_pending_overflow") == 4
+    wait_until(lambda: client.read_sidecar_log().count(" 503 UO ") == 4, 5, "4 UO log lines")
