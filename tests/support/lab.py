@@ -147,8 +147,27 @@ def fingerprint(ns: Netns, backend: str) -> str:
     return "\n".join(parts)
 
 
+def _slowdown() -> float:
+    """DETOUR_LAB_SLOWDOWN multiplies every lab deadline: a VM under software emulation (TCG)
+    starts a Python process several times slower than this machine, and the deadlines are
+    sized for real hardware. Set by the Vagrantfile's provisioners, 1 everywhere else."""
+    raw = os.environ.get("DETOUR_LAB_SLOWDOWN", "1")
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 100:
+        raise SystemExit(f"DETOUR_LAB_SLOWDOWN={raw!r}: expected a number in (0, 100]")
+    return value
+
+
+SLOWDOWN = _slowdown()
+
+
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.02):
-    """Poll ``predicate`` until it returns a truthy value or the deadline passes."""
+    """Poll ``predicate`` until it returns a truthy value or the deadline passes (the deadline
+    is ``timeout`` x DETOUR_LAB_SLOWDOWN)."""
+    timeout *= SLOWDOWN
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
