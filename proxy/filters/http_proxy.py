@@ -507,7 +507,8 @@ class HttpConnectionManager:
         )
         upstream.exchanges += 1
         try:
-            upstream.write(upstream.codec.send(Request(request.method, request.target, headers)))
+            forwarded = Request(request.method, request.target, headers)
+            upstream.write(upstream.codec.send(forwarded, trusted=True))
             await body.send_to(upstream)
             while True:
                 event = await upstream.next_event()
@@ -618,7 +619,7 @@ class HttpConnectionManager:
         head = Response(response.status, headers)
         exchange.status = response.status
         start = downstream.sent
-        downstream.write(dcodec.send(head))
+        downstream.write(dcodec.send(head, trusted=True))
         exchange.head_sent = True
         try:
             while True:

@@ -46,6 +46,7 @@ class HttpChannel(asyncio.Protocol):
         self.sent = 0  # bytes written to the peer
         self.exchanges = 0  # requests sent (upstream) or served (downstream) on this connection
         self._out: list[bytes] = []  # written, not yet handed to the transport (see write)
+        self.idle_since = 0.0  # loop time it went back to its pool (upstream connections)
         self._buffered = 0
         self._reading_paused = False
         self._data_waiter: asyncio.Future[None] | None = None

@@ -217,6 +217,11 @@ def _check_outgoing(headers: Headers) -> list[tuple[bytes, bytes]]:
     return [(n, h[1]) for n, h in zip(lowered, headers, strict=True) if n in SPECIAL]
 
 
+def _special_fields(headers: Headers) -> list[tuple[bytes, bytes]]:
+    """The SPECIAL fields of headers already known valid with lowercase names."""
+    return [h for h in headers if h[0] in SPECIAL]
+
+
 def _serialize(first: bytes, headers: Headers) -> bytes:
     return b"".join([first, *[n + b": " + v + b"\r\n" for n, v in headers], b"\r\n"])
 
@@ -662,8 +667,12 @@ class Connection:
 
     # ------------------------------------------------------------------------------ send
 
-    def send(self, event: Event) -> bytes:
-        """Serialise ``event`` for the wire. Raises LocalProtocolError (status_hint 500)."""
+    def send(self, event: Event, trusted: bool = False) -> bytes:
+        """Serialise ``event`` for the wire. Raises LocalProtocolError (status_hint 500).
+
+        ``trusted``: every field name is a lowercase token and every value valid, because the
+        fields came out of this codec's own parser or from the validated mesh config (the
+        proxy forwarding a message). Skips re-validating them; framing rules still apply."""
         role = self.our_role
         states = self._states
         if states[role] is ERROR:
@@ -683,11 +692,11 @@ class Connection:
             if t is Request:
                 if role != CLIENT:
                     raise ProtocolError("a server does not send requests")
-                return self._write_request(event)  # type: ignore[arg-type]
+                return self._write_request(event, trusted)  # type: ignore[arg-type]
             if t is Response or t is InformationalResponse:
                 if role != SERVER:
                     raise ProtocolError("a client does not send responses")
-                return self._write_response(event)  # type: ignore[arg-type]
+                return self._write_response(event, trusted)  # type: ignore[arg-type]
             if t is ConnectionClosed:
                 self._process(role, ConnectionClosed)
                 return b""
@@ -697,7 +706,7 @@ class Connection:
             self._keep_alive = False
             raise LocalProtocolError(exc.reason, 500) from None
 
-    def _write_request(self, event: Request) -> bytes:
+    def _write_request(self, event: Request, trusted: bool = False) -> bytes:
         if self._states[CLIENT] is not IDLE:
             raise ProtocolError(f"Request not allowed in state {self._states[CLIENT].name}")
         method, target = event.method, event.target
@@ -706,7 +715,7 @@ class Connection:
         if not target or not target.isascii() or b" " in target or target.translate(None, VALUE_OK):
             raise ProtocolError("invalid request target")
         headers = list(event.headers)
-        special = _check_outgoing(headers)
+        special = _special_fields(headers) if trusted else _check_outgoing(headers)
         f = read_framing(special, headers, False, 500)
         if f.hosts != 1:
             raise ProtocolError("an HTTP/1.1 request needs exactly one Host")
@@ -723,7 +732,9 @@ class Connection:
         self._process(CLIENT, Request)
         return _serialize(method + b" " + target + b" HTTP/1.1\r\n", headers)
 
-    def _write_response(self, event: Response | InformationalResponse) -> bytes:
+    def _write_response(
+        self, event: Response | InformationalResponse, trusted: bool = False
+    ) -> bytes:
         status = event.status
         informational = type(event) is InformationalResponse
         if not (100 <= status < 200 if informational else 200 <= status <= 999):
@@ -732,7 +743,7 @@ class Connection:
         if reason.translate(None, VALUE_OK):
             raise ProtocolError("invalid reason phrase")
         headers = list(event.headers)
-        special = _check_outgoing(headers)
+        special = _special_fields(headers) if trusted else _check_outgoing(headers)
         first = b"HTTP/1.1 %d %b\r\n" % (status, reason)
         if informational:
             self._process(SERVER, InformationalResponse, _UPGRADE if status == 101 else None)

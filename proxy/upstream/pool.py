@@ -24,8 +24,10 @@ class UpstreamPool:
         self._loop = loop
         self._idle_timeout = idle_timeout
         self._max_requests = max_requests
-        self._idle: dict[Host, list[HttpChannel]] = {}
-        self._timers: dict[HttpChannel, asyncio.TimerHandle] = {}
+        self._idle: dict[Host, list[HttpChannel]] = {}  # per host, oldest first
+        # One sweep timer per pool, not one timer per idle connection: a timer made and
+        # cancelled on every request cost more than the pool saved.
+        self._sweep: asyncio.TimerHandle | None = None
         self.closed = False
 
     def take(self, host: Host) -> HttpChannel | None:
@@ -33,7 +35,6 @@ class UpstreamPool:
         idle = self._idle.get(host)
         while idle:
             channel = idle.pop()
-            self._timers.pop(channel).cancel()
             channel.on_lost = None
             channel.close_on_eof = False
             if not channel.lost and not channel.eof:
@@ -56,12 +57,12 @@ class UpstreamPool:
             channel.close()
             return
         codec.start_next_cycle()
+        channel.idle_since = self._loop.time()
         self._idle.setdefault(host, []).append(channel)
-        self._timers[channel] = self._loop.call_later(
-            self._idle_timeout, self._expire, host, channel
-        )
         channel.on_lost = lambda lost: self._forget(host, lost)
         channel.close_on_eof = True
+        if self._sweep is None:
+            self._sweep = self._loop.call_later(self._idle_timeout, self._close_expired)
 
     def idle_count(self) -> int:
         return sum(len(channels) for channels in self._idle.values())
@@ -70,20 +71,32 @@ class UpstreamPool:
         """A mesh reload retired this cluster: its idle connections go (busy ones finish their
         exchange and are closed on return)."""
         self.closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
+            self._sweep = None
         for host, channels in list(self._idle.items()):
             for channel in list(channels):
                 self._forget(host, channel)
                 channel.close()
 
-    def _expire(self, host: Host, channel: HttpChannel) -> None:
-        self._forget(host, channel)
-        channel.close()
+    def _close_expired(self) -> None:
+        """Close what idled ``idle_timeout``; come back when the oldest survivor would."""
+        self._sweep = None
+        now = self._loop.time()
+        oldest = None
+        for host, channels in list(self._idle.items()):
+            while channels and now - channels[0].idle_since >= self._idle_timeout:
+                channel = channels[0]
+                self._forget(host, channel)
+                channel.close()
+            if channels and (oldest is None or channels[0].idle_since < oldest):
+                oldest = channels[0].idle_since
+        if oldest is not None and not self.closed:
+            delay = max(oldest + self._idle_timeout - now, 0.001)
+            self._sweep = self._loop.call_later(delay, self._close_expired)
 
     def _forget(self, host: Host, channel: HttpChannel) -> None:
         idle = self._idle.get(host)
         if idle and channel in idle:
             idle.remove(channel)
-        timer = self._timers.pop(channel, None)
-        if timer is not None:
-            timer.cancel()
         channel.on_lost = None

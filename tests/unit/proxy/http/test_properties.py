@@ -227,3 +227,18 @@ def _requests(events: list[object]) -> list[tuple[bytes, bytes, bytes]]:
             method, target, body = found[-1]
             found[-1] = (method, target, body + event.data)
     return found
+
+
+@BOUNDED
+@given(streams)
+def test_trusted_send_of_parsed_fields_writes_what_a_checked_send_writes(data: bytes) -> None:
+    """The forwarding fast path skips re-validating fields our parser produced; it must
+    write byte for byte what the checked path writes."""
+    for event in drain(Connection("server"), [data]):
+        if type(event) is not Request or not any(n == b"host" for n, _ in event.headers):
+            continue
+        headers = strip_hop_by_hop(event.headers)
+        forwarded = Request(event.method, event.target, headers)
+        assert Connection("client").send(forwarded, trusted=True) == Connection("client").send(
+            forwarded
+        )
