@@ -16,6 +16,9 @@ from support.http_mesh import URL, VIP, curl_json, curl_status, http_service
 from support.lab import wait_until
 from support.mesh_lab import MeshLab, Pod, stat
 
+# The backends' pods are named after their version label (http_service labels them so).
+SUBSETS = [{"name": n, "labels": {"version": n}} for n in ("v1", "v2")]
+
 
 def bring_up(lab: MeshLab, names: list[str], config=None, **extra) -> tuple[Pod, list[Pod]]:
     client = lab.add_pod("client", 10)
@@ -50,14 +53,10 @@ def test_requests_reach_the_service_with_forwarding_headers(mesh_lab: MeshLab) -
 
 
 def test_route_by_path_and_header_to_subsets(mesh_lab: MeshLab) -> None:
-    names = ["v1", "v2"]
-    client = mesh_lab.add_pod("client", 10)
-    pods = [mesh_lab.add_pod(name, 11 + n) for n, name in enumerate(names)]
-    for pod in pods:
-        pod.serve_http11(8080, pod.name)
-    config = http_service(
-        pods,
-        subsets=[{"name": n, "labels": {"version": n}} for n in names],
+    client, _ = bring_up(
+        mesh_lab,
+        ["v1", "v2"],
+        subsets=SUBSETS,
         http=[
             {
                 "name": "canary",
@@ -68,8 +67,6 @@ def test_route_by_path_and_header_to_subsets(mesh_lab: MeshLab) -> None:
             {"name": "rest", "route": [{"subset": "v1"}]},
         ],
     )
-    mesh_lab.intercept(client)
-    mesh_lab.start_sidecar(client, mesh_lab.write_config("mesh.yaml", yaml.safe_dump(config)))
     assert {curl_json(client, "/")["label"] for _ in range(4)} == {"v1"}
     assert curl_json(client, "/api/items")["label"] == "v2"
     assert curl_json(client, "/apix")["label"] == "v1"
@@ -78,18 +75,8 @@ def test_route_by_path_and_header_to_subsets(mesh_lab: MeshLab) -> None:
 
 
 def test_weighted_split_90_10_over_1000_requests(mesh_lab: MeshLab) -> None:
-    names = ["v1", "v2"]
-    client = mesh_lab.add_pod("client", 10)
-    pods = [mesh_lab.add_pod(name, 11 + n) for n, name in enumerate(names)]
-    for pod in pods:
-        pod.serve_http11(8080, pod.name)
-    config = http_service(
-        pods,
-        subsets=[{"name": n, "labels": {"version": n}} for n in names],
-        http=[{"route": [{"subset": "v1", "weight": 90}, {"subset": "v2", "weight": 10}]}],
-    )
-    mesh_lab.intercept(client)
-    mesh_lab.start_sidecar(client, mesh_lab.write_config("mesh.yaml", yaml.safe_dump(config)))
+    split = [{"subset": "v1", "weight": 90}, {"subset": "v2", "weight": 10}]
+    client, _ = bring_up(mesh_lab, ["v1", "v2"], subsets=SUBSETS, http=[{"route": split}])
     replies = client.http_client(URL + "/", 1000)
     assert all(r["status"] == 200 for r in replies)
     share = Counter(r["label"] for r in replies)["v2"] / len(replies)
