@@ -1,8 +1,15 @@
 """The mesh lab: pods (a network namespace + a cgroup v2 each) on a shared bridge.
 
-Each pod gets init's interception and a sidecar running as uid 1337; apps run as another uid
-and know nothing of the mesh. Names are unique per test process and everything is removed at
-teardown, even when the test failed.
+Each pod gets interception and a sidecar running as uid 1337; apps run as another uid and know
+nothing of the mesh. Interception is one of INTERCEPTIONS:
+
+- "iptables": ``detour-init apply`` captures inbound and outbound (and DNS when asked).
+- "ebpf": the hybrid mode of interceptor/README.md. ``detour-ebpf attach`` on the pod's cgroup
+  captures outbound TCP and DNS; ``detour-init apply --outbound-ports ''`` (init's existing
+  "outbound-disabled" variant) keeps inbound capture on iptables.
+
+Names are unique per test process and everything is removed at teardown, even when the test
+failed.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from support.ebpf import ebpf, require_ebpf
 from support.lab import DETOUR_INIT, PEERS, SYSTEM_PYTHON, VENV_BIN, Netns, wait_until
 
 PROXY_UID = 1337
@@ -33,6 +41,8 @@ RESOLV_CONF = (
     "search default.svc.cluster.local svc.cluster.local cluster.local\n"
     "options ndots:5\n"
 )
+INTERCEPTIONS = ("iptables", "ebpf")
+_SHARED_FLAGS = ("--proxy-uid", "--proxy-gid", "--ipv6", "--log-format")
 _ids = itertools.count(1)
 
 
@@ -54,6 +64,7 @@ class Pod:
     cgroup: Path
     sidecar: subprocess.Popen | None = None
     sidecar_log: Path | None = None  # the sidecar's stderr, written as it runs
+    ebpf_attached: bool = False
 
     def read_sidecar_log(self) -> str:
         if self.sidecar_log is not None:
@@ -221,9 +232,13 @@ class MeshLab:
     workdir: Path
     cgroup_parent: Path
     pods: list[Pod] = field(default_factory=list)
+    interception: str = "iptables"  # one of INTERCEPTIONS
 
     @classmethod
-    def create(cls) -> MeshLab:
+    def create(cls, interception: str = "iptables") -> MeshLab:
+        assert interception in INTERCEPTIONS, interception
+        if interception == "ebpf":
+            require_ebpf()
         bridge_ns = Netns.create("bridge")
         bridge_ns.run("ip", "link", "add", "br0", "type", "bridge")
         bridge_ns.run("ip", "addr", "add", f"{GATEWAY_V4}/24", "dev", "br0")
@@ -233,7 +248,7 @@ class MeshLab:
         workdir.chmod(0o755)  # the sidecar (uid 1337) reads its config from here
         cgroup_parent = cgroup2_root() / f"detour-lab-{os.getpid()}-{next(_ids)}"
         cgroup_parent.mkdir()
-        return cls(bridge_ns, workdir, cgroup_parent)
+        return cls(bridge_ns, workdir, cgroup_parent, interception=interception)
 
     def add_pod(self, role: str, host: int) -> Pod:
         ns = Netns.create(role)
@@ -296,6 +311,14 @@ class MeshLab:
         return path
 
     def intercept(self, pod: Pod, *init_args: str) -> None:
+        """Capture the pod's traffic with ``init_args`` (detour-init's options), the way this
+        lab's interception mode does it."""
+        if self.interception == "ebpf":
+            outbound, inbound = split_options(init_args)
+            attached = ebpf("attach", "--cgroup", str(pod.cgroup), *outbound)
+            assert attached.returncode == 0, attached.stderr
+            pod.ebpf_attached = True
+            init_args = ("--outbound-ports", "", *inbound)
         done = pod.ns.run(DETOUR_INIT, "apply", *init_args, check=False)
         assert done.returncode == 0, done.stderr
 
@@ -339,6 +362,8 @@ class MeshLab:
             elif pod.sidecar is not None:
                 pod.sidecar.wait(10)
             pod.ns.delete()
+            if pod.ebpf_attached:
+                ebpf("detach", "--cgroup", str(pod.cgroup), check=True)
         self.bridge_ns.delete()
         for cgroup in sorted((p for p in self.cgroup_parent.iterdir() if p.is_dir()), reverse=True):
             _rmdir_cgroup(cgroup)
@@ -346,6 +371,28 @@ class MeshLab:
         shutil.rmtree(self.workdir, ignore_errors=True)
         for pod in self.pods:
             shutil.rmtree(Path("/etc/netns") / pod.ns.name, ignore_errors=True)
+
+
+def split_options(args: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """detour-init options split into (detour-ebpf's, the rest for inbound-only init). The
+    proxy's ids and the IPv6 and log settings go to both; a flag without a value
+    (``--capture-dns``) is a switch."""
+    from interceptor.settings import EBPF_OPTIONS
+
+    ebpf_flags = {option.flag for option in EBPF_OPTIONS}
+    outbound: list[str] = []
+    inbound: list[str] = []
+    index = 0
+    while index < len(args):
+        item = [args[index]]
+        if index + 1 < len(args) and not args[index + 1].startswith("--"):
+            item.append(args[index + 1])
+        index += len(item)
+        if item[0] in ebpf_flags:
+            outbound += item
+        if item[0] not in ebpf_flags or item[0] in _SHARED_FLAGS:
+            inbound += item
+    return outbound, inbound
 
 
 def _rmdir_cgroup(path: Path) -> None:

@@ -15,6 +15,9 @@ from support.lab import wait_until
 from support.mesh_lab import CLUSTER_DNS_ANSWER, MeshLab, Pod, stat
 from support.prereq import require
 
+# Outbound interception: every test here runs under iptables and eBPF (conftest.py).
+OUTBOUND = True
+
 VIP, VIP6 = "10.96.0.10", "fd00:96::10"
 
 

@@ -14,6 +14,9 @@ from support.mesh_lab import MeshLab, Pod
 
 from proxy.config.loader import parse_mesh
 
+# Outbound interception: every test here runs under iptables and eBPF (conftest.py).
+OUTBOUND = True
+
 VIP = "10.96.0.10"
 VIP6 = "fd00:96::10"
 
