@@ -3,7 +3,7 @@
     detour-ebpf attach   --cgroup PATH [init's outbound options] [--sockmap on|off]
     detour-ebpf detach   --cgroup PATH
     detour-ebpf status
-    detour-ebpf validate --cgroup PATH [init's outbound options] [--timeout 3]
+    detour-ebpf validate --cgroup PATH [--netns NAME] [init's outbound options] [--timeout 3]
 
 PATH is a cgroup v2 directory, absolute or relative to the cgroup2 mount. The outbound options
 (--proxy-uid, --exclude-outbound-ports, --exclude-outbound-cidrs, --capture-dns, ...) are
@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
         "validate", parents=[options], help="prove a connection is redirected (exit 126 if not)"
     )
     validate.add_argument("--cgroup", required=True)
+    validate.add_argument(
+        "--netns", help="probe inside this network namespace (name in /run/netns, or a path)"
+    )
     validate.add_argument("--timeout", type=float, default=3.0)
     return parser
 
@@ -83,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from interceptor.validate import ValidationFailed, validate
 
             try:
-                for line in validate(args.cgroup, capture, args.timeout):
+                for line in validate(args.cgroup, capture, args.timeout, args.netns):
                     print(f"validated: {line}")
             except ValidationFailed as exc:
                 print(f"detour-ebpf: validation failed: {exc}", file=sys.stderr)

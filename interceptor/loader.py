@@ -119,12 +119,31 @@ def cgroup_from_pin_name(mount: Path, name: str) -> Path:
     return mount if relative == "/" else mount / relative
 
 
-def preflight(euid: int, kernel_release: str, bcc_importable: bool, modules: Path) -> None:
-    """Refuse early, with what to do, when loading cannot work."""
-    if euid != 0:
+CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF = 12, 21, 39
+
+
+def effective_capabilities(status_text: str) -> int:
+    """The CapEff mask from /proc/self/status text."""
+    for line in status_text.splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def preflight(caps: int, kernel_release: str, bcc_importable: bool, modules: Path) -> None:
+    """Refuse early, with what to do, when loading cannot work. ``caps``: the effective
+    capability mask. CAP_SYS_ADMIN alone is enough; else CAP_BPF (load, pin, read maps) and
+    CAP_NET_ADMIN (networking program types, cgroup attach) are both needed."""
+    has = {cap for cap in (CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF) if caps >> cap & 1}
+    if CAP_SYS_ADMIN not in has and not {CAP_BPF, CAP_NET_ADMIN} <= has:
+        lacking = [
+            name
+            for cap, name in ((CAP_BPF, "CAP_BPF"), (CAP_NET_ADMIN, "CAP_NET_ADMIN"))
+            if cap not in has
+        ]
         raise InterceptorError(
-            "missing privilege: loading and attaching BPF needs CAP_BPF, CAP_NET_ADMIN and "
-            "CAP_SYS_ADMIN (cgroup attach); run as root"
+            f"missing privilege: {' and '.join(lacking)} (or CAP_SYS_ADMIN) are needed to load "
+            "and attach BPF programs; run as root or grant those capabilities"
         )
     if not bcc_importable:
         raise InterceptorError(
@@ -187,9 +206,14 @@ def _is_bpffs(path: Path) -> bool:
     return False
 
 
+def _preflight_here() -> None:
+    caps = effective_capabilities(Path("/proc/self/status").read_text())
+    preflight(caps, os.uname().release, _bcc_importable(), Path("/lib/modules"))
+
+
 def context(cgroup: str, must_exist: bool = True) -> tuple[Path, Path]:
     """(absolute cgroup dir, pin dir) after the checks every command needs."""
-    preflight(os.geteuid(), os.uname().release, _bcc_importable(), Path("/lib/modules"))
+    _preflight_here()
     mount, path = resolve_cgroup(cgroup, Path("/proc/mounts").read_text())
     if must_exist and not (path / "cgroup.procs").is_file():
         raise InterceptorError(f"cgroup not found: {path} (create it with mkdir first)")
@@ -368,7 +392,7 @@ def read_entries(pins: Path) -> dict[str, int]:
 
 def status() -> list[Attachment]:
     """Every attachment pinned under PIN_ROOT, checked against the kernel."""
-    preflight(os.geteuid(), os.uname().release, _bcc_importable(), Path("/lib/modules"))
+    _preflight_here()
     mounts = cgroup2_mounts(Path("/proc/mounts").read_text())
     if not PIN_ROOT.is_dir() or not mounts:
         return []

@@ -37,15 +37,29 @@ def test_pin_names_are_flat_and_reversible(cgroup):
     assert loader.cgroup_from_pin_name(ROOT, name) == cgroup
 
 
+ROOT_CAPS = (1 << 41) - 1
+BPF_AND_NET_ADMIN = 1 << loader.CAP_BPF | 1 << loader.CAP_NET_ADMIN
+
+
 def test_preflight_names_what_is_missing_and_the_fix(tmp_path):
     (tmp_path / "6.1.0" / "build" / "include").mkdir(parents=True)
-    loader.preflight(0, "6.1.0", True, tmp_path)  # everything there: no complaint
-    with pytest.raises(loader.InterceptorError, match=r"CAP_BPF.*CAP_SYS_ADMIN.*run as root"):
-        loader.preflight(1000, "6.1.0", True, tmp_path)
+    loader.preflight(ROOT_CAPS, "6.1.0", True, tmp_path)  # everything there: no complaint
+    loader.preflight(BPF_AND_NET_ADMIN, "6.1.0", True, tmp_path)
+    loader.preflight(1 << loader.CAP_SYS_ADMIN, "6.1.0", True, tmp_path)
+    with pytest.raises(loader.InterceptorError, match=r"CAP_BPF and CAP_NET_ADMIN \(or CAP_SYS"):
+        loader.preflight(0, "6.1.0", True, tmp_path)
+    with pytest.raises(loader.InterceptorError, match=r"missing privilege: CAP_NET_ADMIN \("):
+        loader.preflight(1 << loader.CAP_BPF, "6.1.0", True, tmp_path)
     with pytest.raises(loader.InterceptorError, match="install python3-bpfcc"):
-        loader.preflight(0, "6.1.0", False, tmp_path)
+        loader.preflight(ROOT_CAPS, "6.1.0", False, tmp_path)
     with pytest.raises(loader.InterceptorError, match=r"install linux-headers-6\.2\.0"):
-        loader.preflight(0, "6.2.0", True, tmp_path)
+        loader.preflight(ROOT_CAPS, "6.2.0", True, tmp_path)
+
+
+def test_effective_capabilities_come_from_proc_status():
+    status = "Name:\tpython3\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n"
+    assert loader.effective_capabilities(status) == (1 << 41) - 1
+    assert loader.effective_capabilities("Name:\tx\n") == 0
 
 
 def test_every_program_has_its_source_and_is_commented():
