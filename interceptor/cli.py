@@ -2,7 +2,7 @@
 
     detour-ebpf attach   --cgroup PATH [init's outbound options] [--sockmap on|off]
     detour-ebpf detach   --cgroup PATH
-    detour-ebpf status
+    detour-ebpf status   [--cgroup PATH]
     detour-ebpf validate --cgroup PATH [--netns NAME] [init's outbound options] [--timeout 3]
 
 PATH is a cgroup v2 directory, absolute or relative to the cgroup2 mount. The outbound options
@@ -52,7 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     detach = sub.add_parser("detach", help="detach from a cgroup and remove every pin")
     detach.add_argument("--cgroup", required=True)
-    sub.add_parser("status", help="list attachments, counters and map sizes")
+    status = sub.add_parser("status", help="list attachments, counters and map sizes")
+    status.add_argument("--cgroup", help="only this cgroup's attachment")
     validate = sub.add_parser(
         "validate", parents=[options], help="prove a connection is redirected (exit 126 if not)"
     )
@@ -92,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"detour-ebpf: validation failed: {exc}", file=sys.stderr)
                 return EXIT_NOT_REDIRECTED
         else:
-            return _status()
+            return _status(args.cgroup)
     except ConfigError as exc:
         print(f"detour-ebpf: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -102,8 +103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _status() -> int:
+def _status(cgroup: str | None) -> int:
     attachments = loader.status()
+    if cgroup is not None:
+        _path, pins = loader.context(cgroup, must_exist=False)
+        attachments = [item for item in attachments if item.pins == pins]
     if not attachments:
         print("no attachments")
     for item in attachments:

@@ -8,10 +8,6 @@
  * Any other option, or a socket without a record, passes through untouched. */
 #include "maps.h"
 
-#ifndef SOL_IPV6
-#define SOL_IPV6 41
-#endif
-
 struct dt_sockaddr_in {
     __u16 family;
     __u16 port;

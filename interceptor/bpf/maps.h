@@ -6,12 +6,22 @@
 #ifndef DETOUR_MAPS_H
 #define DETOUR_MAPS_H
 
-#include <linux/bpf.h>
-#include <linux/in.h>
-#include <linux/in6.h>
-#include <linux/socket.h>
-#include <linux/tcp.h>
-
+/* No kernel headers: bcc already includes its uapi bpf.h (struct bpf_sock_addr, BPF_TCP_CLOSE,
+ * ...), and with the kernel's build tree on the include path <linux/bpf.h>, <linux/in.h> or
+ * <linux/tcp.h> are the big internal headers: including them made every attach compile for
+ * 8 s instead of 1. The few constants needed are the stable ABI values. */
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
+#ifndef SOL_IP
+#define SOL_IP 0
+#endif
+#ifndef SOL_IPV6
+#define SOL_IPV6 41
+#endif
 #define SO_ORIGINAL_DST 80      /* linux/netfilter_ipv4.h */
 #define IP6T_SO_ORIGINAL_DST 80 /* linux/netfilter_ipv6/ip6_tables.h */
 #define DNS_PORT 53

@@ -31,7 +31,7 @@ def test_no_iptables_rule_and_ipv4_is_redirected_with_its_original(pod):
     assert pod.curl(f"http://{FAR4}:8080/") == "direct original=none"  # before attaching
     pod.attach()
     # The CLI has exited: the attachment and pins outlive it.
-    status = ebpf("status")
+    status = ebpf("status", "--cgroup", str(pod.cgroup))
     assert status.returncode == 0, status.stdout + status.stderr
     assert f"{pod.cgroup} ok" in status.stdout
 
@@ -47,7 +47,7 @@ def test_no_iptables_rule_and_ipv4_is_redirected_with_its_original(pod):
     assert counters(pod.cgroup)["original_dst_answered"] == 1
     ebpf("detach", "--cgroup", str(pod.cgroup), check=True)
     assert pod.curl(f"http://{FAR4}:8080/") == "direct original=none"
-    assert str(pod.cgroup) not in ebpf("status").stdout
+    assert ebpf("status", "--cgroup", str(pod.cgroup)).stdout == "no attachments\n"
 
 
 def test_ipv6_is_redirected_to_the_ipv6_listener_with_a_sockaddr_in6(pod):

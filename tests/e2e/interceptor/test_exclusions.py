@@ -63,7 +63,7 @@ def test_bad_options_are_refused_with_init_s_wording_before_anything_is_loaded(p
     assert "--exclude-outbound-cidrs='10.0.0.0/40': '10.0.0.0/40' is not an IPv4 or IPv6 CIDR" in (
         done.stderr
     )
-    assert str(pod.cgroup) not in ebpf("status").stdout
+    assert ebpf("status", "--cgroup", str(pod.cgroup)).stdout == "no attachments\n"
 
 
 @pytest.fixture
