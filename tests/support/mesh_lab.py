@@ -373,6 +373,15 @@ class MeshLab:
             shutil.rmtree(Path("/etc/netns") / pod.ns.name, ignore_errors=True)
 
 
+def upstream_behaviour(test):
+    """Mark a test of an OUTBOUND module whose subject is the proxy's upstream side (outlier
+    ejection, connect timeouts, circuit breakers, health checks, the admin port): how the
+    connection reached the proxy cannot change its outcome, so it runs under iptables only,
+    which keeps the suite's runtime down. Everything about reaching the proxy runs in both."""
+    test.upstream_behaviour = True
+    return test
+
+
 def split_options(args: tuple[str, ...]) -> tuple[list[str], list[str]]:
     """detour-init options split into (detour-ebpf's, the rest for inbound-only init). The
     proxy's ids and the IPv6 and log settings go to both; a flag without a value

@@ -1,7 +1,8 @@
 """Fixtures for the sidecar's end-to-end tests: a fresh mesh lab per test.
 
 A module that sets ``OUTBOUND = True`` tests outbound interception: each of its tests that uses
-the lab runs once per interception mode (iptables, eBPF), the same test body both times.
+the lab runs once per interception mode (iptables, eBPF), the same test body both times —
+except those marked ``@upstream_behaviour`` (support/mesh_lab.py), which run once.
 """
 
 from __future__ import annotations
@@ -11,7 +12,11 @@ from support.mesh_lab import INTERCEPTIONS, MeshLab
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    if "interception" in metafunc.fixturenames and getattr(metafunc.module, "OUTBOUND", False):
+    if "interception" not in metafunc.fixturenames:
+        return
+    if getattr(metafunc.module, "OUTBOUND", False) and not getattr(
+        metafunc.function, "upstream_behaviour", False
+    ):
         metafunc.parametrize("interception", INTERCEPTIONS, indirect=True)
 
 
