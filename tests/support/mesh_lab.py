@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from support.ebpf import ebpf, require_ebpf
+from support.ebpf import DETOUR_EBPF, ebpf, require_ebpf
 from support.lab import DETOUR_INIT, PEERS, SYSTEM_PYTHON, VENV_BIN, Netns, wait_until
 
 PROXY_UID = 1337
@@ -313,13 +313,22 @@ class MeshLab:
     def intercept(self, pod: Pod, *init_args: str) -> None:
         """Capture the pod's traffic with ``init_args`` (detour-init's options), the way this
         lab's interception mode does it."""
+        attaching = None
         if self.interception == "ebpf":
             outbound, inbound = split_options(init_args)
-            attached = ebpf("attach", "--cgroup", str(pod.cgroup), *outbound)
-            assert attached.returncode == 0, attached.stderr
+            # Compiling the programs takes a second or two: init runs meanwhile.
+            attaching = subprocess.Popen(
+                [DETOUR_EBPF, "attach", "--cgroup", str(pod.cgroup), *outbound],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             pod.ebpf_attached = True
             init_args = ("--outbound-ports", "", *inbound)
         done = pod.ns.run(DETOUR_INIT, "apply", *init_args, check=False)
+        if attaching is not None:
+            _, errors = attaching.communicate(timeout=120)
+            assert attaching.returncode == 0, errors
         assert done.returncode == 0, done.stderr
 
     def start_sidecar(self, pod: Pod, config: Path | None = None, *extra: str) -> Pod:
@@ -373,12 +382,13 @@ class MeshLab:
             shutil.rmtree(Path("/etc/netns") / pod.ns.name, ignore_errors=True)
 
 
-def upstream_behaviour(test):
-    """Mark a test of an OUTBOUND module whose subject is the proxy's upstream side (outlier
-    ejection, connect timeouts, circuit breakers, health checks, the admin port): how the
-    connection reached the proxy cannot change its outcome, so it runs under iptables only,
-    which keeps the suite's runtime down. Everything about reaching the proxy runs in both."""
-    test.upstream_behaviour = True
+def interception_agnostic(test):
+    """Mark a test of an OUTBOUND module whose subject is what the proxy does once a connection
+    or query has reached it (outlier ejection, connect timeouts, circuit breakers, health
+    checks, the admin port, a DNS table reload): how it was intercepted cannot change the
+    outcome, so it runs under iptables only, which keeps the suite's runtime down. Everything
+    about reaching the proxy runs in both modes."""
+    test.interception_agnostic = True
     return test
 
 

@@ -16,7 +16,7 @@ from support.prereq import require
 VIP = "10.96.0.10"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def client():
     require(shutil.which("dig") is not None, "dig (Debian's dnsutils)")
     lab = MeshLab.create("ebpf")

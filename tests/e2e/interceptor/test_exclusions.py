@@ -1,6 +1,7 @@
 """init's outbound options, read by the programs from maps: excluded ports and CIDRs bypass the
 proxy, the proxy's uids/gids are never captured, and attaching again updates the configuration
-in place (no second set of programs)."""
+in place (no second set of programs). One pod walks through the configurations, as an operator
+would, re-attaching each time."""
 
 from __future__ import annotations
 
@@ -21,40 +22,41 @@ def _cgroup_programs(cgroup) -> list[str]:
     return [" ".join(line.split()[1:3]) for line in done.stdout.splitlines()[1:] if line.strip()]
 
 
-def test_excluded_ports_and_cidrs_bypass_the_proxy(pod):
-    pod.attach("--exclude-ports", "9090", "--exclude-outbound-cidrs", f"{FAR6}/128")
+def _reattach(pod, *options: str) -> None:
+    again = ebpf("attach", "--cgroup", str(pod.cgroup), *options)
+    assert again.returncode == 0, again.stderr
+    assert "configuration updated" in again.stdout
+
+
+def test_each_attach_updates_what_is_captured_in_place(pod):
+    pod.attach()
+    programs = _cgroup_programs(pod.cgroup)
+    assert len(programs) == 8
+    assert pod.curl(f"http://{FAR4}:9090/") == f"sidecar original={FAR4}:9090"
+
+    # Excluded ports and CIDRs bypass the proxy.
+    _reattach(pod, "--exclude-ports", "9090", "--exclude-outbound-cidrs", f"{FAR6}/128")
+    assert _cgroup_programs(pod.cgroup) == programs, "no second set of programs"
     assert pod.curl(f"http://{FAR4}:8080/") == f"sidecar original={FAR4}:8080"
     assert pod.curl(f"http://{FAR4}:9090/") == "direct9090 original=none"
     assert pod.curl(f"http://[{FAR6}]:8080/", "-6") == "direct original=none"
 
-
-def test_only_selected_ports_and_cidrs_are_captured(pod):
-    pod.attach("--outbound-ports", "9090", "--outbound-cidrs", "192.0.2.0/24")
+    # Only the selected ports and CIDRs are captured (and the exclusions above are gone).
+    _reattach(pod, "--outbound-ports", "9090", "--outbound-cidrs", "192.0.2.0/24")
     assert pod.curl(f"http://{FAR4}:8080/") == "direct original=none"
     assert pod.curl(f"http://{FAR4}:9090/") == f"sidecar original={FAR4}:9090"
-    assert pod.curl(f"http://[{FAR6}]:8080/", "-6") == "direct original=none"  # not in the CIDRs
+    assert pod.curl(f"http://[{FAR6}]:8080/", "-6") == "direct original=none"
 
-
-def test_other_proxy_uids_are_not_captured(pod):
-    pod.attach("--proxy-uid", "1337,1000")
+    # Every listed proxy uid is left alone.
+    _reattach(pod, "--proxy-uid", "1337,1000")
     assert pod.curl(f"http://{FAR4}:8080/", uid=1000) == "direct original=none"
     assert pod.curl(f"http://{FAR4}:8080/", uid=2000) == f"sidecar original={FAR4}:8080"
 
-
-def test_attaching_twice_updates_the_configuration_in_place(pod):
-    pod.attach()
-    before = _cgroup_programs(pod.cgroup)
+    # Back to the defaults: everything captured again, still one set of programs.
+    _reattach(pod)
     assert pod.curl(f"http://{FAR4}:9090/") == f"sidecar original={FAR4}:9090"
-
-    again = ebpf("attach", "--cgroup", str(pod.cgroup), "--exclude-outbound-ports", "9090")
-    assert again.returncode == 0, again.stderr
-    assert "configuration updated" in again.stdout
-    assert _cgroup_programs(pod.cgroup) == before, "no second set of programs"
-    assert pod.curl(f"http://{FAR4}:9090/") == "direct9090 original=none"
-    assert pod.curl(f"http://{FAR4}:8080/") == f"sidecar original={FAR4}:8080"
-
-    ebpf("attach", "--cgroup", str(pod.cgroup), check=True)  # and back: exclusion removed
-    assert pod.curl(f"http://{FAR4}:9090/") == f"sidecar original={FAR4}:9090"
+    assert pod.curl(f"http://[{FAR6}]:8080/", "-6") == f"sidecar original={FAR6}:8080"
+    assert _cgroup_programs(pod.cgroup) == programs
 
 
 def test_bad_options_are_refused_with_init_s_wording_before_anything_is_loaded(pod):

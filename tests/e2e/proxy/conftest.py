@@ -2,7 +2,7 @@
 
 A module that sets ``OUTBOUND = True`` tests outbound interception: each of its tests that uses
 the lab runs once per interception mode (iptables, eBPF), the same test body both times —
-except those marked ``@upstream_behaviour`` (support/mesh_lab.py), which run once.
+except those marked ``@interception_agnostic`` (support/mesh_lab.py), which run once.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "interception" not in metafunc.fixturenames:
         return
     if getattr(metafunc.module, "OUTBOUND", False) and not getattr(
-        metafunc.function, "upstream_behaviour", False
+        metafunc.function, "interception_agnostic", False
     ):
         metafunc.parametrize("interception", INTERCEPTIONS, indirect=True)
 
