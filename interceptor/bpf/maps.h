@@ -173,6 +173,15 @@ static __always_inline int is_loopback(const __u32 *ip)
     return ip[0] == 0 && ip[1] == 0 && ip[2] == 0 && ip[3] == dt_htonl(1);
 }
 
+/* The address of a sock_addr context (connect6, sendmsg6, recvmsg6, getpeername6), 16 bytes. */
+static __always_inline void read_ip6(struct bpf_sock_addr *ctx, __u32 *dst)
+{
+    dst[0] = ctx->user_ip6[0];
+    dst[1] = ctx->user_ip6[1];
+    dst[2] = ctx->user_ip6[2];
+    dst[3] = ctx->user_ip6[3];
+}
+
 /* Is the calling task the proxy (by uid or gid)? Its connections are never captured. */
 static __always_inline int caller_is_proxy(void)
 {

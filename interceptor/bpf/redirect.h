@@ -79,12 +79,4 @@ static __always_inline void rewrite6(struct bpf_sock_addr *ctx, const __u32 *dst
     ctx->user_port = dt_htons(port);
 }
 
-static __always_inline void read_ip6(struct bpf_sock_addr *ctx, __u32 *dst)
-{
-    dst[0] = ctx->user_ip6[0];
-    dst[1] = ctx->user_ip6[1];
-    dst[2] = ctx->user_ip6[2];
-    dst[3] = ctx->user_ip6[3];
-}
-
 #endif

@@ -42,9 +42,9 @@ def test_detach_removes_every_program_map_and_pin(pod):
     pod.attach("--capture-dns")
     pins = pins_of(pod.cgroup)
     progs, maps = _ids(pins)
-    assert len(progs) == 9 and len(maps) == 10
+    assert len(progs) == 11 and len(maps) == 10
     attached = _cgroup_programs(pod.cgroup)
-    assert {entry["id"] for entry in attached} <= progs and len(attached) == 8
+    assert {entry["id"] for entry in attached} <= progs and len(attached) == 10
     # Traffic through it, so the maps hold sockets and records when detach runs.
     assert pod.curl("http://192.0.2.10:8080/").startswith("sidecar ")
 

@@ -9,16 +9,23 @@ from __future__ import annotations
 import socket
 import struct
 
+import pytest
 from support.ebpf import counters, ebpf, entries, pins_of
 
 from .conftest import APP_UID, FAR4, FAR6, PROXY_UID
 
-DUAL_STACK_CLIENT = """
+# argv: family (4, 6 or 46 = dual-stack socket to a v4-mapped address), address. Prints the
+# peer getpeername() reports, then the body of the reply.
+PEER_CLIENT = """
 import socket, sys
-s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+family, address = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_INET if family == "4" else socket.AF_INET6, socket.SOCK_STREAM)
+if family == "46":
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    address = "::ffff:" + address
 s.settimeout(5)
-s.connect(("::ffff:" + sys.argv[1], 8080))
+s.connect((address, 8080))
+print("peer=%s:%d" % s.getpeername()[:2])
 s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
 reply = b""
 while chunk := s.recv(4096):
@@ -57,18 +64,29 @@ def test_ipv6_is_redirected_to_the_ipv6_listener_with_a_sockaddr_in6(pod):
     assert pod.curl("http://[::1]:15001/", "-6") == "sidecar original=none"
 
 
-def test_a_dual_stack_socket_to_a_v4_mapped_address_reaches_the_ipv4_listener(pod):
-    pod.attach()
-    done = pod.run("/usr/bin/python3", "-c", DUAL_STACK_CLIENT, FAR4)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == f"sidecar original={FAR4}:8080"
-
-
 def test_ipv6_off_leaves_ipv6_alone_but_still_captures_v4_mapped(pod):
     pod.attach("--ipv6", "off")
     assert pod.curl(f"http://[{FAR6}]:8080/", "-6") == "direct original=none"
-    done = pod.run("/usr/bin/python3", "-c", DUAL_STACK_CLIENT, FAR4)
-    assert done.stdout.strip() == f"sidecar original={FAR4}:8080"
+    done = pod.run("/usr/bin/python3", "-c", PEER_CLIENT, "46", FAR4)
+    assert done.stdout.split("\n")[1] == f"sidecar original={FAR4}:8080"
+
+
+@pytest.mark.parametrize(
+    ("family", "address", "peer"),
+    [
+        ("4", FAR4, f"{FAR4}:8080"),
+        ("6", FAR6, f"{FAR6}:8080"),
+        # A dual-stack socket dialling a v4-mapped address stays IPv4: the IPv4 listener.
+        ("46", FAR4, f"::ffff:{FAR4}:8080"),
+    ],
+)
+def test_the_app_sees_the_address_it_dialled_and_the_sidecar_sees_the_original(
+    pod, family, address, peer
+):
+    pod.attach()
+    done = pod.run("/usr/bin/python3", "-c", PEER_CLIENT, family, address)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == [f"peer={peer}", f"sidecar original={address}:8080"]
 
 
 def _forge_handoff(cgroup, client_port: int) -> None:
