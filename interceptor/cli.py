@@ -47,8 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     attach.add_argument(
         "--sockmap",
         choices=("on", "off"),
-        default="on",
-        help="short-circuit local hops socket to socket (on)",
+        default="off",
+        help="short-circuit the app <-> sidecar hop socket to socket (off: see README, a "
+        "blocking recv() in the app can then fail with EAGAIN on this kernel)",
     )
     detach = sub.add_parser("detach", help="detach from a cgroup and remove every pin")
     detach.add_argument("--cgroup", required=True)

@@ -59,7 +59,7 @@ class EbpfConfig:
     """init's capture options plus the one switch only eBPF has."""
 
     capture: CaptureConfig
-    sockmap: bool = True
+    sockmap: bool = False  # opt-in: see interceptor/README.md (blocking recv and EAGAIN)
     ipv6_present: bool = True
 
 

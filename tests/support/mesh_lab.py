@@ -4,8 +4,10 @@ Each pod gets interception and a sidecar running as uid 1337; apps run as anothe
 nothing of the mesh. Interception is one of INTERCEPTIONS:
 
 - "iptables": ``detour-init apply`` captures inbound and outbound (and DNS when asked).
-- "ebpf": the hybrid mode of interceptor/README.md. ``detour-ebpf attach`` on the pod's cgroup
-  captures outbound TCP and DNS; ``detour-init apply --outbound-ports ''`` (init's existing
+- "ebpf": the hybrid mode of interceptor/README.md. ``detour-ebpf attach --sockmap on`` on the
+  pod's cgroup captures outbound TCP and DNS, with the sockmap short-circuit (opt-in for users;
+  on here so every outbound test's data crosses it — the lab's apps never block in recv()
+  without a timeout); ``detour-init apply --outbound-ports ''`` (init's existing
   "outbound-disabled" variant) keeps inbound capture on iptables.
 
 Names are unique per test process and everything is removed at teardown, even when the test
@@ -318,7 +320,7 @@ class MeshLab:
             outbound, inbound = split_options(init_args)
             # Compiling the programs takes a second or two: init runs meanwhile.
             attaching = subprocess.Popen(
-                [DETOUR_EBPF, "attach", "--cgroup", str(pod.cgroup), *outbound],
+                [DETOUR_EBPF, "attach", "--cgroup", str(pod.cgroup), "--sockmap", "on", *outbound],
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,

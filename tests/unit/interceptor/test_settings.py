@@ -19,8 +19,8 @@ def test_defaults_capture_everything_but_the_proxy_and_no_dns():
     contents = map_contents(_config())
     flags, proxy_port, dns_port = struct.unpack("<IHH", contents["settings"][b"\0\0\0\0"])
     assert (proxy_port, dns_port) == (15001, 15053)
-    wanted = settings.CONFIGURED | settings.SOCKMAP | settings.ALL_PORTS | settings.ALL_CIDRS
-    assert flags == wanted | settings.IPV6
+    wanted = settings.CONFIGURED | settings.ALL_PORTS | settings.ALL_CIDRS | settings.IPV6
+    assert flags == wanted  # sockmap is opt-in
     owners = {struct.pack("<II", 0, 1337), struct.pack("<II", 1, 1337)}  # uid 1337, gid 1337
     assert set(contents["proxy_owners"]) == owners
     assert contents["exclude_ports"] == contents["exclude_cidrs"] == {}
@@ -46,10 +46,11 @@ def test_exclusions_and_selections_become_map_keys():
     assert struct.pack("<II", 0, 1338) in contents["proxy_owners"]
 
 
-def test_ipv6_off_and_sockmap_off_clear_their_bits():
-    config = EbpfConfig(parse_config({"ipv6": "off"}, {}), sockmap=False)
+def test_ipv6_off_clears_its_bit_and_sockmap_on_sets_its_own():
+    config = EbpfConfig(parse_config({"ipv6": "off"}, {}), sockmap=True)
     flags = struct.unpack("<IHH", settings.settings_value(config))[0]
-    assert not flags & (settings.IPV6 | settings.SOCKMAP)
+    assert not flags & settings.IPV6
+    assert flags & settings.SOCKMAP
 
 
 def test_python_and_c_agree_on_flag_bits_and_counter_order():
