@@ -118,6 +118,7 @@ def _status(cgroup: str | None) -> int:
         state = "ok" if item.healthy else "degraded"
         print(f"{item.cgroup} {state} pins={item.pins}")
         print(f"  programs: {programs}")
+        print("  settings: " + " ".join(f"{k}={v}" for k, v in item.settings.items()))
         print("  counters: " + " ".join(f"{k}={v}" for k, v in item.counters.items()))
         print("  entries: " + " ".join(f"{k}={v}" for k, v in item.entries.items()))
     return 0 if all(item.healthy for item in attachments) else EXIT_FAILED

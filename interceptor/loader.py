@@ -22,7 +22,7 @@ from urllib.parse import quote, unquote
 
 from interceptor import kernel
 from interceptor.errors import InterceptorError
-from interceptor.settings import EbpfConfig, decode_counters, map_contents
+from interceptor.settings import EbpfConfig, decode_counters, describe_settings, map_contents
 
 __all__ = ["InterceptorError"]
 
@@ -353,6 +353,7 @@ class Attachment:
     programs: dict[str, bool]  # program key -> still attached to the cgroup
     counters: dict[str, int] = field(default_factory=dict)
     entries: dict[str, int] = field(default_factory=dict)  # STATE_MAPS -> entry count
+    settings: dict[str, str] = field(default_factory=dict)  # the configuration in force
 
     @property
     def healthy(self) -> bool:
@@ -371,7 +372,18 @@ def _inspect(cgroup: Path, pins: Path) -> Attachment:
                     with kernel.pinned(pins / f"map_{program.target}") as map_fd:
                         ids = kernel.attached_ids(map_fd, program.attach_type)
                     programs[program.key] = kernel.prog_id(fd) in ids
-    return Attachment(cgroup, pins, programs, read_counters(pins), read_entries(pins))
+    return Attachment(
+        cgroup, pins, programs, read_counters(pins), read_entries(pins), read_settings(pins)
+    )
+
+
+def read_settings(pins: Path) -> dict[str, str]:
+    path = pins / "map_settings"
+    if not path.exists():
+        return {}
+    with kernel.pinned(path) as fd:
+        raw = kernel.map_lookup(fd, (0).to_bytes(4, sys.byteorder))
+    return describe_settings(raw) if raw else {}
 
 
 def read_counters(pins: Path) -> dict[str, int]:

@@ -30,7 +30,12 @@ EBPF_FIELDS = (
 )
 EBPF_OPTIONS = tuple(option for option in OPTIONS if option.field in EBPF_FIELDS)
 # Shorter spellings accepted too (the brief of issue #5 names them this way).
-ALIASES = {"exclude_outbound_ports": "--exclude-ports", "exclude_outbound_cidrs": "--exclude-cidrs"}
+# --proxy-port is the first slice's name for the outbound port, kept for existing callers.
+ALIASES = {
+    "exclude_outbound_ports": "--exclude-ports",
+    "exclude_outbound_cidrs": "--exclude-cidrs",
+    "outbound_port": "--proxy-port",
+}
 
 # settings.flags bits (bpf/maps.h SETTING_*)
 CONFIGURED, CAPTURE_DNS, SOCKMAP, ALL_PORTS, ALL_CIDRS, IPV6 = 1, 2, 4, 8, 16, 32
@@ -103,6 +108,23 @@ def map_contents(config: EbpfConfig) -> dict[str, dict[bytes, bytes]]:
         "capture_ports": {_U32.pack(p): PRESENT for p in capture.outbound_ports.ports},
         "exclude_cidrs": {cidr_key(n): PRESENT for n in capture.exclude_outbound_cidrs},
         "capture_cidrs": {cidr_key(n): PRESENT for n in capture.outbound_cidrs.networks},
+    }
+
+
+def describe_settings(value: bytes) -> dict[str, str]:
+    """settings[0] as `status` shows it."""
+    flags, proxy_port, dns_port = _SETTINGS.unpack(value)
+
+    def switch(bit: int) -> str:
+        return "on" if flags & bit else "off"
+
+    return {
+        "outbound_port": str(proxy_port),
+        "dns": f"{switch(CAPTURE_DNS)}:{dns_port}",
+        "ipv6": switch(IPV6),
+        "sockmap": switch(SOCKMAP),
+        "ports": "all" if flags & ALL_PORTS else "listed",
+        "cidrs": "all" if flags & ALL_CIDRS else "listed",
     }
 
 

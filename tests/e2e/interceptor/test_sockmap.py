@@ -48,6 +48,9 @@ def test_bytes_each_way_through_the_local_hop(lab: MeshLab, sockmap: str, size: 
     after = counters(client.cgroup)
     redirected = after["sockmap_redirected"] - before["sockmap_redirected"]
     moved = after["sockmap_bytes"] - before["sockmap_bytes"]
+    shown = ebpf("status", "--cgroup", str(client.cgroup), check=True).stdout
+    assert f"sockmap={sockmap}" in shown
+    assert f"sockmap_redirected={after['sockmap_redirected']}" in shown
     if sockmap == "on":
         assert redirected > 0
         assert moved >= 2 * size, "both directions of the app <-> sidecar hop"

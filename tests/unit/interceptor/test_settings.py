@@ -62,3 +62,16 @@ def test_python_and_c_agree_on_flag_bits_and_counter_order():
     counted = re.findall(r"#define COUNT_(\w+) (\d+)", header)
     assert [int(i) for _, i in counted] == list(range(len(settings.COUNTERS)))
     assert int(re.search(r"#define COUNTERS (\d+)", header).group(1)) == len(settings.COUNTERS)
+
+
+def test_status_describes_the_settings_it_reads_back():
+    config = EbpfConfig(parse_config({"capture_dns": "true", "outbound_ports": "80"}, {}))
+    shown = settings.describe_settings(settings.settings_value(config))
+    assert shown == {
+        "outbound_port": "15001",
+        "dns": "on:15053",
+        "ipv6": "on",
+        "sockmap": "off",
+        "ports": "listed",
+        "cidrs": "all",
+    }
