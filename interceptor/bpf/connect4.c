@@ -4,8 +4,8 @@
  * Writes: origin_store[socket] = the original destination; the destination itself, rewritten
  *         to 127.0.0.1:<outbound port> (TCP) or 127.0.0.1:<DNS port> (TCP/UDP port 53 with
  *         DNS capture on); counters.
- * Leaves alone: the proxy's own sockets (its uids/gids: loop prevention), 127.0.0.0/8 and
- * excluded or unselected destinations. */
+ * Leaves alone: the proxy's own sockets (its uids/gids: loop prevention), 127.0.0.0/8 (but
+ * for DNS, captured from any server as init does) and excluded or unselected destinations. */
 #include "redirect.h"
 
 int detour_connect4(struct bpf_sock_addr *ctx)

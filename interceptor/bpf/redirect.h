@@ -39,13 +39,13 @@ static __always_inline __u16 redirect_port(struct bpf_sock_addr *ctx, const __u3
     __u32 port = dt_ntohs((__u16)ctx->user_port);
     int dns = port == DNS_PORT && (s->flags & SETTING_CAPTURE_DNS);
     __u16 target = 0;
-    if (caller_is_proxy() || is_loopback(dst)) /* loop prevention; local traffic stays local */
+    if (caller_is_proxy()) /* loop prevention: the proxy's own traffic is never captured */
         target = 0;
-    else if (ctx->type == SOCK_DGRAM)
-        target = dns ? s->dns_port : 0;
-    else if (ctx->type == SOCK_STREAM && dns)
-        target = s->dns_port;
-    else if (ctx->type == SOCK_STREAM && destination_selected(s, dst, port))
+    else if (dns && (ctx->type == SOCK_DGRAM || ctx->type == SOCK_STREAM))
+        target = s->dns_port; /* any server, a local one (127.0.0.53) too, as init does */
+    else if (is_loopback(dst) || ctx->type != SOCK_STREAM)
+        target = 0; /* local traffic stays local; UDP other than DNS is not captured */
+    else if (destination_selected(s, dst, port))
         target = s->proxy_port;
     /* A UDP DNS socket needs its server for recvmsg; a TCP connection for getsockopt. */
     remember_origin(ctx, dst, target != 0);

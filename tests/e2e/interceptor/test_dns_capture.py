@@ -61,6 +61,14 @@ def test_dig_and_getaddrinfo_resolve_mesh_names_without_iptables(client: Pod) ->
     assert seen["dns_redirected"] >= 3 and seen["dns_replies_rewritten"] >= 2
 
 
+def test_a_query_to_a_local_resolver_is_captured_too(client: Pod) -> None:
+    # Nothing listens on 127.0.0.53:53 in the pod (as with systemd-resolved's stub address);
+    # like init's rules, the capture takes DNS to any server.
+    answer = _dig(client, "@127.0.0.53", "backend.default.svc.cluster.local")
+    assert f"\t{VIP}" in answer
+    assert "SERVER: 127.0.0.53#53(127.0.0.53)" in answer
+
+
 def test_the_sidecars_own_upstream_queries_are_not_captured(client: Pod) -> None:
     # The sidecar forwards names outside the mesh to 10.88.0.1:53 as uid 1337; captured, they
     # would come back to itself and never resolve.
