@@ -1,1 +1,1 @@
-"""Detour interceptor: the eBPF interception path (not yet implemented)."""
+"""Detour interceptor: eBPF interception of a cgroup's outbound TCP and DNS (see README.md)."""

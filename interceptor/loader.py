@@ -1,77 +1,88 @@
-"""Compile, load, attach, pin and detach Detour's eBPF interception programs (bcc).
+"""Compile, load, attach, pin, configure and detach Detour's eBPF interception programs (bcc).
 
-Three programs, one per hook, compiled as one bcc module so they share two LRU hash maps
-(see bpf/maps.h):
-
-- ``connect4`` (cgroup/connect4): records the app's destination under the socket cookie and
-  rewrites it to 127.0.0.1:15001; skips uid 1337 (the proxy) and 127.0.0.0/8.
-- ``sockops`` (sockops, ACTIVE_ESTABLISHED): once the kernel has picked the client's source
-  port, re-keys the record by (client local ip, local port).
-- ``getsockopt`` (cgroup/getsockopt): answers getsockopt(SOL_IP, SO_ORIGINAL_DST) on the
-  proxy's accepted socket by looking its peer (= the client's local end) up in that map.
-
-The programs are attached with the legacy BPF_PROG_ATTACH (BPF_F_ALLOW_MULTI), which keeps
-them attached after this process exits; programs and maps are pinned under
+One program per hook (sources in bpf/, each commented with what it reads and writes), compiled
+as one bcc module so they share the maps of bpf/maps.h. The cgroup programs are attached with
+the legacy BPF_PROG_ATTACH (BPF_F_ALLOW_MULTI), the sk_msg program to the local_socks
+sockhash; attachments outlive this process. Programs and maps are pinned under
 ``/sys/fs/bpf/detour/<name>`` (name = the cgroup path relative to the cgroup2 mount,
-percent-encoded), which is how ``detach`` and ``status`` find them again.
+percent-encoded), which is how ``detach``, ``status`` and a second ``attach`` (which only
+rewrites the configuration maps) find them again.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, unquote
+
+from interceptor import kernel
+from interceptor.errors import InterceptorError
+from interceptor.settings import EbpfConfig, decode_counters, describe_settings, map_contents
+
+__all__ = ["InterceptorError"]
 
 BPF_DIR = Path(__file__).resolve().parent / "bpf"
 PIN_ROOT = Path("/sys/fs/bpf/detour")
 BPFFS = Path("/sys/fs/bpf")
-PROXY_UID = 1337
-PROXY_PORT = 15001
-BPF_F_ALLOW_MULTI = 2
 
-# bcc 0.26: BPFProgType / BPFAttachType numbers (the kernel's enums).
-PROG_CGROUP_SOCK_ADDR = 18
-PROG_SOCK_OPS = 13
-PROG_CGROUP_SOCKOPT = 25
-ATTACH_INET4_CONNECT = 10
-ATTACH_SOCK_OPS = 3
+# The kernel's enum bpf_prog_type / bpf_attach_type numbers (bcc 0.26 has no names for some).
+PROG_SOCK_OPS, PROG_SK_MSG, PROG_CGROUP_SOCK_ADDR, PROG_CGROUP_SOCKOPT = 13, 16, 18, 25
+ATTACH_SOCK_OPS, ATTACH_SK_MSG_VERDICT = 3, 7
+ATTACH_INET4_CONNECT, ATTACH_INET6_CONNECT = 10, 11
+ATTACH_UDP4_SENDMSG, ATTACH_UDP6_SENDMSG = 14, 15
+ATTACH_UDP4_RECVMSG, ATTACH_UDP6_RECVMSG = 19, 20
 ATTACH_GETSOCKOPT = 21
+ATTACH_INET4_GETPEERNAME, ATTACH_INET6_GETPEERNAME = 29, 30
 
 
 @dataclass(frozen=True)
 class Program:
-    key: str  # pin name suffix and source file stem
-    function: str
+    key: str  # source file stem and pin name suffix; the function is detour_<key>
     prog_type: int
     attach_type: int
-    # CGROUP_SOCK_ADDR and CGROUP_SOCKOPT must be loaded with their expected attach type
-    expected_attach_type: int
+    # CGROUP_SOCK_ADDR and CGROUP_SOCKOPT programs must be loaded with their attach type
+    expected_attach_type: int = -1
+    target: str = "cgroup"  # or "local_socks": attached to that sockhash, not to the cgroup
+
+    @property
+    def function(self) -> str:
+        return f"detour_{self.key}"
 
 
 PROGRAMS = (
+    Program("connect4", PROG_CGROUP_SOCK_ADDR, ATTACH_INET4_CONNECT, ATTACH_INET4_CONNECT),
+    Program("connect6", PROG_CGROUP_SOCK_ADDR, ATTACH_INET6_CONNECT, ATTACH_INET6_CONNECT),
+    Program("sockops", PROG_SOCK_OPS, ATTACH_SOCK_OPS),
+    Program("getsockopt", PROG_CGROUP_SOCKOPT, ATTACH_GETSOCKOPT, ATTACH_GETSOCKOPT),
+    Program("sendmsg4", PROG_CGROUP_SOCK_ADDR, ATTACH_UDP4_SENDMSG, ATTACH_UDP4_SENDMSG),
+    Program("sendmsg6", PROG_CGROUP_SOCK_ADDR, ATTACH_UDP6_SENDMSG, ATTACH_UDP6_SENDMSG),
+    Program("recvmsg4", PROG_CGROUP_SOCK_ADDR, ATTACH_UDP4_RECVMSG, ATTACH_UDP4_RECVMSG),
+    Program("recvmsg6", PROG_CGROUP_SOCK_ADDR, ATTACH_UDP6_RECVMSG, ATTACH_UDP6_RECVMSG),
     Program(
-        "connect4",
-        "detour_connect4",
-        PROG_CGROUP_SOCK_ADDR,
-        ATTACH_INET4_CONNECT,
-        ATTACH_INET4_CONNECT,
+        "getpeername4", PROG_CGROUP_SOCK_ADDR, ATTACH_INET4_GETPEERNAME, ATTACH_INET4_GETPEERNAME
     ),
-    Program("sockops", "detour_sockops", PROG_SOCK_OPS, ATTACH_SOCK_OPS, -1),
     Program(
-        "getsockopt", "detour_getsockopt", PROG_CGROUP_SOCKOPT, ATTACH_GETSOCKOPT, ATTACH_GETSOCKOPT
+        "getpeername6", PROG_CGROUP_SOCK_ADDR, ATTACH_INET6_GETPEERNAME, ATTACH_INET6_GETPEERNAME
     ),
+    Program("sk_msg", PROG_SK_MSG, ATTACH_SK_MSG_VERDICT, target="local_socks"),
 )
-MAPS = ("origin_by_cookie", "origin_by_client")
-
-
-class InterceptorError(Exception):
-    """A clear, user-facing reason why an operation cannot proceed."""
+CONFIG_MAPS = (
+    "settings",
+    "proxy_owners",
+    "exclude_ports",
+    "capture_ports",
+    "exclude_cidrs",
+    "capture_cidrs",
+)
+MAPS = (*CONFIG_MAPS, "origin_store", "handoff_by_client", "local_socks", "counters")
+# Maps whose entry count `status` reports (the bounded, self-cleaning state).
+STATE_MAPS = ("handoff_by_client", "local_socks")
+_INCLUDE = re.compile(r'^#include "([^"]+)"\s*$')
 
 
 # ---------------------------------------------------------------- pure helpers (unit tested)
@@ -115,28 +126,62 @@ def cgroup_from_pin_name(mount: Path, name: str) -> Path:
     return mount if relative == "/" else mount / relative
 
 
-def preflight(euid: int, kernel_release: str, bcc_importable: bool) -> None:
-    """Refuse early, with what to do, when loading cannot work."""
-    if euid != 0:
+CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF = 12, 21, 39
+
+
+def effective_capabilities(status_text: str) -> int:
+    """The CapEff mask from /proc/self/status text."""
+    for line in status_text.splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def preflight(caps: int, kernel_release: str, bcc_importable: bool, modules: Path) -> None:
+    """Refuse early, with what to do, when loading cannot work. ``caps``: the effective
+    capability mask. CAP_SYS_ADMIN alone is enough; else CAP_BPF (load, pin, read maps) and
+    CAP_NET_ADMIN (networking program types, cgroup attach) are both needed."""
+    has = {cap for cap in (CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF) if caps >> cap & 1}
+    if CAP_SYS_ADMIN not in has and not {CAP_BPF, CAP_NET_ADMIN} <= has:
+        lacking = [
+            name
+            for cap, name in ((CAP_BPF, "CAP_BPF"), (CAP_NET_ADMIN, "CAP_NET_ADMIN"))
+            if cap not in has
+        ]
         raise InterceptorError(
-            "must run as root: loading and attaching BPF needs CAP_BPF and "
-            "CAP_NET_ADMIN/CAP_SYS_ADMIN"
+            f"missing privilege: {' and '.join(lacking)} (or CAP_SYS_ADMIN) are needed to load "
+            "and attach BPF programs; run as root or grant those capabilities"
         )
     if not bcc_importable:
         raise InterceptorError(
             "bcc is not importable: install python3-bpfcc (Debian) and use "
-            "a Python that sees system site-packages"
+            "a Python that sees system site-packages (make setup)"
         )
-    build = Path(f"/lib/modules/{kernel_release}/build")
+    build = modules / kernel_release / "build"
     if not (build / "include").is_dir():
         raise InterceptorError(
             f"kernel headers not found at {build}: install "
-            f"linux-headers-{kernel_release} or link them (make setup)"
+            f"linux-headers-{kernel_release} or link them there (make setup does)"
         )
 
 
 def source_text() -> str:
-    return "\n".join((BPF_DIR / f"{p.key}.c").read_text() for p in PROGRAMS)
+    """All programs as one C text, with our own headers inlined: bcc rewrites map calls
+    (``map.lookup(...)``) only in the main file, not in included headers."""
+    seen: set[str] = set()
+
+    def expand(path: Path) -> list[str]:
+        lines = []
+        for line in path.read_text().splitlines():
+            match = _INCLUDE.match(line)
+            if match is None:
+                lines.append(line)
+            elif match.group(1) not in seen:
+                seen.add(match.group(1))
+                lines.extend(expand(BPF_DIR / match.group(1)))
+        return lines
+
+    return "\n".join(line for p in PROGRAMS for line in expand(BPF_DIR / f"{p.key}.c"))
 
 
 # ---------------------------------------------------------------- kernel side
@@ -148,36 +193,6 @@ def _bcc_importable() -> bool:
     except ImportError:
         return False
     return True
-
-
-def _lib():
-    from bcc.libbcc import lib
-
-    c_uint_p = ctypes.POINTER(ctypes.c_uint)
-    lib.bpf_obj_pin.argtypes = [ctypes.c_int, ctypes.c_char_p]
-    lib.bpf_obj_pin.restype = ctypes.c_int
-    lib.bpf_obj_get.argtypes = [ctypes.c_char_p]
-    lib.bpf_obj_get.restype = ctypes.c_int
-    lib.bpf_prog_detach2.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
-    lib.bpf_prog_detach2.restype = ctypes.c_int
-    lib.bpf_prog_query.argtypes = [
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_uint,
-        c_uint_p,
-        c_uint_p,
-        c_uint_p,
-    ]
-    lib.bpf_prog_query.restype = ctypes.c_int
-    lib.bpf_obj_get_info.argtypes = [ctypes.c_int, ctypes.c_void_p, c_uint_p]
-    lib.bpf_obj_get_info.restype = ctypes.c_int
-    return lib
-
-
-def _check(res: int, what: str) -> int:
-    if res < 0:
-        raise InterceptorError(f"{what}: {os.strerror(-res)}")
-    return res
 
 
 def _ensure_bpffs() -> None:
@@ -198,87 +213,102 @@ def _is_bpffs(path: Path) -> bool:
     return False
 
 
-def _prog_id(lib, fd: int) -> int:
-    info = (ctypes.c_uint8 * 256)()
-    size = ctypes.c_uint(ctypes.sizeof(info))
-    _check(
-        lib.bpf_obj_get_info(fd, ctypes.cast(info, ctypes.c_void_p), ctypes.byref(size)),
-        "reading program info",
-    )
-    return int.from_bytes(bytes(info[4:8]), sys.byteorder)  # struct bpf_prog_info: type, id
+def _preflight_here() -> None:
+    caps = effective_capabilities(Path("/proc/self/status").read_text())
+    preflight(caps, os.uname().release, _bcc_importable(), Path("/lib/modules"))
 
 
-def _attached_ids(lib, cgroup_fd: int, attach_type: int) -> list[int]:
-    ids = (ctypes.c_uint * 64)()
-    count = ctypes.c_uint(64)
-    flags = ctypes.c_uint(0)
-    _check(
-        lib.bpf_prog_query(
-            cgroup_fd, attach_type, 0, ctypes.byref(flags), ids, ctypes.byref(count)
-        ),
-        "querying the cgroup's programs",
-    )
-    return list(ids[: count.value])
-
-
-def _context(cgroup: str, must_exist: bool = True) -> tuple[Path, Path, Path]:
-    preflight(os.geteuid(), os.uname().release, _bcc_importable())
+def context(cgroup: str, must_exist: bool = True) -> tuple[Path, Path]:
+    """(absolute cgroup dir, pin dir) after the checks every command needs."""
+    _preflight_here()
     mount, path = resolve_cgroup(cgroup, Path("/proc/mounts").read_text())
     if must_exist and not (path / "cgroup.procs").is_file():
         raise InterceptorError(f"cgroup not found: {path} (create it with mkdir first)")
-    return mount, path, PIN_ROOT / pin_name(mount, path)
+    return path, PIN_ROOT / pin_name(mount, path)
 
 
-def attach(cgroup: str, proxy_uid: int = PROXY_UID, proxy_port: int = PROXY_PORT) -> Path:
-    """Load the programs, attach them to ``cgroup`` and pin them; returns the pin dir."""
+def attach(cgroup: str, config: EbpfConfig) -> tuple[Path, bool]:
+    """Attach to ``cgroup`` with ``config``; (pin dir, True) when it was newly attached, or
+    (pin dir, False) when an earlier attachment only had its configuration rewritten."""
     if sys.byteorder != "little":
         raise InterceptorError("only little-endian hosts are supported (bpf/maps.h)")
-    _mount, path, pins = _context(cgroup)
+    path, pins = context(cgroup)
     if pins.exists():
-        raise InterceptorError(f"already attached to {path} (pins in {pins}); detach first")
+        current = _inspect(path, pins)
+        if not current.healthy:
+            missing = ", ".join(k for k, ok in current.programs.items() if not ok)
+            raise InterceptorError(
+                f"{path} has a broken attachment (not attached: {missing}); "
+                "run detour-ebpf detach first"
+            )
+        configure(pins, config)
+        return pins, False
+    _attach_new(path, pins, config)
+    return pins, True
+
+
+def _attach_new(path: Path, pins: Path, config: EbpfConfig) -> None:
     from bcc import BPF
 
-    lib = _lib()
-    cflags = [f"-I{BPF_DIR}", f"-DPROXY_UID={proxy_uid}", f"-DPROXY_PORT={proxy_port}"]
     try:
-        module = BPF(text=source_text(), cflags=cflags)
+        module = BPF(text=source_text())
     except Exception as exc:  # bcc raises bare Exception on compile errors
         raise InterceptorError(f"compiling the BPF programs failed: {exc}") from exc
-    attached: list[tuple[Program, int]] = []
-    cgroup_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    attached: list[tuple[Program, int, int]] = []  # program, prog fd, target fd
     try:
         _ensure_bpffs()
         pins.mkdir(parents=True)
-        for program in PROGRAMS:
-            try:
-                fn = module.load_func(
-                    program.function, program.prog_type, attach_type=program.expected_attach_type
-                )
-            except Exception as exc:
-                raise InterceptorError(f"loading {program.key} failed: {exc}") from exc
-            _check(
-                lib.bpf_prog_attach(fn.fd, cgroup_fd, program.attach_type, BPF_F_ALLOW_MULTI),
-                f"attaching {program.key} to {path}",
-            )
-            attached.append((program, fn.fd))
-            _check(
-                lib.bpf_obj_pin(fn.fd, str(pins / f"prog_{program.key}").encode()),
-                f"pinning {program.key}",
-            )
         for name in MAPS:
-            _check(
-                lib.bpf_obj_pin(module.get_table(name).map_fd, str(pins / f"map_{name}").encode()),
-                f"pinning map {name}",
-            )
+            kernel.pin(_map_fd(module, name), pins / f"map_{name}")
+        configure(pins, config)  # before any program runs, so none sees an empty config
+        with kernel.directory(path) as cgroup_fd:
+            for program in PROGRAMS:
+                try:
+                    fn = module.load_func(
+                        program.function,
+                        program.prog_type,
+                        attach_type=program.expected_attach_type,
+                    )
+                except Exception as exc:
+                    raise InterceptorError(
+                        f"loading {program.key} failed (does this kernel have the hook?): {exc}"
+                    ) from exc
+                target = cgroup_fd
+                if program.target != "cgroup":
+                    target = _map_fd(module, program.target)
+                flags = kernel.BPF_F_ALLOW_MULTI if program.target == "cgroup" else 0
+                kernel.attach(fn.fd, target, program.attach_type, flags, f"{program.key}")
+                attached.append((program, fn.fd, target))
+                kernel.pin(fn.fd, pins / f"prog_{program.key}")
     except BaseException:
-        for program, fd in attached:
-            lib.bpf_prog_detach2(fd, cgroup_fd, program.attach_type)
+        for program, prog_fd, target in attached:
+            kernel.detach(prog_fd, target, program.attach_type, program.key)
         _remove_pins(pins)
         raise
     finally:
-        os.close(cgroup_fd)
         module.cleanup()
-    return pins
+
+
+def _map_fd(module, name: str) -> int:
+    """A map's fd straight from libbcc: bcc's Table() refuses map types it does not know
+    (sk_storage is one)."""
+    from bcc.libbcc import lib as bcc_lib
+
+    return kernel.check(bcc_lib.bpf_table_fd(module.module, name.encode()), f"finding map {name}")
+
+
+def configure(pins: Path, config: EbpfConfig) -> None:
+    """Make every configuration map hold exactly what ``config`` says: new entries first,
+    then stale ones removed, so no moment passes with an exclusion missing."""
+    for name, wanted in map_contents(config).items():
+        with kernel.pinned(pins / f"map_{name}") as fd:
+            for key, value in wanted.items():
+                kernel.map_update(fd, key, value, f"{name} in {pins}")
+            if name == "settings":
+                continue  # an array: its one slot is always there
+            for key in kernel.map_keys(fd):
+                if key not in wanted:
+                    kernel.map_delete(fd, key)
 
 
 def _remove_pins(pins: Path) -> None:
@@ -289,41 +319,30 @@ def _remove_pins(pins: Path) -> None:
     pins.rmdir()
 
 
-@contextlib.contextmanager
-def _directory_fd(path: Path) -> Iterator[int]:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def _pinned_programs(lib, pins: Path) -> Iterator[tuple[Program, int]]:
+def _pinned_programs(pins: Path) -> Iterator[tuple[Program, int]]:
     """(program, fd) for each of our programs pinned under ``pins``; each fd is closed as the
     loop moves on."""
     for program in PROGRAMS:
         pin = pins / f"prog_{program.key}"
-        if not pin.exists():
-            continue
-        fd = _check(lib.bpf_obj_get(str(pin).encode()), f"opening {pin}")
-        try:
-            yield program, fd
-        finally:
-            os.close(fd)
+        if pin.exists():
+            with kernel.pinned(pin) as fd:
+                yield program, fd
 
 
 def detach(cgroup: str) -> None:
-    """Detach what ``attach`` attached to ``cgroup`` and remove its pins."""
-    _mount, path, pins = _context(cgroup, must_exist=False)
+    """Detach what ``attach`` attached to ``cgroup`` and remove its pins (programs and maps
+    are freed by the kernel once nothing refers to them)."""
+    path, pins = context(cgroup, must_exist=False)
     if not pins.is_dir():
         raise InterceptorError(f"nothing attached to {path} by detour-ebpf (no {pins})")
-    lib = _lib()
-    if path.is_dir():  # a removed cgroup took its attachments with it
-        with _directory_fd(path) as cgroup_fd:
-            for program, fd in _pinned_programs(lib, pins):
-                res = lib.bpf_prog_detach2(fd, cgroup_fd, program.attach_type)
-                if res < 0 and -res != 2:  # ENOENT: already detached
-                    _check(res, f"detaching {program.key} from {path}")
+    cgroup_exists = path.is_dir()  # a removed cgroup took its attachments with it
+    for program, fd in _pinned_programs(pins):
+        if program.target != "cgroup":
+            with kernel.pinned(pins / f"map_{program.target}") as map_fd:
+                kernel.detach(fd, map_fd, program.attach_type, f"{program.key} from its map")
+        elif cgroup_exists:
+            with kernel.directory(path) as cgroup_fd:
+                kernel.detach(fd, cgroup_fd, program.attach_type, f"{program.key} from {path}")
     _remove_pins(pins)
 
 
@@ -332,27 +351,71 @@ class Attachment:
     cgroup: Path
     pins: Path
     programs: dict[str, bool]  # program key -> still attached to the cgroup
+    counters: dict[str, int] = field(default_factory=dict)
+    entries: dict[str, int] = field(default_factory=dict)  # STATE_MAPS -> entry count
+    settings: dict[str, str] = field(default_factory=dict)  # the configuration in force
 
     @property
     def healthy(self) -> bool:
         return all(self.programs.values())
 
 
+def _inspect(cgroup: Path, pins: Path) -> Attachment:
+    programs = {p.key: False for p in PROGRAMS}
+    if cgroup.is_dir():
+        with kernel.directory(cgroup) as cgroup_fd:
+            for program, fd in _pinned_programs(pins):
+                if program.target == "cgroup":
+                    ids = kernel.attached_ids(cgroup_fd, program.attach_type)
+                    programs[program.key] = kernel.prog_id(fd) in ids
+                else:
+                    with kernel.pinned(pins / f"map_{program.target}") as map_fd:
+                        ids = kernel.attached_ids(map_fd, program.attach_type)
+                    programs[program.key] = kernel.prog_id(fd) in ids
+    return Attachment(
+        cgroup, pins, programs, read_counters(pins), read_entries(pins), read_settings(pins)
+    )
+
+
+def read_settings(pins: Path) -> dict[str, str]:
+    path = pins / "map_settings"
+    if not path.exists():
+        return {}
+    with kernel.pinned(path) as fd:
+        raw = kernel.map_lookup(fd, (0).to_bytes(4, sys.byteorder))
+    return describe_settings(raw) if raw else {}
+
+
+def read_counters(pins: Path) -> dict[str, int]:
+    path = pins / "map_counters"
+    if not path.exists():
+        return {}
+    with kernel.pinned(path) as fd:
+        values = []
+        for index in range(kernel.map_info(fd).max_entries):
+            raw = kernel.map_lookup(fd, index.to_bytes(4, sys.byteorder))
+            values.append(int.from_bytes(raw, sys.byteorder) if raw else 0)
+    return decode_counters(values)
+
+
+def read_entries(pins: Path) -> dict[str, int]:
+    """The number of entries in each state map (what churn must not make grow)."""
+    found = {}
+    for name in STATE_MAPS:
+        path = pins / f"map_{name}"
+        if path.exists():
+            with kernel.pinned(path) as fd:
+                found[name] = len(kernel.map_keys(fd))
+    return found
+
+
 def status() -> list[Attachment]:
     """Every attachment pinned under PIN_ROOT, checked against the kernel."""
-    preflight(os.geteuid(), os.uname().release, _bcc_importable())
+    _preflight_here()
     mounts = cgroup2_mounts(Path("/proc/mounts").read_text())
     if not PIN_ROOT.is_dir() or not mounts:
         return []
-    lib = _lib()
-    found = []
-    for pins in sorted(PIN_ROOT.iterdir()):
-        cgroup = cgroup_from_pin_name(mounts[0], pins.name)
-        programs = {p.key: False for p in PROGRAMS}
-        if cgroup.is_dir():
-            with _directory_fd(cgroup) as cgroup_fd:
-                for program, fd in _pinned_programs(lib, pins):
-                    ids = _attached_ids(lib, cgroup_fd, program.attach_type)
-                    programs[program.key] = _prog_id(lib, fd) in ids
-        found.append(Attachment(cgroup, pins, programs))
-    return found
+    return [
+        _inspect(cgroup_from_pin_name(mounts[0], pins.name), pins)
+        for pins in sorted(PIN_ROOT.iterdir())
+    ]

@@ -13,7 +13,7 @@ die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 PACKAGES=(
   iptables nftables iproute2 conntrack curl procps
   python3 python3-venv python3-pip
-  python3-bpfcc libbpfcc linux-headers-amd64
+  python3-bpfcc libbpfcc linux-headers-amd64 bpftool
   dnsutils
   # deploy/ (make images, tests/e2e/deploy): rootful podman without a registry. runc because
   # crun refuses this machine's cgroups v1+v2 hybrid; debootstrap builds the base image.

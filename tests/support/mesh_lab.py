@@ -1,8 +1,17 @@
 """The mesh lab: pods (a network namespace + a cgroup v2 each) on a shared bridge.
 
-Each pod gets init's interception and a sidecar running as uid 1337; apps run as another uid
-and know nothing of the mesh. Names are unique per test process and everything is removed at
-teardown, even when the test failed.
+Each pod gets interception and a sidecar running as uid 1337; apps run as another uid and know
+nothing of the mesh. Interception is one of INTERCEPTIONS:
+
+- "iptables": ``detour-init apply`` captures inbound and outbound (and DNS when asked).
+- "ebpf": the hybrid mode of interceptor/README.md. ``detour-ebpf attach --sockmap on`` on the
+  pod's cgroup captures outbound TCP and DNS, with the sockmap short-circuit (opt-in for users;
+  on here so every outbound test's data crosses it — the lab's apps never block in recv()
+  without a timeout); ``detour-init apply --outbound-ports ''`` (init's existing
+  "outbound-disabled" variant) keeps inbound capture on iptables.
+
+Names are unique per test process and everything is removed at teardown, even when the test
+failed.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from support.ebpf import DETOUR_EBPF, ebpf, require_ebpf
 from support.lab import DETOUR_INIT, PEERS, SYSTEM_PYTHON, VENV_BIN, Netns, wait_until
 
 HTTP_PEERS = PEERS.parent / "http_peers.py"
@@ -36,6 +46,8 @@ RESOLV_CONF = (
     "search default.svc.cluster.local svc.cluster.local cluster.local\n"
     "options ndots:5\n"
 )
+INTERCEPTIONS = ("iptables", "ebpf")
+_SHARED_FLAGS = ("--proxy-uid", "--proxy-gid", "--ipv6", "--log-format")
 _ids = itertools.count(1)
 
 
@@ -57,6 +69,7 @@ class Pod:
     cgroup: Path
     sidecar: subprocess.Popen | None = None
     sidecar_log: Path | None = None  # the sidecar's stderr, written as it runs
+    ebpf_attached: bool = False
 
     def read_sidecar_log(self) -> str:
         if self.sidecar_log is not None:
@@ -242,9 +255,13 @@ class MeshLab:
     workdir: Path
     cgroup_parent: Path
     pods: list[Pod] = field(default_factory=list)
+    interception: str = "iptables"  # one of INTERCEPTIONS
 
     @classmethod
-    def create(cls) -> MeshLab:
+    def create(cls, interception: str = "iptables") -> MeshLab:
+        assert interception in INTERCEPTIONS, interception
+        if interception == "ebpf":
+            require_ebpf()
         bridge_ns = Netns.create("bridge")
         bridge_ns.run("ip", "link", "add", "br0", "type", "bridge")
         bridge_ns.run("ip", "addr", "add", f"{GATEWAY_V4}/24", "dev", "br0")
@@ -254,7 +271,7 @@ class MeshLab:
         workdir.chmod(0o755)  # the sidecar (uid 1337) reads its config from here
         cgroup_parent = cgroup2_root() / f"detour-lab-{os.getpid()}-{next(_ids)}"
         cgroup_parent.mkdir()
-        return cls(bridge_ns, workdir, cgroup_parent)
+        return cls(bridge_ns, workdir, cgroup_parent, interception=interception)
 
     def add_pod(self, role: str, host: int) -> Pod:
         ns = Netns.create(role)
@@ -317,7 +334,24 @@ class MeshLab:
         return path
 
     def intercept(self, pod: Pod, *init_args: str) -> None:
+        """Capture the pod's traffic with ``init_args`` (detour-init's options), the way this
+        lab's interception mode does it."""
+        attaching = None
+        if self.interception == "ebpf":
+            outbound, inbound = split_options(init_args)
+            # Compiling the programs takes a second or two: init runs meanwhile.
+            attaching = subprocess.Popen(
+                [DETOUR_EBPF, "attach", "--cgroup", str(pod.cgroup), "--sockmap", "on", *outbound],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            pod.ebpf_attached = True
+            init_args = ("--outbound-ports", "", *inbound)
         done = pod.ns.run(DETOUR_INIT, "apply", *init_args, check=False)
+        if attaching is not None:
+            _, errors = attaching.communicate(timeout=120)
+            assert attaching.returncode == 0, errors
         assert done.returncode == 0, done.stderr
 
     def start_sidecar(self, pod: Pod, config: Path | None = None, *extra: str) -> Pod:
@@ -360,6 +394,8 @@ class MeshLab:
             elif pod.sidecar is not None:
                 pod.sidecar.wait(10)
             pod.ns.delete()
+            if pod.ebpf_attached:
+                ebpf("detach", "--cgroup", str(pod.cgroup), check=True)
         self.bridge_ns.delete()
         for cgroup in sorted((p for p in self.cgroup_parent.iterdir() if p.is_dir()), reverse=True):
             _rmdir_cgroup(cgroup)
@@ -367,6 +403,38 @@ class MeshLab:
         shutil.rmtree(self.workdir, ignore_errors=True)
         for pod in self.pods:
             shutil.rmtree(Path("/etc/netns") / pod.ns.name, ignore_errors=True)
+
+
+def interception_agnostic(test):
+    """Mark a test of an OUTBOUND module whose subject is what the proxy does once a connection
+    or query has reached it (outlier ejection, connect timeouts, circuit breakers, health
+    checks, the admin port, a DNS table reload): how it was intercepted cannot change the
+    outcome, so it runs under iptables only, which keeps the suite's runtime down. Everything
+    about reaching the proxy runs in both modes."""
+    test.interception_agnostic = True
+    return test
+
+
+def split_options(args: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """detour-init options split into (detour-ebpf's, the rest for inbound-only init). The
+    proxy's ids and the IPv6 and log settings go to both; a flag without a value
+    (``--capture-dns``) is a switch."""
+    from interceptor.settings import EBPF_OPTIONS
+
+    ebpf_flags = {option.flag for option in EBPF_OPTIONS}
+    outbound: list[str] = []
+    inbound: list[str] = []
+    index = 0
+    while index < len(args):
+        item = [args[index]]
+        if index + 1 < len(args) and not args[index + 1].startswith("--"):
+            item.append(args[index + 1])
+        index += len(item)
+        if item[0] in ebpf_flags:
+            outbound += item
+        if item[0] not in ebpf_flags or item[0] in _SHARED_FLAGS:
+            inbound += item
+    return outbound, inbound
 
 
 def _rmdir_cgroup(path: Path) -> None:

@@ -11,6 +11,9 @@ import yaml
 from support.lab import SYSTEM_PYTHON, wait_until
 from support.mesh_lab import MeshLab, Pod, stat
 
+# Outbound interception: every test here runs under iptables and eBPF (conftest.py).
+OUTBOUND = True
+
 ECHO_VIP = "10.96.0.20"
 COUNT_VIP = "10.96.0.30"
 BULK = 256 * 1024 * 1024

@@ -12,8 +12,11 @@ import shutil
 import pytest
 import yaml
 from support.lab import wait_until
-from support.mesh_lab import CLUSTER_DNS_ANSWER, MeshLab, Pod, stat
+from support.mesh_lab import CLUSTER_DNS_ANSWER, MeshLab, Pod, interception_agnostic, stat
 from support.prereq import require
+
+# Outbound interception: every test here runs under iptables and eBPF (conftest.py).
+OUTBOUND = True
 
 VIP, VIP6 = "10.96.0.10", "fd00:96::10"
 
@@ -102,6 +105,7 @@ def test_without_capture_the_mesh_names_do_not_resolve(pods) -> None:
     assert client.run("getent", "hosts", "www.outside.test").returncode == 0
 
 
+@interception_agnostic
 def test_a_reloaded_service_resolves_within_a_second(pods) -> None:
     require(shutil.which("dig") is not None, "dig (Debian's dnsutils)")
     lab, client = pods

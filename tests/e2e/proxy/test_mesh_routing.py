@@ -10,9 +10,12 @@ import time
 
 import yaml
 from support.lab import wait_until
-from support.mesh_lab import MeshLab, Pod
+from support.mesh_lab import MeshLab, Pod, interception_agnostic
 
 from proxy.config.loader import parse_mesh
+
+# Outbound interception: every test here runs under iptables and eBPF (conftest.py).
+OUTBOUND = True
 
 VIP = "10.96.0.10"
 VIP6 = "fd00:96::10"
@@ -99,6 +102,7 @@ def test_registry_only_refuses_unknown_destinations(mesh_lab: MeshLab) -> None:
     assert stat(client, "downstream_cx_refused") == 1
 
 
+@interception_agnostic
 def test_a_killed_endpoint_is_ejected_and_no_call_fails(mesh_lab: MeshLab) -> None:
     client, pods = bring_up(
         mesh_lab,
@@ -120,6 +124,7 @@ def test_a_killed_endpoint_is_ejected_and_no_call_fails(mesh_lab: MeshLab) -> No
     assert stat(client, "outlier_detection_ejections_total") == 1
 
 
+@interception_agnostic
 def test_connect_timeout_to_a_blackholed_endpoint(mesh_lab: MeshLab) -> None:
     # 10.88.0.99 is on the bridge's subnet but nobody answers ARP for it: SYNs vanish.
     client, _ = bring_up(mesh_lab, 0, config=service_config(["10.88.0.99"]))
@@ -131,6 +136,7 @@ def test_connect_timeout_to_a_blackholed_endpoint(mesh_lab: MeshLab) -> None:
     assert stat(client, "upstream_cx_connect_timeout") == 2
 
 
+@interception_agnostic
 def test_circuit_breaker_overflow_is_refused_and_counted(mesh_lab: MeshLab) -> None:
     client, pods = bring_up(mesh_lab, 1, circuit_breaker={"max_connections": 1})
     holder = client.spawn(
@@ -156,6 +162,7 @@ def test_direct_connections_to_the_outbound_port_are_refused(mesh_lab: MeshLab) 
     assert stat(client, "downstream_cx_refused") == 2
 
 
+@interception_agnostic
 def test_admin_is_local_and_mutations_are_post_only(mesh_lab: MeshLab) -> None:
     client, _ = bring_up(mesh_lab, 1)
     code, _ = client.admin("/quitquitquit")
@@ -200,6 +207,7 @@ def test_example_mesh_loads_and_names_the_lab_addresses() -> None:
     assert mesh.service("backend.default") is not None
 
 
+@interception_agnostic
 def test_active_health_checks_take_a_dead_endpoint_out_of_rotation(mesh_lab: MeshLab) -> None:
     health = {"interval": "200ms", "timeout": "200ms", "unhealthy_threshold": 2}
     client, pods = bring_up(mesh_lab, 2, health_check=health, connect_attempts=1)

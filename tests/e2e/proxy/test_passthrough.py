@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from support.mesh_lab import MeshLab
 
+# Outbound interception: every test here runs under iptables and eBPF (conftest.py).
+OUTBOUND = True
+
 
 def test_unknown_destination_passes_through_and_is_counted(mesh_lab: MeshLab) -> None:
     client = mesh_lab.add_pod("client", 10)

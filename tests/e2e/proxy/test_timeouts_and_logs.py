@@ -8,6 +8,9 @@ import yaml
 from support.lab import PEERS, SYSTEM_PYTHON, wait_until
 from support.mesh_lab import MeshLab, stat
 
+# Outbound interception: every test here runs under iptables and eBPF (conftest.py).
+OUTBOUND = True
+
 VIP = "10.96.0.10"
 
 

@@ -1,0 +1,18 @@
+/* cgroup/sendmsg6 (BPF_PROG_TYPE_CGROUP_SOCK_ADDR, attach CGROUP_UDP6_SENDMSG): as sendmsg4, for
+ * AF_INET6 UDP sockets, v4-mapped servers included.
+ * Reads: user_ip6/user_port, uid/gid, settings.
+ * Writes: origin_store[socket], the destination ([::1] or [::ffff:127.0.0.1]:<DNS port>). */
+#include "redirect.h"
+
+int detour_sendmsg6(struct bpf_sock_addr *ctx)
+{
+    __u32 dst[4];
+    read_ip6(ctx, dst);
+    struct settings *s = current_settings();
+    if (!s || (!(s->flags & SETTING_IPV6) && !is_v4_mapped(dst)))
+        return 1;
+    __u16 port = redirect_port(ctx, dst);
+    if (port)
+        rewrite6(ctx, dst, port);
+    return 1;
+}
