@@ -14,10 +14,14 @@ from collections import Counter
 import yaml
 from support.http_mesh import URL, VIP, curl_json, curl_status, http_service
 from support.lab import wait_until
-from support.mesh_lab import MeshLab, Pod, stat
+from support.mesh_lab import MeshLab, Pod, interception_agnostic, stat
 
 # The backends' pods are named after their version label (http_service labels them so).
 SUBSETS = [{"name": n, "labels": {"version": n}} for n in ("v1", "v2")]
+
+# Outbound interception: the tests that exercise how a connection reaches the sidecar run
+# under iptables and eBPF (conftest.py); those about what the router does after that, once.
+OUTBOUND = True
 
 
 def bring_up(lab: MeshLab, names: list[str], config=None, **extra) -> tuple[Pod, list[Pod]]:
@@ -36,7 +40,9 @@ def counts(backend: Pod, client: Pod) -> dict:
     return json.loads(client.curl(f"http://{backend.ip}:8080/__counts"))
 
 
-def test_requests_reach_the_service_with_forwarding_headers(mesh_lab: MeshLab) -> None:
+def test_requests_reach_the_service_with_forwarding_headers(
+    mesh_lab: MeshLab, interception: str
+) -> None:
     client, _ = bring_up(mesh_lab, ["v1"])
     answer = curl_json(client, "/hello?x=1", "-H", "x-request-id: abc")
     assert answer["label"] == "v1"
@@ -44,7 +50,8 @@ def test_requests_reach_the_service_with_forwarding_headers(mesh_lab: MeshLab) -
     headers = dict(answer["headers"])
     assert headers["x-request-id"] == "abc"
     assert headers["x-forwarded-proto"] == "http"
-    assert headers["x-forwarded-for"] == client.ip
+    # the address the sidecar's downstream socket has: eBPF rewrites connect() to loopback
+    assert headers["x-forwarded-for"] == (client.ip if interception == "iptables" else "127.0.0.1")
     assert "connection" not in headers or headers["connection"] != "close"
     # a request without an id gets one, the same for the upstream and the access log
     generated = dict(curl_json(client, "/")["headers"])["x-request-id"]
@@ -52,6 +59,7 @@ def test_requests_reach_the_service_with_forwarding_headers(mesh_lab: MeshLab) -
     wait_until(lambda: generated in client.read_sidecar_log(), 5, "the access log line")
 
 
+@interception_agnostic
 def test_route_by_path_and_header_to_subsets(mesh_lab: MeshLab) -> None:
     client, _ = bring_up(
         mesh_lab,
@@ -74,6 +82,7 @@ def test_route_by_path_and_header_to_subsets(mesh_lab: MeshLab) -> None:
     assert curl_json(client, "/", "-H", "x-canary: no")["label"] == "v1"
 
 
+@interception_agnostic
 def test_weighted_split_90_10_over_1000_requests(mesh_lab: MeshLab) -> None:
     split = [{"subset": "v1", "weight": 90}, {"subset": "v2", "weight": 10}]
     client, _ = bring_up(mesh_lab, ["v1", "v2"], subsets=SUBSETS, http=[{"route": split}])
@@ -83,6 +92,7 @@ def test_weighted_split_90_10_over_1000_requests(mesh_lab: MeshLab) -> None:
     assert 0.07 <= share <= 0.13, share
 
 
+@interception_agnostic
 def test_retries_hide_an_upstream_failing_half_the_requests(mesh_lab: MeshLab) -> None:
     retries = {"attempts": 10, "retry_on": "5xx", "backoff_base": "1ms", "backoff_max": "5ms"}
     client, backends = bring_up(mesh_lab, ["a", "b"], http=[{"retries": retries}])
@@ -95,6 +105,7 @@ def test_retries_hide_an_upstream_failing_half_the_requests(mesh_lab: MeshLab) -
     assert stat(client, "upstream_rq_retry_success") > 0
 
 
+@interception_agnostic
 def test_upstream_connections_are_kept_alive_and_reused(mesh_lab: MeshLab) -> None:
     client, (backend,) = bring_up(mesh_lab, ["v1"])
     replies = client.http_client(URL + "/", 200, "--new-connection")
@@ -104,6 +115,7 @@ def test_upstream_connections_are_kept_alive_and_reused(mesh_lab: MeshLab) -> No
     assert stat(client, "upstream_cx_pool_reuse") >= 197
 
 
+@interception_agnostic
 def test_route_timeout_answers_504_ut(mesh_lab: MeshLab) -> None:
     client, _ = bring_up(mesh_lab, ["v1"], http=[{"timeout": "300ms", "retries": {"attempts": 0}}])
     assert curl_status(client, "/?delay=2") == "504"
@@ -112,6 +124,7 @@ def test_route_timeout_answers_504_ut(mesh_lab: MeshLab) -> None:
     assert curl_status(client, "/") == "200"  # the connection pool is still usable
 
 
+@interception_agnostic
 def test_per_try_timeout_retries_on_another_try(mesh_lab: MeshLab) -> None:
     retries = {"attempts": 2, "per_try_timeout": "200ms", "retry_on": "5xx"}
     client, _ = bring_up(mesh_lab, ["v1"], http=[{"retries": retries}])
@@ -121,6 +134,7 @@ def test_per_try_timeout_retries_on_another_try(mesh_lab: MeshLab) -> None:
     wait_until(lambda: " 504 URX,UT " in client.read_sidecar_log(), 5, "a 504 URX,UT log line")
 
 
+@interception_agnostic
 def test_local_replies_no_route_no_endpoint_connect_failure(mesh_lab: MeshLab) -> None:
     client = mesh_lab.add_pod("client", 10)
     config = {
@@ -156,6 +170,7 @@ def test_local_replies_no_route_no_endpoint_connect_failure(mesh_lab: MeshLab) -
     assert " 503 UF " in log  # retries off on this route: no URX
 
 
+@interception_agnostic
 def test_every_request_is_counted_once_everywhere(mesh_lab: MeshLab) -> None:
     client, _ = bring_up(mesh_lab, ["v1", "v2"])
     replies = client.http_client(URL + "/", 50) + client.http_client(URL + "/?status=404", 7)
@@ -199,6 +214,7 @@ def test_auto_port_sniffs_http_and_lets_server_first_tcp_through(mesh_lab: MeshL
     assert stat(client, "downstream_rq_total") == 1  # the TCP connection is not a request
 
 
+@interception_agnostic
 def test_two_sidecars_count_each_request_on_both_sides(mesh_lab: MeshLab) -> None:
     client = mesh_lab.add_pod("client", 10)
     backend = mesh_lab.add_pod("v1", 11)

@@ -13,7 +13,11 @@ import time
 import yaml
 from support.http_mesh import URL, curl_json, curl_status, http_service
 from support.lab import SYSTEM_PYTHON, wait_until
-from support.mesh_lab import HTTP_PEERS, MeshLab, Pod, stat
+from support.mesh_lab import HTTP_PEERS, MeshLab, Pod, interception_agnostic, stat
+
+# Outbound interception: the tests that exercise how a connection reaches the sidecar run
+# under iptables and eBPF (conftest.py); those about what the router does after that, once.
+OUTBOUND = True
 
 
 def bring_up(lab: MeshLab, **extra) -> tuple[Pod, Pod]:
@@ -73,6 +77,7 @@ def test_websocket_upgrade_becomes_a_tunnel_after_the_upstreams_101(mesh_lab: Me
     assert stat(client, "downstream_rq_1xx") == 1
 
 
+@interception_agnostic
 def test_route_header_rules_change_requests_and_responses(mesh_lab: MeshLab) -> None:
     rules = {
         "request": {"set": {"x-env": "mesh"}, "add": {"x-extra": "1"}, "remove": ["x-secret"]},
@@ -92,6 +97,7 @@ def test_route_header_rules_change_requests_and_responses(mesh_lab: MeshLab) -> 
     assert "\nserver:" not in head
 
 
+@interception_agnostic
 def test_fault_injection_aborts_the_configured_share(mesh_lab: MeshLab) -> None:
     fault = {"abort": {"percentage": 50, "http_status": 418}}
     client, backend = bring_up(mesh_lab, http=[{"fault": fault, "retries": {"attempts": 0}}])
@@ -103,6 +109,7 @@ def test_fault_injection_aborts_the_configured_share(mesh_lab: MeshLab) -> None:
     assert served == 400 - aborted  # an aborted request never reached the upstream
 
 
+@interception_agnostic
 def test_fault_delay_slows_requests_down(mesh_lab: MeshLab) -> None:
     fault = {"delay": {"percentage": 100, "fixed_delay": "400ms"}}
     client, _ = bring_up(mesh_lab, http=[{"fault": fault}])
@@ -110,6 +117,7 @@ def test_fault_delay_slows_requests_down(mesh_lab: MeshLab) -> None:
     assert float(took) >= 0.4
 
 
+@interception_agnostic
 def test_retry_budget_caps_retries_when_every_try_fails(mesh_lab: MeshLab) -> None:
     # Every try fails slowly, 24 clients at once, 5 retries allowed each: without a budget
     # that is 144 tries. The budget lets at most max(3, 20% of 24) requests retry at a time.
@@ -124,6 +132,7 @@ def test_retry_budget_caps_retries_when_every_try_fails(mesh_lab: MeshLab) -> No
     assert stat(client, "upstream_rq_retry.cluster=") == tries - 24
 
 
+@interception_agnostic
 def test_no_route_for_a_bad_request_and_the_connection_is_closed(mesh_lab: MeshLab) -> None:
     client, _ = bring_up(mesh_lab)
     big = "x" * (70 * 1024)
@@ -132,6 +141,7 @@ def test_no_route_for_a_bad_request_and_the_connection_is_closed(mesh_lab: MeshL
     assert curl_status(client, "/") == "200"
 
 
+@interception_agnostic
 def test_drain_closes_idle_keep_alive_connections_gracefully(mesh_lab: MeshLab) -> None:
     client, _ = bring_up(mesh_lab)
     hold = (
@@ -150,6 +160,7 @@ def test_drain_closes_idle_keep_alive_connections_gracefully(mesh_lab: MeshLab) 
     assert "(0 connections cut" in client.read_sidecar_log()
 
 
+@interception_agnostic
 def test_requests_over_the_circuit_breaker_get_503_uo(mesh_lab: MeshLab) -> None:
     client, _ = bring_up(mesh_lab)
     config = http_service([mesh_lab.pods[1]])
