@@ -114,7 +114,7 @@ class BenchLab:
         workdir.mkdir(exist_ok=True)
         os.chown(workdir, APP_UID, APP_UID)
         conf = workdir / "nginx.conf"
-        conf.write_text(origin.nginx_conf(workdir))
+        conf.write_text(origin.nginx_conf(workdir, NOFILE))
         pin = ["taskset", "-c", str(SERVER_CPU)]
         argv = [
             *pin,

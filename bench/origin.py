@@ -9,10 +9,12 @@ from pathlib import Path
 HTTP_PORT = 8080
 BULK_PORT = 9000
 BODY_BYTES = 1024
-WORKER_CONNECTIONS = 30000  # 10,000 held connections through an L4 proxy, with room to spare
 
 
-def nginx_conf(workdir: Path) -> str:
+def nginx_conf(workdir: Path, nofile: int) -> str:
+    """``nofile`` is the descriptor limit nginx runs with: its connections may use all but a
+    few of them (10,000 held connections through a proxy are 10,000 here)."""
+    connections = max(1024, nofile - 256)
     temps = "\n".join(
         f"    {kind}_temp_path {workdir}/{kind};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -21,11 +23,11 @@ def nginx_conf(workdir: Path) -> str:
 daemon off;
 master_process off;
 worker_processes 1;
-worker_rlimit_nofile {WORKER_CONNECTIONS * 2};
+worker_rlimit_nofile {nofile};
 pid {workdir}/nginx.pid;
 error_log {workdir}/error.log warn;
 events {{
-    worker_connections {WORKER_CONNECTIONS};
+    worker_connections {connections};
     multi_accept on;
 }}
 http {{
