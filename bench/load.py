@@ -98,12 +98,12 @@ def parse_latency_log(text: str) -> list[int]:
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (the smallest value with at least q% of the values at or
-    below it), so p99.9 of 1,000 values is the largest one, never an interpolated value no
-    request saw."""
+    """Nearest-rank percentile: the smallest value with at least q% of the values at or below
+    it, so always a latency some request saw, never an interpolation. The rank is rounded
+    before ``ceil`` because 99.9 / 100 * 1000 is 999.0000000000001 in floating point."""
     if not sorted_values:
         raise ValueError("no values")
-    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    rank = max(1, math.ceil(round(q / 100 * len(sorted_values), 9)))
     return sorted_values[rank - 1]
 
 
