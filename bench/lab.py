@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from support.lab import VENV_BIN
 from support.mesh_lab import APP_UID, DETOUR_PROXY, MeshLab, Pod
 
 from bench import measure, origin
@@ -26,6 +27,7 @@ from bench.peers.registry import launch_for
 from bench.scenarios import Row
 
 SYSTEM_PYTHON = "/usr/bin/python3"
+DETOUR_EBPF = str(VENV_BIN / "detour-ebpf")
 BENCH = Path(__file__).resolve().parent
 LOAD_CPU = 0
 SERVER_CPU = 1
@@ -47,6 +49,7 @@ class Client:
     proc: subprocess.Popen | None = None
     log: Path | None = None
     skipped: str | None = None
+    ebpf_attached: bool = False
     processes: int = 0
     rss_start_kb: int | None = None
 
@@ -144,8 +147,11 @@ class BenchLab:
         self.clients[row.name] = client
         if not row.has_proxy:
             return client
-        uids = ",".join(sorted({str(detour.PROXY_UID), str(row.uid)}))
-        self.mesh.intercept(pod, "--proxy-uid", uids, "--proxy-gid", uids)
+        if row.capture == "ebpf":
+            self.attach_ebpf(client)
+        else:
+            uids = ",".join(sorted({str(detour.PROXY_UID), str(row.uid)}))
+            self.mesh.intercept(pod, "--proxy-uid", uids, "--proxy-gid", uids)
         self.start_proxy(client)
         if row.name == "detour-http":
             reason = detour_http_unsupported(self, client)
@@ -153,6 +159,25 @@ class BenchLab:
                 self.stop_proxy(client)
                 client.skipped = reason
         return client
+
+    def attach_ebpf(self, client: Client) -> None:
+        """detour-ebpf's cgroup hooks on the pod's cgroup instead of iptables: connect4 sends
+        the pod's connections to 15001 (not the proxy uid's), getsockopt answers
+        SO_ORIGINAL_DST. Pinned under /sys/fs/bpf/detour/<this lab's cgroup>, detached at the
+        end."""
+        argv = [DETOUR_EBPF, "attach", "--cgroup", str(client.pod.cgroup)]
+        done = subprocess.run(
+            [*argv, "--proxy-uid", str(client.row.uid)], capture_output=True, text=True, timeout=120
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"detour-ebpf attach failed: {done.stderr.strip()[-1000:]}")
+        client.ebpf_attached = True
+
+    def detach_ebpf(self, client: Client) -> None:
+        if client.ebpf_attached:
+            argv = [DETOUR_EBPF, "detach", "--cgroup", str(client.pod.cgroup)]
+            subprocess.run(argv, capture_output=True, text=True, timeout=60)
+            client.ebpf_attached = False
 
     def start_proxy(self, client: Client) -> None:
         row = client.row
@@ -219,6 +244,8 @@ class BenchLab:
             with contextlib.suppress(Exception):
                 code = self.stop_proxy(client)
                 ends[name] = {"exit_code": code, "log": str(client.log), "tail": tail(client.log)}
+            with contextlib.suppress(Exception):
+                self.detach_ebpf(client)  # before the cgroup goes: its pins would outlive it
         if self.mesh is not None:
             self.mesh.destroy(show_logs=False)
         return ends

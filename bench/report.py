@@ -78,6 +78,16 @@ def added_latency(summary: dict, row: str, key: str) -> float | None:
     return top - base if top is not None and base is not None else None
 
 
+def capture_ratio(summary: dict, key: str = "lat_c16_p99_ms") -> float | None:
+    """eBPF capture against iptables capture, same proxy in the same mode: the ratio of the
+    latency each adds over direct (the issue's target is <= 0.8)."""
+    ebpf = added_latency(summary, "detour-ebpf", key)
+    iptables = added_latency(summary, "detour-l4", key)
+    if ebpf is None or not iptables:
+        return None
+    return ebpf / iptables
+
+
 def ratios(summary: dict) -> dict[str, dict[str, dict[str, float | None]]]:
     """{row: {key: {"vs_direct": r, "vs_envoy": r}}} for the ratio keys."""
     out: dict[str, dict] = {}

@@ -1,7 +1,8 @@
 """The rows of the benchmark: which client pod, which peer in it, what it dials, and which
 metric groups apply. Pure data, so the report and the tests see the same list as the run.
 
-Every row but ``direct`` is a client pod with detour-init's REDIRECT capture and one proxy on
+Every row but ``direct`` is a client pod with detour-init's REDIRECT capture (or, for
+``detour-ebpf``, detour-ebpf's cgroup connect hook instead of iptables) and one proxy on
 15001. L4 rows carry every metric; L7 rows skip the bulk transfers (a raw byte stream through
 an HTTP router measures its TCP fallback, not its HTTP path); ``direct`` has no proxy, so no
 proxy CPU or memory.
@@ -25,6 +26,7 @@ class Row:
     uid: int | None  # the proxy's uid (excluded from capture in its pod)
     mode: str = ""  # the peer's mode: detour passthrough/mesh/http, envoy/haproxy tcp/http
     via_vip: bool = False  # dials the mesh VIP rather than the origin's address
+    capture: Literal["iptables", "ebpf"] = "iptables"  # detour-init REDIRECT or detour-ebpf
 
     @property
     def groups(self) -> tuple[str, ...]:
@@ -43,6 +45,15 @@ ROWS: tuple[Row, ...] = (
     Row("direct", "direct (no proxy)", "direct", "none", None),
     Row("detour-l4", "Detour L4 passthrough", "detour", "l4", 1337, "passthrough"),
     Row("detour-mesh", "Detour L4 mesh service", "detour", "l4", 1337, "mesh", via_vip=True),
+    Row(
+        "detour-ebpf",
+        "Detour L4 passthrough, eBPF capture",
+        "detour",
+        "l4",
+        1337,
+        "passthrough",
+        capture="ebpf",
+    ),
     Row("envoy-tcp", "Envoy tcp_proxy", "envoy", "l4", 1401, "tcp"),
     Row("haproxy-tcp", "HAProxy mode tcp", "haproxy", "l4", 1402, "tcp"),
     Row("pproxy", "pproxy redir", "pproxy", "l4", 1403),

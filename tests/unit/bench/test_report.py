@@ -64,6 +64,17 @@ def test_added_latency_is_the_difference_to_direct():
     assert report.added_latency(summary, "pproxy", "lat_c16_p99_ms") is None
 
 
+def test_ebpf_capture_is_compared_on_the_latency_it_adds():
+    summary = {
+        "direct": {"lat_c16_p99_ms": {"median": 1.0}},
+        "detour-l4": {"lat_c16_p99_ms": {"median": 3.0}},  # adds 2.0
+        "detour-ebpf": {"lat_c16_p99_ms": {"median": 2.5}},  # adds 1.5
+    }
+    assert report.capture_ratio(summary) == 0.75
+    summary["detour-l4"]["lat_c16_p99_ms"]["median"] = 1.0  # adds nothing: no ratio
+    assert report.capture_ratio(summary) is None
+
+
 def test_a_group_without_any_number_is_a_harness_failure():
     samples = [
         sample("direct", "bulk", 1, upload_mibps=None, download_mibps=100.0),
