@@ -61,6 +61,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="every scenario once, briefly")
     parser.add_argument("--passes", type=int, help="interleaved passes (default 3, quick 1)")
     parser.add_argument("--rows", help="comma list of rows (direct always runs)")
+    parser.add_argument(
+        "--groups", help=f"comma list of metric groups (default all: {','.join(scenarios.GROUPS)})"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where results go")
     parser.add_argument("--log-dir", type=Path, help="peer logs and configs (default: tmpdir)")
     parser.add_argument("--max-load", type=float, default=1.0, help="1-min loadavg limit")
@@ -84,6 +87,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.selected = scenarios.select(args.rows.split(",") if args.rows else None)
     except ValueError as err:
         parser.error(str(err))
+    args.groups = tuple(args.groups.split(",")) if args.groups else scenarios.GROUPS
+    unknown = sorted(set(args.groups) - set(scenarios.GROUPS))
+    if unknown:
+        parser.error(f"unknown groups {unknown}; known: {', '.join(scenarios.GROUPS)}")
     return args
 
 
@@ -195,7 +202,7 @@ def measure_all(lab: BenchLab, args, failures: list[str]) -> list[dict]:
             groups.run(lab, lab.clients[row.name], "keepalive", warm, 0)
     samples: list[dict] = []
     dead: set[str] = set()
-    for number, group, row in scenarios.schedule(live, settings.passes):
+    for number, group, row in scenarios.schedule(live, settings.passes, args.groups):
         client = lab.clients[row.name]
         if row.name in dead:
             continue
@@ -254,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     others_start = foreign_labs()
     if others_start:
         print(f"WARNING: other lab namespaces exist (tests running?): {others_start}")
+    interrupted = False
     failures: list[str] = []
     samples: list[dict] = []
     skipped: dict[str, str] = {}
@@ -265,9 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         samples = measure_all(lab, args, failures)
     except (KeyboardInterrupt, Interrupted) as err:
         print(f"\ninterrupted ({type(err).__name__}); tearing down", file=sys.stderr)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        lab.destroy()
-        return 130
+        interrupted = True
     except (RuntimeError, AssertionError, OSError, subprocess.SubprocessError) as err:
         failures.append(f"{type(err).__name__}: {err}")
         print(f"\nFAILED: {failures[-1]}", file=sys.stderr)
@@ -277,9 +283,11 @@ def main(argv: list[str] | None = None) -> int:
         ends = lab.destroy()
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if interrupted:
+        return 130
 
     ran = {
-        r.name: r.groups
+        r.name: tuple(g for g in r.groups if g in args.groups)
         for r in args.selected
         if r.name in lab.clients and not lab.clients[r.name].skipped
     }
@@ -293,6 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         "passes": args.settings.passes,
         "settings": dataclasses.asdict(args.settings),
         "rows": [r.name for r in args.selected],
+        "groups": list(args.groups),
         "skipped": skipped,
         "failures": failures,
         "busy": busy,

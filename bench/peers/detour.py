@@ -16,6 +16,9 @@ import yaml
 from bench.peers import Launch
 
 PROXY_UID = 1337
+# As Istio configures its sidecars (and the Envoy rows here): the breaker never trips in a
+# benchmark; its default of 1,024 connections would refuse the memory step.
+UNLIMITED = 2**32 - 1
 Mode = Literal["passthrough", "mesh", "http"]
 
 
@@ -34,7 +37,11 @@ def render_mesh(vip: str, endpoint: str, ports: dict[str, int], protocol: str) -
                 "vip": [vip],
                 "ports": service_ports,
                 "endpoints": [{"address": endpoint}],
-                "traffic_policy": {"load_balancer": "round_robin", "connect_timeout": "1s"},
+                "traffic_policy": {
+                    "load_balancer": "round_robin",
+                    "connect_timeout": "1s",
+                    "circuit_breaker": {"max_connections": UNLIMITED, "max_pending": UNLIMITED},
+                },
             }
         ],
     }

@@ -19,6 +19,9 @@ Layer = Literal["tcp", "http"]
 ADMIN_PORT = 15000
 CLUSTER = "original_dst"
 TYPES = "type.googleapis.com/envoy.extensions"
+# Istio's sidecar sets every cluster threshold to uint32 max; Envoy's own default (1,024
+# connections) would refuse the memory step's thousands of held connections.
+UNLIMITED = 2**32 - 1
 
 
 def _tcp_filter(access_log: str) -> dict:
@@ -103,6 +106,16 @@ def render_config(layer: Layer, access_log: str) -> str:
                     "type": "ORIGINAL_DST",
                     "lb_policy": "CLUSTER_PROVIDED",
                     "connect_timeout": "1s",
+                    "circuit_breakers": {
+                        "thresholds": [
+                            {
+                                "max_connections": UNLIMITED,
+                                "max_pending_requests": UNLIMITED,
+                                "max_requests": UNLIMITED,
+                                "max_retries": UNLIMITED,
+                            }
+                        ]
+                    },
                 }
             ],
         },

@@ -34,6 +34,9 @@ def test_envoy_listens_on_the_capture_port_and_sends_to_the_original_destination
     assert listener_filter["name"] == "envoy.filters.listener.original_dst"
     (cluster,) = bootstrap["static_resources"]["clusters"]
     assert (cluster["type"], cluster["lb_policy"]) == ("ORIGINAL_DST", "CLUSTER_PROVIDED")
+    # Istio's thresholds, not Envoy's default 1,024 connections: thousands are held open.
+    (thresholds,) = cluster["circuit_breakers"]["thresholds"]
+    assert thresholds["max_connections"] == 2**32 - 1
     (chain,) = listener["filter_chains"]
     (network_filter,) = chain["filters"]
     config = network_filter["typed_config"]
@@ -121,6 +124,8 @@ def test_detour_mesh_file_loads_with_the_sidecars_own_loader(protocol):
         "bulk": (9000, "tcp"),
     }
     assert [str(e.address) for e in service.endpoints] == ["10.88.0.20"]
+    breaker = service.policy.circuit_breaker
+    assert breaker.max_connections == breaker.max_pending == 2**32 - 1
 
 
 def test_detour_passthrough_has_no_config_and_extra_flags_come_last():
