@@ -172,7 +172,10 @@ def bulk_group(lab: BenchLab, client: Client, s: Settings, number: int) -> dict:
 def memory_group(lab: BenchLab, client: Client, s: Settings, number: int) -> dict:
     """The proxy's RSS idle, then with ``hold_steps`` idle keep-alive connections open (each
     answered once, so an L7 proxy holds its upstream too); KB per connection from the last
-    step."""
+    step. The proxy is restarted first: after an earlier pass's thousands of connections its
+    allocator keeps the memory, and "idle" would already be the high-water mark."""
+    lab.restart_proxy(client)
+    time.sleep(s.settle)
     pid = client.proc.pid
     idle = measure.tree_rss_kb(pid)
     values: dict[str, float | None] = {"rss_idle_kb": idle}

@@ -222,6 +222,12 @@ class BenchLab:
         time.sleep(0.3)
         client.rss_start_kb = measure.tree_rss_kb(client.proc.pid)
 
+    def restart_proxy(self, client: Client) -> None:
+        """A fresh process: allocators keep what earlier held connections used, so memory is
+        only meaningful from a proxy that has held nothing yet."""
+        self.stop_proxy(client)
+        self.start_proxy(client)
+
     # --- teardown -------------------------------------------------------------------------
 
     def stop_proxy(self, client: Client) -> int | None:
