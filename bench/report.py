@@ -5,9 +5,12 @@ document, and the Markdown tables. Pure functions of the samples and the run's m
 
 from __future__ import annotations
 
+import json
 import statistics
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from bench.scenarios import BY_NAME, envoy_reference
 
@@ -207,7 +210,18 @@ def markdown(summary: dict, meta: dict, samples: list[dict]) -> str:
         lines += ["", "Errors (socket errors, non-2xx, failed transfers) / attempts: " + errors]
     marks = disturbed(samples)
     if marks:
-        lines += ["", f"Disturbed samples ({len(marks)} of {len(samples)}): " + "; ".join(marks)]
+        per_group: dict[str, int] = {}
+        for mark in marks:
+            per_group[mark.split()[0]] = per_group.get(mark.split()[0], 0) + 1
+        outside = [s["noise"]["foreign_cores"] for s in samples if s.get("noise")]
+        lines += [
+            "",
+            f"Disturbed samples: {len(marks)} of {len(samples)} ("
+            + ", ".join(f"{group} {n}" for group, n in per_group.items())
+            + f"); median CPU used outside the lab during a sample "
+            f"{statistics.median(outside):.2f} cores. Each one is listed in the JSON "
+            "(samples[].noise).",
+        ]
     lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items())]
     return "\n".join(lines) + "\n"
 
@@ -220,6 +234,14 @@ def _errors(samples: list[dict]) -> str:
         got[1] += s.get("attempts", 0)
     bad = [f"{row} {group} {e}/{a}" for (row, group), (e, a) in totals.items() if e]
     return "; ".join(bad)
+
+
+def main(argv: list[str]) -> int:
+    """Re-render a result's Markdown from its JSON: ``python -m bench.report RESULT.json``."""
+    path = Path(argv[0])
+    doc = json.loads(path.read_text())
+    path.with_suffix(".md").write_text(markdown(doc["summary"], doc["meta"], doc["samples"]))
+    return 0
 
 
 def missing_numbers(samples: list[dict], expected: dict[str, tuple[str, ...]]) -> list[str]:
@@ -235,3 +257,7 @@ def missing_numbers(samples: list[dict], expected: dict[str, tuple[str, ...]]) -
         for group in groups
         if not seen.get((row, group), False)
     ]
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
