@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test demo lint clean images
+.PHONY: setup test demo lint clean images bench bench-quick bench-peers
 
 setup:
 	@./scripts/setup.sh
@@ -17,6 +17,19 @@ demo: setup
 # Container image localhost/detour:dev (init + sidecar), see deploy/README.md.
 images: setup
 	@./deploy/build.sh
+
+# Benchmarks (bench/README.md): Detour vs Envoy, HAProxy, pproxy, mitmproxy and no proxy.
+# The peers go into build/bench-venv and Debian packages, never into the product's venv.
+bench-peers:
+	@/usr/bin/python3 bench/install.py
+
+bench: setup bench-peers
+	$(PY) bench/run.py $(BENCH_ARGS)
+
+# Every scenario once, briefly; marks (does not refuse) a busy machine; exits non-zero only
+# when the harness breaks (a peer that does not start, a scenario without a number).
+bench-quick: setup bench-peers
+	$(PY) bench/run.py --quick --allow-busy --out build/bench-quick $(BENCH_ARGS)
 
 lint: setup
 	$(PY) -m ruff check .

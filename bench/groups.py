@@ -1,0 +1,246 @@
+"""One function per metric group: run the load against one row's client pod, with a CPU
+window around it, and return one sample (numbers in ``values``, what the tools printed in
+``raw``, the machine's noise in ``noise``). The interleaving lives in scenarios.schedule.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench import load, measure, origin
+from bench.lab import SYSTEM_PYTHON, BenchLab, Client
+
+BULK_SCRIPT = str(Path(__file__).resolve().parent / "bulk.py")
+HOLD_SCRIPT = str(Path(__file__).resolve().parent / "hold.py")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How long and how hard each group loads; ``make bench`` and ``bench-quick`` differ only
+    here."""
+
+    passes: int = 3
+    duration: float = 5.0  # wrk, per load
+    connections: int = 16  # wrk
+    rate: float = 1000.0  # h2load, requests/s in all
+    latency_connections: tuple[int, ...] = (16, 4, 64)
+    latency_duration: int = 6  # h2load -D takes whole seconds
+    latency_warmup: int = 1
+    bulk_mib: int = 256
+    hold_steps: tuple[int, ...] = (1000, 10000)
+    settle: float = 0.5
+
+
+def _window(lab: BenchLab, client: Client) -> measure.Window:
+    proxy = client.proc.pid if client.proc is not None else None
+    return measure.Window(proxy, lab.origin_http.pid, lab.mesh.cgroup_parent)
+
+
+def _sample(client: Client, group: str, number: int, values: dict, **extra) -> dict:
+    return {"row": client.row.name, "group": group, "pass": number, "values": values, **extra}
+
+
+def _per_unit_us(cpu_s: float | None, units: float) -> float | None:
+    return cpu_s / units * 1e6 if cpu_s is not None and units else None
+
+
+def _url(client: Client) -> str:
+    return f"http://{client.target}:{origin.HTTP_PORT}/"
+
+
+def wrk_group(lab: BenchLab, client: Client, s: Settings, number: int, close: bool) -> dict:
+    """Saturation with wrk: every request on a new connection (``close``) or 16 keep-alive
+    connections back to back. CPU per connection / per request is the proxy's tree CPU over
+    the window divided by the good answers."""
+    group = "newconn" if close else "keepalive"
+    window = _window(lab, client)
+    window.start(time.monotonic())
+    argv = load.wrk_argv(_url(client), s.connections, s.duration, close)
+    done = lab.run_load(client.pod, argv, timeout=s.duration + 30)
+    noise = window.stop(time.monotonic())
+    try:
+        result = load.parse_wrk(done.stdout)
+    except ValueError:
+        return _sample(
+            client,
+            group,
+            number,
+            {f"{group}_rps": None},
+            errors=1,
+            attempts=1,
+            noise=noise,
+            raw={"stdout": done.stdout, "stderr": done.stderr},
+        )
+    values = {
+        f"{group}_rps": result["rate"],
+        f"{group}_cpu_us": _per_unit_us(noise["proxy_cpu_s"], result["good"]),
+    }
+    return _sample(
+        client,
+        group,
+        number,
+        values,
+        errors=result["errors"],
+        attempts=result["attempts"],
+        noise=noise,
+        raw=result["raw"],
+    )
+
+
+def latency_group(lab: BenchLab, client: Client, s: Settings, number: int) -> dict:
+    """Open-loop fixed rate with h2load, at each connection count: latency percentiles of the
+    2xx answers and the proxy's vCPU per 1000 requests/s."""
+    values: dict[str, float | None] = {}
+    raw: dict[str, dict] = {}
+    noises = []
+    errors = attempts = 0
+    logs = lab.logdir / "h2load"
+    logs.mkdir(exist_ok=True)
+    logs.chmod(0o777)
+    for conns in s.latency_connections:
+        log_file = logs / f"{client.row.name}-c{conns}-{number}.tsv"
+        argv = load.h2load_argv(
+            _url(client), conns, s.rate, s.latency_duration, s.latency_warmup, str(log_file)
+        )
+        window = _window(lab, client)
+        window.start(time.monotonic())
+        done = lab.run_load(client.pod, argv, timeout=s.latency_duration + s.latency_warmup + 30)
+        noise = window.stop(time.monotonic())
+        noises.append(noise)
+        key = f"lat_c{conns}"
+        try:
+            summary = load.parse_h2load(done.stdout)
+            durations = load.parse_latency_log(log_file.read_text())
+            log_file.unlink()
+        except (ValueError, OSError):
+            values[f"{key}_p50_ms"] = None
+            errors += 1
+            attempts += 1
+            raw[key] = {"stdout": done.stdout[-2000:], "stderr": done.stderr[-2000:]}
+            continue
+        errors += summary["errors"]
+        attempts += summary["total"]
+        raw[key] = summary
+        if not durations:
+            values[f"{key}_p50_ms"] = None
+            continue
+        for name, ms in load.latency_percentiles(durations).items():
+            values[f"{key}_{name}"] = ms
+        values[f"{key}_rate"] = summary["rate"]
+        cores = noise["proxy_cpu_s"] / noise["wall_s"] if noise["proxy_cpu_s"] is not None else None
+        values[f"{key}_vcpu_per_krps"] = (
+            cores / (summary["rate"] / 1000) if cores is not None and summary["rate"] else None
+        )
+        time.sleep(s.settle)
+    worst = max(noises, key=lambda n: n["foreign_cores"]) if noises else {}
+    return _sample(
+        client, "latency", number, values, errors=errors, attempts=attempts, noise=worst, raw=raw
+    )
+
+
+def bulk_group(lab: BenchLab, client: Client, s: Settings, number: int) -> dict:
+    """One stream each way, ``bulk_mib`` MiB, timed by the client until the last byte."""
+    size = s.bulk_mib * 2**20
+    values: dict[str, float | None] = {}
+    raw = {}
+    errors = 0
+    noises = []
+    for mode in ("upload", "download"):
+        window = _window(lab, client)
+        window.start(time.monotonic())
+        argv = load.bulk_argv(
+            SYSTEM_PYTHON, BULK_SCRIPT, mode, client.target, origin.BULK_PORT, size
+        )
+        done = lab.run_load(client.pod, argv, timeout=300)
+        noises.append(window.stop(time.monotonic()))
+        try:
+            result = load.parse_bulk(done.stdout, size)
+        except (ValueError, KeyError):
+            result = {"mibps": None, "seconds": None, "raw": {"stderr": done.stderr[-2000:]}}
+        errors += result["mibps"] is None
+        values[f"{mode}_mibps"] = result["mibps"]
+        values[f"{mode}_s"] = result["seconds"]
+        raw[mode] = result["raw"]
+        time.sleep(s.settle)
+    worst = max(noises, key=lambda n: n["foreign_cores"])
+    return _sample(client, "bulk", number, values, errors=errors, attempts=2, noise=worst, raw=raw)
+
+
+def memory_group(lab: BenchLab, client: Client, s: Settings, number: int) -> dict:
+    """The proxy's RSS idle, then with ``hold_steps`` idle keep-alive connections open (each
+    answered once, so an L7 proxy holds its upstream too); KB per connection from the last
+    step. The proxy is restarted first: after an earlier pass's thousands of connections its
+    allocator keeps the memory, and "idle" would already be the high-water mark."""
+    lab.restart_proxy(client)
+    time.sleep(s.settle)
+    pid = client.proc.pid
+    idle = measure.tree_rss_kb(pid)
+    values: dict[str, float | None] = {"rss_idle_kb": idle}
+    argv = [SYSTEM_PYTHON, HOLD_SCRIPT, client.target, str(origin.HTTP_PORT)]
+    argv += [str(n) for n in s.hold_steps]
+    cmd = lab.command(client.pod, ["taskset", "-c", "0", *argv], uid=1000)
+    holder = subprocess.Popen(
+        cmd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    raw = {}
+    failed = 0
+    try:
+        for index, step in enumerate(s.hold_steps):
+            line = holder.stdout.readline().split()
+            if len(line) != 4 or line[0] != "held" or int(line[1]) != step:
+                raise RuntimeError(f"hold.py stopped at step {step}: {line} {holder.stderr.read()}")
+            failed += int(line[3])
+            time.sleep(s.settle)
+            rss = measure.tree_rss_kb(pid)
+            values["rss_few_kb" if index == 0 else "rss_many_kb"] = rss
+            raw[str(step)] = rss
+            holder.stdin.write("\n")
+            holder.stdin.flush()
+    finally:
+        with_timeout_close(holder)
+    many = s.hold_steps[-1]
+    top = values.get("rss_many_kb")
+    values["kb_per_conn"] = (top - idle) / many if top is not None else None
+    time.sleep(s.settle)
+    return _sample(
+        client,
+        "memory",
+        number,
+        values,
+        errors=failed,
+        attempts=sum(s.hold_steps),
+        noise={},
+        raw=raw,
+    )
+
+
+def with_timeout_close(proc: subprocess.Popen) -> None:
+    if proc.stdin and not proc.stdin.closed:
+        proc.stdin.close()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def run(lab: BenchLab, client: Client, group: str, s: Settings, number: int) -> dict:
+    if group == "newconn":
+        return wrk_group(lab, client, s, number, close=True)
+    if group == "keepalive":
+        return wrk_group(lab, client, s, number, close=False)
+    if group == "latency":
+        return latency_group(lab, client, s, number)
+    if group == "bulk":
+        return bulk_group(lab, client, s, number)
+    if group == "memory":
+        return memory_group(lab, client, s, number)
+    raise ValueError(f"unknown group {group}")

@@ -1,0 +1,95 @@
+"""The rows of the benchmark: which client pod, which peer in it, what it dials, and which
+metric groups apply. Pure data, so the report and the tests see the same list as the run.
+
+Every row but ``direct`` is a client pod with detour-init's REDIRECT capture (or, for
+``detour-ebpf``, detour-ebpf's cgroup connect hook instead of iptables) and one proxy on
+15001. L4 rows carry every metric; L7 rows skip the bulk transfers (a raw byte stream through
+an HTTP router measures its TCP fallback, not its HTTP path); ``direct`` has no proxy, so no
+proxy CPU or memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Layer = Literal["none", "l4", "l7"]
+GROUPS = ("newconn", "keepalive", "latency", "bulk", "memory")
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str  # also the pod's role, so short
+    label: str
+    peer: str  # "direct", "detour", "envoy", "haproxy", "pproxy", "mitmproxy"
+    layer: Layer
+    uid: int | None  # the proxy's uid (excluded from capture in its pod)
+    mode: str = ""  # the peer's mode: detour passthrough/mesh/http, envoy/haproxy tcp/http
+    via_vip: bool = False  # dials the mesh VIP rather than the origin's address
+    capture: Literal["iptables", "ebpf"] = "iptables"  # detour-init REDIRECT or detour-ebpf
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        if self.layer == "l7":
+            return tuple(g for g in GROUPS if g != "bulk")
+        if self.layer == "none":
+            return tuple(g for g in GROUPS if g != "memory")
+        return GROUPS
+
+    @property
+    def has_proxy(self) -> bool:
+        return self.layer != "none"
+
+
+ROWS: tuple[Row, ...] = (
+    Row("direct", "direct (no proxy)", "direct", "none", None),
+    Row("detour-l4", "Detour L4 passthrough", "detour", "l4", 1337, "passthrough"),
+    Row("detour-mesh", "Detour L4 mesh service", "detour", "l4", 1337, "mesh", via_vip=True),
+    Row(
+        "detour-ebpf",
+        "Detour L4 passthrough, eBPF capture",
+        "detour",
+        "l4",
+        1337,
+        "passthrough",
+        capture="ebpf",
+    ),
+    Row("envoy-tcp", "Envoy tcp_proxy", "envoy", "l4", 1401, "tcp"),
+    Row("haproxy-tcp", "HAProxy mode tcp", "haproxy", "l4", 1402, "tcp"),
+    Row("pproxy", "pproxy redir", "pproxy", "l4", 1403),
+    Row("detour-http", "Detour HTTP router", "detour", "l7", 1337, "http", via_vip=True),
+    Row("envoy-http", "Envoy HTTP (HCM + router)", "envoy", "l7", 1404, "http"),
+    Row("haproxy-http", "HAProxy mode http", "haproxy", "l7", 1405, "http"),
+    Row("mitmproxy", "mitmproxy transparent", "mitmproxy", "l7", 1406),
+)
+BY_NAME = {row.name: row for row in ROWS}
+
+
+def envoy_reference(row: Row) -> str | None:
+    """The Envoy row a row is compared with: its own layer's (tcp_proxy for L4, HCM for L7)."""
+    if row.layer == "l4":
+        return "envoy-tcp"
+    if row.layer == "l7":
+        return "envoy-http"
+    return None
+
+
+def select(names: list[str] | None) -> tuple[Row, ...]:
+    """The rows to run, in the canonical order; ``direct`` always (every ratio needs it)."""
+    if not names:
+        return ROWS
+    unknown = sorted(set(names) - set(BY_NAME))
+    if unknown:
+        raise ValueError(f"unknown rows {unknown}; known: {', '.join(BY_NAME)}")
+    wanted = {"direct", *names}
+    return tuple(row for row in ROWS if row.name in wanted)
+
+
+def schedule(rows: tuple[Row, ...], passes: int, groups: tuple[str, ...] = GROUPS):
+    """(pass, group, row) in interleaved order: within a pass every row takes a group's load
+    before the next group starts, so a slow drift of the machine touches every row alike."""
+    for number in range(1, passes + 1):
+        for group in groups:
+            for row in rows:
+                if group in row.groups:
+                    yield number, group, row
