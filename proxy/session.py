@@ -19,6 +19,7 @@ from proxy.config.model import Service, ServicePort
 from proxy.filters.http_proxy import HttpConnectionManager
 from proxy.filters.sniff import DEFAULT_DETECT_TIMEOUT, DEFAULT_SKIP_PORTS, detect
 from proxy.filters.tcp_proxy import RelayHalf, link, reset
+from proxy.http2.server import make_manager
 from proxy.platform.sockets import transparent_socket
 from proxy.routing import Passthrough, Refuse, ToCluster
 from proxy.stats import Labels, cluster_labels, labels, listener_labels
@@ -27,6 +28,9 @@ from proxy.upstream.cluster import ClusterRuntime
 log = logging.getLogger("detour.proxy")
 
 PASSTHROUGH_CONNECT_TIMEOUT = 10.0  # Envoy's default for its PassthroughCluster
+# An http2/grpc port's client speaks first (its preface): wait longer for it than a sniffer of
+# undeclared ports may, but not forever.
+DECLARED_H2_DETECT_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -113,8 +117,8 @@ class Session:
                     await self._serve_http(service, service.ports[0], cluster)
                     return
                 connected = await self._connect_passthrough(decision)
-            elif await self._speaks_http(decision.port.protocol, decision.port.port):
-                await self._serve_http(decision.service, decision.port)
+            elif http := await self._speaks_http(decision.port.protocol, decision.port.port):
+                await self._serve_http(decision.service, decision.port, protocol=http)
                 return
             else:
                 connected = await self._connect_cluster(decision)
@@ -141,26 +145,31 @@ class Session:
         if self.listener.direction != "inbound" or self.listener.preserve_source:
             return False
         protocol = self.worker.mesh.workload.inbound_protocol(decision.port)
-        return await self._speaks_http(protocol, decision.port)
+        # HTTP/2 towards the app is relayed as TCP (the inbound router is HTTP/1.1 only).
+        return await self._speaks_http(protocol, decision.port) == "http1"
 
-    async def _speaks_http(self, protocol: str, port: int) -> bool:
-        """A port declared ``http`` is HTTP; an ``auto`` one is sniffed: the first bytes decide,
-        and a client that stays silent (a server-first protocol) is TCP after the detection
-        timeout. Well-known server-first ports are never sniffed."""
+    async def _speaks_http(self, protocol: str, port: int) -> str | None:
+        """ "http1", "http2" or None (TCP). A port declared ``http`` is HTTP/1.1; an ``auto``
+        one is sniffed: the first bytes decide, and a client that stays silent (a server-first
+        protocol) is TCP after the detection timeout. Well-known server-first ports are never
+        sniffed. On an ``http2`` / ``grpc`` port the client must speak first too (its
+        preface), but it may also speak HTTP/1.1 (Envoy's codec "AUTO")."""
         if protocol == "http":
-            return True
-        if protocol != "auto" or port in DEFAULT_SKIP_PORTS:
-            return False
+            return "http1"
+        declared_h2 = protocol in ("http2", "grpc")
+        if not declared_h2 and (protocol != "auto" or port in DEFAULT_SKIP_PORTS):
+            return None
         downstream = self.downstream
         loop = self.worker.loop
-        deadline = loop.time() + DEFAULT_DETECT_TIMEOUT
+        timeout = DECLARED_H2_DETECT_TIMEOUT if declared_h2 else DEFAULT_DETECT_TIMEOUT
+        deadline = loop.time() + timeout
         while True:
             detected = detect(b"".join(downstream.early))
             if detected is not None:
-                return detected.protocol == "http1"
+                return detected.protocol if detected.protocol in ("http1", "http2") else None
             remaining = deadline - loop.time()
             if downstream.eof or downstream.lost or remaining <= 0:
-                return False
+                return None
             arrived = loop.create_future()
             downstream.on_early = functools.partial(_wake, arrived)
             downstream.transport.resume_reading()
@@ -168,17 +177,24 @@ class Session:
                 async with asyncio.timeout(remaining):
                     await arrived
             except TimeoutError:
-                return False
+                return None
             finally:
                 downstream.on_early = None
 
     async def _serve_http(
-        self, service: Service, port: ServicePort, cluster: ClusterRuntime | None = None
+        self,
+        service: Service,
+        port: ServicePort,
+        cluster: ClusterRuntime | None = None,
+        protocol: str = "http1",
     ) -> None:
         """Hand the downstream transport to the HTTP connection manager until it is done;
         ``cluster`` is the one upstream of an inbound port (else routes pick clusters)."""
         downstream, worker = self.downstream, self.worker
         self.service, self.cluster_name = service, "-"
+        if protocol == "http2":
+            await self._serve_http2(service, port)
+            return
         channel = HttpConnectionManager.channel(worker.loop)
         manager = HttpConnectionManager(
             self, service, port, worker.http_router(service), channel, worker.rng, cluster
@@ -198,6 +214,23 @@ class Session:
         finally:
             manager.abort_upstream()
             channel.close()
+            self._open_halves = 0
+            self._finish()
+
+    async def _serve_http2(self, service: Service, port: ServicePort) -> None:
+        """The same for an HTTP/2 connection: its manager is the transport's protocol."""
+        downstream = self.downstream
+        early = b"".join(downstream.early)
+        downstream.early.clear()
+        manager = make_manager(self, service, port, downstream.transport, early, downstream.eof)
+        self.http = manager
+        if not downstream.eof:
+            downstream.transport.resume_reading()
+        self._arm_idle_timer()
+        try:
+            await manager.run()
+        finally:
+            manager.abort()
             self._open_halves = 0
             self._finish()
 

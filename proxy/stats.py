@@ -69,6 +69,8 @@ COUNTER_HELP: dict[str, str] = {
     "downstream_rq_4xx": "Responses with a 4xx status sent downstream",
     "downstream_rq_5xx": "Responses with a 5xx status sent downstream",
     "upstream_cx_http1_total": "HTTP/1.1 upstream connections established",
+    "upstream_cx_http2_total": "HTTP/2 upstream connections established",
+    "downstream_cx_http2_total": "Downstream connections served as HTTP/2",
     "upstream_cx_pool_reuse": "Requests sent on a pooled upstream connection instead of a new one",
 }
 GAUGE_HELP: dict[str, str] = {

@@ -236,6 +236,8 @@ class Worker:
             service.namespace,
             str(status) if status else "0",
             flags,
+            exchange.request_protocol,
+            exchange.grpc_status,
         )
         stats.inc("istio_requests_total", metric_labels)
         stats.observe(
@@ -259,7 +261,7 @@ class Worker:
             "start_time": start_time,
             "method": request.method.decode("latin-1"),
             "path": path,
-            "protocol": "HTTP/1.1" if request.version == b"1.1" else "HTTP/1.0",
+            "protocol": _PROTOCOL_NAMES.get(request.version, "HTTP/1.0"),
             "response_code": exchange.status,
             "response_flags": flags,
             "bytes_received": exchange.request_bytes,
@@ -289,6 +291,8 @@ class Worker:
         )
 
 
+_PROTOCOL_NAMES = {b"1.1": "HTTP/1.1", b"2": "HTTP/2"}  # Envoy's %PROTOCOL% values
+
 _STATUS_CLASS = {
     1: "downstream_rq_1xx",
     2: "downstream_rq_2xx",
@@ -316,6 +320,8 @@ def _istio_request_labels(
     service_namespace: str,
     response_code: str,
     response_flags: str,
+    request_protocol: str = "http",
+    grpc_response_status: str = "",
 ) -> Labels:
     """Istio's request metric labels (the ones this sidecar can know), cached per combination:
     a route's requests repeat the same few."""
@@ -328,9 +334,9 @@ def _istio_request_labels(
         destination_service=service,
         destination_service_name=service_name,
         destination_service_namespace=service_namespace,
-        request_protocol="http",
+        request_protocol=request_protocol,
         response_code=response_code,
-        grpc_response_status="",
+        grpc_response_status=grpc_response_status,
         response_flags=response_flags,
         connection_security_policy="none",
     )

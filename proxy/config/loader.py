@@ -957,7 +957,7 @@ def _fault_part(node: object, where: str, table: dict[str, tuple[str, Parser]]) 
 # --- HTTP routes -------------------------------------------------------------------------------
 
 _ROUTE_KEYS = ("name", "match", "route", "timeout", "retries", "headers", "fault")
-_HTTP_PROTOCOLS = ("http", "auto")
+_HTTP_PROTOCOLS = ("http", "http2", "grpc", "auto")
 
 
 def _http_routes(
@@ -967,7 +967,10 @@ def _http_routes(
     entries = _list(node, path)
     if entries and not any(p.protocol in _HTTP_PROTOCOLS for p in ports):
         declared = ", ".join(f"{p.name} ({p.protocol})" for p in ports)
-        reason = f"HTTP routes need a port with protocol http or auto; this service has {declared}"
+        reason = (
+            f"HTTP routes need a port with protocol http, http2, grpc or auto; "
+            f"this service has {declared}"
+        )
         _refuse(path, node, reason)
     names = tuple(s.name for s in subsets)
     routes: list[HttpRoute] = []

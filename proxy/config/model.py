@@ -20,13 +20,20 @@ OutboundPolicy = Literal["ALLOW_ANY", "REGISTRY_ONLY"]
 PROTOCOLS: tuple[str, ...] = ("auto", "tcp", "http", "http2", "grpc", "tls")
 StringMatchKind = Literal["exact", "prefix", "regex"]
 STRING_MATCH_KINDS: tuple[str, ...] = ("exact", "prefix", "regex")
-# Envoy's retry_on conditions that an HTTP/1.1 router can observe (x-envoy-retry-on names).
+# Envoy's retry_on conditions that an HTTP/1.1 router can observe (x-envoy-retry-on names),
+# then the gRPC statuses a gRPC call may be retried on (x-envoy-retry-grpc-on names; Istio
+# takes both in one retryOn list).
 RETRY_ON: tuple[str, ...] = (
     "5xx",
     "gateway-error",
     "connect-failure",
     "reset",
     "retriable-status-codes",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
 )
 LB_POLICIES: tuple[str, ...] = ("round_robin", "least_request", "random", "ring_hash")
 # Reserved ranges for auto-allocated virtual IPs (Istio's auto-allocation uses 240.240/16 too).

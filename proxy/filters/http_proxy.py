@@ -90,6 +90,8 @@ class Exchange:
     duration: float = 0.0
     body: RequestBody | None = None
     request_id: bytes | None = None  # the client's x-request-id, or the one we generated
+    request_protocol: str = "http"  # Istio's label: "grpc" for gRPC calls (over HTTP/2)
+    grpc_status: str = ""  # the gRPC status of a gRPC call, when it ended with one
 
 
 class RequestBody:

@@ -156,7 +156,8 @@ def is_retriable(policy: RetryPolicy, outcome: int | str) -> bool:
     if outcome == PER_TRY_TIMEOUT:
         # Envoy: a per-try timeout counts as a 5xx / gateway error for retry purposes.
         return bool({"5xx", "gateway-error", "reset"} & set(retry_on))
-    return False
+    # A gRPC status by its retry_on name ("unavailable", ...): retried only when named.
+    return outcome in retry_on
 
 
 def backoff_delay(policy: RetryPolicy, retry_number: int, roll: float) -> float:

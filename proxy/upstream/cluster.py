@@ -29,6 +29,7 @@ from proxy.stats import Stats, labels
 from proxy.upstream.breaker import CircuitBreaker
 from proxy.upstream.health import HealthState
 from proxy.upstream.hosts import Host, HostSet
+from proxy.upstream.http2_pool import Http2Pool
 from proxy.upstream.lb import make_balancer
 from proxy.upstream.outlier import OutlierDetector
 from proxy.upstream.pool import UpstreamPool
@@ -85,6 +86,7 @@ class ClusterRuntime:
         self.requests_active = 0
         self.retries_active = 0
         self._pool: UpstreamPool | None = None
+        self._http2_pool: Http2Pool | None = None
 
     def _outlier(self, previous: ClusterRuntime | None, hosts: list[Host]):
         config = self.service.policy.outlier_detection
@@ -130,11 +132,19 @@ class ClusterRuntime:
             )
         return self._pool
 
+    def http2_pool(self, loop: asyncio.AbstractEventLoop) -> Http2Pool:
+        """The multiplexed connections of an http2/grpc port (one per host, reused)."""
+        if self._http2_pool is None:
+            self._http2_pool = Http2Pool(loop, self.service.policy.http_idle_timeout)
+        return self._http2_pool
+
     def retire(self) -> None:
         """A reload replaced this cluster: stop probing, let pooled connections go."""
         self.stop_health_checks()
         if self._pool is not None:
             self._pool.close_all()
+        if self._http2_pool is not None:
+            self._http2_pool.close_all()
 
     # --- observability ------------------------------------------------------------------
 

@@ -231,6 +231,17 @@ def test_retry_on_as_a_list_equals_the_string() -> None:
     assert listed == text == RetryPolicy(retry_on=("reset", "gateway-error"))
 
 
+def test_grpc_statuses_are_retry_conditions_and_grpc_ports_take_routes() -> None:
+    service = parse(
+        with_service(
+            ports=[{"port": 9000, "protocol": "grpc"}],
+            http=[{"retries": {"retry_on": "unavailable,cancelled,5xx"}}],
+        )
+    )
+    retries = service.http_routes[0].retries
+    assert retries.retry_on == ("unavailable", "cancelled", "5xx")
+
+
 def test_status_codes_with_the_default_retry_on() -> None:
     retries = parse(with_retries(retriable_status_codes=[502])).http_routes[0].retries
     assert retries.retriable_status_codes == (502,)
@@ -369,14 +380,8 @@ REFUSALS: list[tuple[str, dict[str, Any], str, object, str]] = [
         TCP_ONLY,
         f"{S}.http",
         [{}],
-        "HTTP routes need a port with protocol http or auto; this service has tcp-7000 (tcp)",
-    ),
-    (
-        "http on a grpc port",
-        with_service(ports=[{"port": 9000, "protocol": "grpc"}], http=[{}]),
-        f"{S}.http",
-        [{}],
-        "this service has grpc-9000 (grpc)",
+        "HTTP routes need a port with protocol http, http2, grpc or auto; this service has "
+        "tcp-7000 (tcp)",
     ),
     ("route unknown key", with_route(routes=[]), f"{R}.routes", [], "did you mean 'route'"),
     ("route name caps", with_route(name="Canary"), f"{R}.name", "Canary", "not a DNS label"),
@@ -580,7 +585,8 @@ REFUSALS: list[tuple[str, dict[str, Any], str, object, str]] = [
         f"{RT}.retry_on",
         "5xx,refused-stream",
         "unknown retry condition 'refused-stream'; expected one of: 5xx, gateway-error, "
-        "connect-failure, reset, retriable-status-codes",
+        "connect-failure, reset, retriable-status-codes, cancelled, deadline-exceeded, internal, "
+        "resource-exhausted, unavailable",
     ),
     (
         "retry on unknown in list",

@@ -1,0 +1,84 @@
+"""HTTP/2 through the sidecar with unmodified clients: curl with prior knowledge and h2load call
+a service's VIP; the sidecar serves the connection with h2 (sniffed on an ``auto`` port,
+declared on an ``http2`` one), routes every stream, and forwards it over HTTP/1.1 or HTTP/2
+as the service port says.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+from support.h2_mesh import H2_PEERS, one_service, start_mesh, start_venv_peer
+from support.http_mesh import URL, VIP
+from support.lab import wait_until
+from support.mesh_lab import MeshLab, stat
+from support.prereq import require
+
+H2C = ("--http2-prior-knowledge", "-w", "\n%{http_version}")
+
+
+def curl_h2(client, path: str, *extra: str) -> tuple[dict, str]:
+    """A request with HTTP/2 prior knowledge: the JSON answer and the HTTP version used."""
+    reply = client.curl(URL + path, *H2C, *extra)
+    assert not reply.startswith("ERROR"), reply
+    body, _, version = reply.rpartition("\n")
+    return json.loads(body), version
+
+
+def test_prior_knowledge_on_an_auto_port_reaches_an_http11_backend(mesh_lab: MeshLab) -> None:
+    client = mesh_lab.add_pod("client", 10)
+    backend = mesh_lab.add_pod("v1", 11)
+    backend.serve_http11(8080, "v1")
+    start_mesh(mesh_lab, client, one_service([backend], 8080, "auto"))
+    answer, version = curl_h2(client, "/h2?x=1", "-H", "x-request-id: h2-abc")
+    assert version == "2"
+    assert (answer["label"], answer["path"]) == ("v1", "/h2?x=1")
+    headers = dict(answer["headers"])
+    assert headers["x-request-id"] == "h2-abc"
+    assert headers["host"] == f"{VIP}:8080"
+    assert headers["x-forwarded-for"] == client.ip
+    # the same port still serves HTTP/1.1 clients
+    assert json.loads(client.curl(URL + "/h1"))["label"] == "v1"
+    assert stat(client, "downstream_cx_http2_total") == 1
+    assert stat(client, "downstream_rq_2xx") == 2
+    wait_until(
+        lambda: '"GET /h2?x=1 HTTP/2" 200' in client.read_sidecar_log(), 5, "an HTTP/2 log line"
+    )
+
+
+def test_http2_port_reaches_an_http2_backend_on_one_reused_connection(mesh_lab: MeshLab) -> None:
+    client = mesh_lab.add_pod("client", 10)
+    backend = mesh_lab.add_pod("v1", 11)
+    start_venv_peer(backend, H2_PEERS, "serve", "8080", "v1")
+    start_mesh(mesh_lab, client, one_service([backend], 8080, "http2"))
+    for n in range(3):
+        answer, version = curl_h2(client, f"/n{n}", "--data-binary", "x" * 100_000)
+        assert version == "2"
+        assert (answer["label"], answer["protocol"], answer["method"]) == ("v1", "HTTP/2", "POST")
+        assert answer["path"] == f"/n{n}"
+        assert answer["body_bytes"] == 100_000
+        assert answer["authority"] == f"{VIP}:8080"
+    # three client connections, one multiplexed upstream connection
+    assert answer["connections"] == 1
+    assert stat(client, "upstream_cx_http2_total") == 1
+    assert stat(client, "downstream_cx_http2_total") == 3
+
+
+def test_100_concurrent_streams_on_one_connection(mesh_lab: MeshLab) -> None:
+    require(shutil.which("h2load") is not None, "h2load (Debian's nghttp2-client)")
+    client = mesh_lab.add_pod("client", 10)
+    backend = mesh_lab.add_pod("v1", 11)
+    start_venv_peer(backend, H2_PEERS, "serve", "8080", "v1")
+    start_mesh(mesh_lab, client, one_service([backend], 8080, "http2"))
+    done = client.run("h2load", "-n", "2000", "-c", "1", "-m", "100", URL + "/load", timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = re.search(
+        r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded", done.stdout
+    )
+    assert summary is not None, done.stdout
+    assert summary.groups() == ("2000", "2000", "2000", "2000"), done.stdout
+    assert "status codes: 2000 2xx" in done.stdout, done.stdout
+    assert stat(client, "downstream_rq_2xx") == 2000
+    assert stat(client, "upstream_cx_http2_total") == 1
