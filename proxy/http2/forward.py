@@ -304,6 +304,9 @@ class StreamHandler:
                 attempt.consumed()
                 data = await attempt.read()
         if attempt.trailers:
+            if exchange.request_protocol == "grpc" and not exchange.grpc_status:
+                status = grpc.status_of(attempt.trailers)
+                exchange.grpc_status = "" if status is None else str(status)
             stream.send_headers(list(attempt.trailers), end=True)
         else:
             await stream.send_data(b"", end=True)

@@ -54,10 +54,16 @@ def start_mesh(lab: MeshLab, client: Pod, config: dict, *extra: str) -> None:
 
 
 def grpc_call(
-    client: Pod, method: str, request: str, *extra: str, target: str = GRPC_TARGET
+    client: Pod,
+    method: str,
+    request: str,
+    *extra: str,
+    target: str = GRPC_TARGET,
+    timeout: float = 30,
 ) -> list[dict]:
     """Unary calls with the grpcio client (``--count N``, ``--timeout S``): one dict each."""
-    done = client.run(VENV_PYTHON, str(GRPC_PEERS), "call", target, method, request, *extra)
+    argv = (VENV_PYTHON, str(GRPC_PEERS), "call", target, method, request, *extra)
+    done = client.run(*argv, timeout=timeout)
     assert done.returncode == 0, done.stderr
     return [json.loads(line) for line in done.stdout.splitlines()]
 
