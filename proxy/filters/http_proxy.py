@@ -54,6 +54,8 @@ from proxy.http.router import (
     pick_destination,
     retry_budget_allows,
 )
+from proxy.http2 import bridge
+from proxy.http2.upstream import TryFailed as _TryFailed
 from proxy.stats import cluster_labels
 from proxy.upstream.cluster import ClusterRuntime
 
@@ -156,16 +158,6 @@ class RequestBody:
             self.trailers = event.trailers
             return b""
         raise DownstreamGone()  # ConnectionClosed: the client gave up mid-body
-
-
-class _TryFailed(Exception):
-    """A try ended without forwarding anything; ``outcome`` is what the retry policy sees."""
-
-    def __init__(self, outcome: int | str, reply: LocalReply, retry_approved: bool = False) -> None:
-        super().__init__(outcome)
-        self.outcome = outcome
-        self.reply = reply
-        self.retry_approved = retry_approved  # the policy and the budget already said yes
 
 
 class HttpConnectionManager:
@@ -445,6 +437,9 @@ class HttpConnectionManager:
         host.active_requests += 1
         upstream: HttpChannel | None = None
         try:
+            if self.port.protocol in bridge.HTTP2_PORTS:  # the service's port speaks HTTP/2
+                await bridge.forward_try(self, exchange, cluster, host, per_try_timeout, may_retry)
+                return
             try:
                 async with _deadline(per_try_timeout):
                     upstream = await self._upstream_for(cluster, host)

@@ -1,5 +1,5 @@
 """An HTTP/2 request body, read from the downstream stream as the upstream takes it and kept (up
-to REPLAY_LIMIT, the HTTP/1.1 manager's) so that a retry can send it again.
+to a replay limit, the HTTP/1.1 manager's REPLAY_LIMIT) so that a retry can send it again.
 
 Backpressure: each chunk is acknowledged to the client (its window reopened) by ``consumed``,
 which the sender calls once the chunk was written upstream, never on arrival.
@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from proxy.filters.http_proxy import REPLAY_LIMIT
-
 from .endpoint import H2Stream, Headers
 
 
 class StreamBody:
-    def __init__(self, stream: H2Stream) -> None:
+    def __init__(self, stream: H2Stream, replay_limit: int) -> None:
         self._stream = stream
+        self._replay_limit = replay_limit
         self._kept: list[bytes] = []
         self.size = 0
         self.replayable = True
@@ -42,7 +41,7 @@ class StreamBody:
                 return
             self.size += len(data)
             if self.replayable:
-                if self.size <= REPLAY_LIMIT:
+                if self.size <= self._replay_limit:
                     self._kept.append(data)
                 else:
                     self.replayable = False

@@ -19,7 +19,7 @@ import uuid
 from h2.errors import ErrorCodes
 
 from proxy.config.model import HttpRoute
-from proxy.filters.http_proxy import Exchange
+from proxy.filters.http_proxy import REPLAY_LIMIT, Exchange
 from proxy.http import local_reply
 from proxy.http.events import Request, Response
 from proxy.http.local_reply import LocalReply
@@ -63,7 +63,7 @@ class StreamHandler:
         request = request_from_h2(stream.head or [])
         exchange = Exchange(request or Request(b"-", b"-", version=HTTP2_VERSION), time.time())
         exchange.request_protocol = "http"
-        body = StreamBody(stream)
+        body = StreamBody(stream, REPLAY_LIMIT)
         try:
             if request is None:
                 await self._local(exchange, NOT_SUPPORTED, body)

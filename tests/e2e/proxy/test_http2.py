@@ -82,3 +82,23 @@ def test_100_concurrent_streams_on_one_connection(mesh_lab: MeshLab) -> None:
     assert "status codes: 2000 2xx" in done.stdout, done.stdout
     assert stat(client, "downstream_rq_2xx") == 2000
     assert stat(client, "upstream_cx_http2_total") == 1
+
+
+def test_http11_client_reaches_an_http2_backend_of_an_http2_port(mesh_lab: MeshLab) -> None:
+    client = mesh_lab.add_pod("client", 10)
+    backend = mesh_lab.add_pod("v1", 11)
+    start_venv_peer(backend, H2_PEERS, "serve", "8080", "v1")
+    start_mesh(mesh_lab, client, one_service([backend], 8080, "http2"))
+    replies = client.http_client(URL + "/from-h1", 20)  # http.client, one keep-alive connection
+    assert [r["status"] for r in replies] == [200] * 20
+    assert {r["label"] for r in replies} == {"v1"}
+    posted = json.loads(client.curl(URL + "/post", "--data-binary", "y" * 70_000))
+    assert (posted["protocol"], posted["method"], posted["body_bytes"]) == (
+        "HTTP/2",
+        "POST",
+        70_000,
+    )
+    assert posted["authority"] == f"{VIP}:8080"
+    assert stat(client, "upstream_cx_http2_total") == 1
+    assert stat(client, "downstream_cx_http2_total") == 0
+    assert stat(client, "downstream_rq_2xx") == 21

@@ -142,6 +142,12 @@ def test_weighted_destinations_split_by_their_bands() -> None:
         (("5xx",), CONNECT_FAILURE, True),
         (("5xx",), PER_TRY_TIMEOUT, True),
         (("5xx", "connect-failure", "reset"), NO_HEALTHY_UPSTREAM, False),
+        # gRPC statuses by name: retried only when named, never by 5xx / reset
+        (("unavailable",), "unavailable", True),
+        (("cancelled", "unavailable"), "cancelled", True),
+        (("5xx", "reset"), "unavailable", False),
+        (("unavailable",), "deadline-exceeded", False),
+        (("unavailable",), 503, False),
     ],
 )
 def test_retry_on_conditions(retry_on: tuple[str, ...], outcome, expected: bool) -> None:
