@@ -4,6 +4,9 @@ library: it knows nothing of a mesh. Run with the project's .venv python.
     h2_peers.py serve PORT LABEL
         Every request is answered with JSON {"label", "method", "path", "headers",
         "body_bytes", "protocol": "HTTP/2", "connections"} once its body ended. Prints "ready".
+        The path steers it: "/reset" resets the stream (RST_STREAM) instead of answering,
+        "/reset-mid" resets it after the head and part of the body, "/delay/S" answers after S
+        seconds.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ import sys
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
+import h2.exceptions
 
 
 class _Server(asyncio.Protocol):
@@ -47,7 +52,27 @@ class _Server(asyncio.Protocol):
                 self.requests[event.stream_id]["size"] += len(event.data)
                 self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             elif isinstance(event, h2.events.StreamEnded):
-                self._answer(event.stream_id)
+                self._steer(event.stream_id)
+        self.transport.write(self.conn.data_to_send())
+
+    def _steer(self, stream_id: int) -> None:
+        request = self.requests[stream_id]
+        path = dict(request["headers"])[":path"]
+        if path == "/reset":
+            self.conn.reset_stream(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
+        elif path == "/reset-mid":
+            self.conn.send_headers(stream_id, [(":status", "200"), ("content-length", "1000")])
+            self.conn.send_data(stream_id, b"x" * 100)
+            self.conn.reset_stream(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
+        elif path.startswith("/delay/"):
+            asyncio.get_running_loop().call_later(
+                float(path.split("/")[2]), self._answer_later, stream_id
+            )
+        else:
+            self._answer(stream_id)
+
+    def _answer_later(self, stream_id: int) -> None:
+        self._answer(stream_id)
         self.transport.write(self.conn.data_to_send())
 
     def _answer(self, stream_id: int) -> None:

@@ -7,8 +7,10 @@ as the service port says.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 
 from support.h2_mesh import H2_PEERS, one_service, start_mesh, start_venv_peer
 from support.http_mesh import URL, VIP
@@ -102,3 +104,43 @@ def test_http11_client_reaches_an_http2_backend_of_an_http2_port(mesh_lab: MeshL
     assert stat(client, "upstream_cx_http2_total") == 1
     assert stat(client, "downstream_cx_http2_total") == 0
     assert stat(client, "downstream_rq_2xx") == 21
+
+
+def test_upstream_resets_become_local_replies_or_client_resets(mesh_lab: MeshLab) -> None:
+    client = mesh_lab.add_pod("client", 10)
+    backend = mesh_lab.add_pod("v1", 11)
+    start_venv_peer(backend, H2_PEERS, "serve", "8080", "v1")
+    start_mesh(mesh_lab, client, one_service([backend], 8080, "http2"))
+    # reset before the head: nothing was sent yet, so the client gets Envoy's 503
+    before = client.curl(URL + "/reset", "--http2-prior-knowledge", "-w", " %{http_code}")
+    assert before.endswith("reset reason: remote reset 503"), before
+    # reset in the middle of the body: the client's stream is reset too
+    during = client.curl(URL + "/reset-mid", "--http2-prior-knowledge", "-o", "/dev/null")
+    assert during.startswith("ERROR"), during
+    log = wait_until(
+        lambda: (text := client.read_sidecar_log()).count("/reset") == 2 and text, 5, "2 lines"
+    )
+    assert '"GET /reset HTTP/2" 503 UR ' in log
+    assert '"GET /reset-mid HTTP/2" 200 UR ' in log
+    # the upstream connection survived both stream resets
+    answer, _ = curl_h2(client, "/after")
+    assert answer["label"] == "v1"
+    assert stat(client, "upstream_cx_http2_total") == 1
+
+
+def test_drain_sends_goaway_and_lets_the_stream_in_flight_finish(mesh_lab: MeshLab) -> None:
+    require(shutil.which("nghttp") is not None, "nghttp (Debian's nghttp2-client)")
+    client = mesh_lab.add_pod("client", 10)
+    backend = mesh_lab.add_pod("v1", 11)
+    start_venv_peer(backend, H2_PEERS, "serve", "8080", "v1")
+    start_mesh(mesh_lab, client, one_service([backend], 8080, "http2"))
+    caller = client.spawn("nghttp", "-v", URL + "/delay/1")
+    wait_until(lambda: stat(client, "upstream_rq_total") == 1, 5, "the request to be upstream")
+    os.kill(client.sidecar_pid(), signal.SIGTERM)
+    out, err = caller.communicate(timeout=15)
+    assert caller.returncode == 0, out + err
+    goaway = out.index("recv GOAWAY frame")
+    status = re.search(r"recv \(stream_id=\d+\) :status: 200", out)
+    assert status is not None and goaway < status.start(), out  # GOAWAY first, then the answer
+    assert '"label": "v1"' in out
+    assert client.sidecar.wait(10) == 0
