@@ -41,6 +41,8 @@ from proxy.http.codec import (
 )
 from proxy.http.headers import strip_hop_by_hop
 from proxy.http.local_reply import LocalReply
+from proxy.http.retries import TryFailed as _TryFailed
+from proxy.http.retries import forward_with_retries
 from proxy.http.rewrite import forward_request_headers, forward_response_headers, new_request_id
 from proxy.http.router import (
     CONNECT_FAILURE,
@@ -48,14 +50,10 @@ from proxy.http.router import (
     PER_TRY_TIMEOUT,
     RESET,
     HttpRouter,
-    backoff_delay,
     header_value,
-    is_retriable,
     pick_destination,
-    retry_budget_allows,
 )
 from proxy.http2 import bridge
-from proxy.http2.upstream import TryFailed as _TryFailed
 from proxy.stats import cluster_labels
 from proxy.upstream.cluster import ClusterRuntime
 
@@ -361,59 +359,14 @@ class HttpConnectionManager:
     ) -> LocalReply | None:
         """Tries until one is forwarded or the policy gives up; returns the local reply to send
         when nothing was forwarded."""
-        policy = route.retries
-        breaker = cluster.service.policy.circuit_breaker
-        stats = self.worker.stats
-        if cluster.requests_active >= breaker.max_requests:
-            stats.inc("upstream_rq_pending_overflow", cluster_labels(cluster.name))
-            return local_reply.OVERFLOW
-        cluster.requests_active += 1
-        tried: set = set()
-        retrying = False
-        try:
-            for attempt in range(policy.attempts + 1):
-                if attempt:
-                    exchange.retries += 1
-                    stats.inc("upstream_rq_retry", cluster_labels(cluster.name))
-                    await asyncio.sleep(backoff_delay(policy, attempt, self.rng.random()))
-                last_try = attempt == policy.attempts
+        per_try_timeout = route.retries.per_try_timeout
 
-                def may_retry(outcome: int | str, last_try: bool = last_try) -> bool:
-                    if not body.replayable or not is_retriable(policy, outcome):
-                        return False
-                    if last_try:
-                        if exchange.retries:
-                            exchange.flags.append("URX")  # Envoy: retry limit exceeded
-                        return False
-                    if not retry_budget_allows(
-                        cluster.requests_active,
-                        cluster.retries_active,
-                        breaker.retry_budget_percent,
-                        breaker.min_retry_concurrency,
-                    ):
-                        stats.inc("upstream_rq_retry_overflow", cluster_labels(cluster.name))
-                        return False
-                    return True
+        async def one_try(tried: set, may_retry) -> None:
+            await self._try(exchange, cluster, tried, body, per_try_timeout, may_retry)
 
-                try:
-                    await self._try(
-                        exchange, cluster, tried, body, policy.per_try_timeout, may_retry
-                    )
-                except _TryFailed as failure:
-                    if not (failure.retry_approved or may_retry(failure.outcome)):
-                        return failure.reply
-                    if not retrying:
-                        retrying = True
-                        cluster.retries_active += 1
-                    continue
-                if exchange.retries:
-                    stats.inc("upstream_rq_retry_success", cluster_labels(cluster.name))
-                return None
-            return local_reply.NO_HEALTHY_UPSTREAM  # not reached: the last try always returns
-        finally:
-            cluster.requests_active -= 1
-            if retrying:
-                cluster.retries_active -= 1
+        return await forward_with_retries(
+            exchange, route.retries, cluster, body, self.worker.stats, self.rng, one_try
+        )
 
     async def _try(
         self,

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 
 from h2.errors import ErrorCodes
 
@@ -23,16 +22,14 @@ from proxy.filters.http_proxy import REPLAY_LIMIT, Exchange
 from proxy.http import local_reply
 from proxy.http.events import Request, Response
 from proxy.http.local_reply import LocalReply
-from proxy.http.rewrite import forward_request_headers, forward_response_headers
+from proxy.http.retries import TryFailed, forward_with_retries
+from proxy.http.rewrite import forward_request_headers, forward_response_headers, new_request_id
 from proxy.http.router import (
-    CONNECT_FAILURE,
+    NO_HEALTHY_UPSTREAM,
     PER_TRY_TIMEOUT,
     RESET,
-    backoff_delay,
     header_value,
-    is_retriable,
     pick_destination,
-    retry_budget_allows,
 )
 from proxy.stats import cluster_labels
 from proxy.upstream.cluster import ClusterRuntime
@@ -41,7 +38,7 @@ from . import grpc
 from .body import StreamBody
 from .endpoint import H2Stream, StreamGone
 from .messages import HTTP2_VERSION, h2_response_headers, request_from_h2, wants_trailers
-from .upstream import H1Try, H2Try, TryFailed, UpstreamCut
+from .upstream import H1Try, H2Try, UpstreamCut
 
 _NO_OPS = HttpRoute(name="-").request_headers
 NOT_SUPPORTED = local_reply.bad_request(501, "CONNECT is not supported")
@@ -166,13 +163,6 @@ class StreamHandler:
     ) -> LocalReply | None:
         """Tries until one is forwarded or the policy gives up (the HTTP/1.1 manager's loop);
         returns the local reply to send when nothing was forwarded."""
-        policy = route.retries
-        breaker = cluster.service.policy.circuit_breaker
-        stats = self.worker.stats
-        name = cluster_labels(cluster.name)
-        if cluster.requests_active >= breaker.max_requests:
-            stats.inc("upstream_rq_pending_overflow", name)
-            return local_reply.OVERFLOW
         headers = forward_request_headers(
             request,
             self.manager.session.peer[0],
@@ -180,47 +170,14 @@ class StreamHandler:
             lambda: _request_id(exchange),
         )
         forwarded = Request(request.method, request.target, headers, version=HTTP2_VERSION)
-        cluster.requests_active += 1
-        tried: set = set()
-        retrying = False
-        try:
-            for attempt in range(policy.attempts + 1):
-                if attempt:
-                    exchange.retries += 1
-                    stats.inc("upstream_rq_retry", name)
-                    await asyncio.sleep(backoff_delay(policy, attempt, self.manager.rng.random()))
-                last_try = attempt == policy.attempts
+        policy = route.retries
 
-                def may_retry(outcome: int | str, last_try: bool = last_try) -> bool:
-                    if last_try or not body.replayable or not is_retriable(policy, outcome):
-                        return False
-                    if not retry_budget_allows(
-                        cluster.requests_active,
-                        cluster.retries_active,
-                        breaker.retry_budget_percent,
-                        breaker.min_retry_concurrency,
-                    ):
-                        stats.inc("upstream_rq_retry_overflow", name)
-                        return False
-                    return True
+        async def one_try(tried: set, may_retry) -> None:
+            await self._try(exchange, forwarded, cluster, tried, body, policy, may_retry)
 
-                try:
-                    await self._try(exchange, forwarded, cluster, tried, body, policy, may_retry)
-                except TryFailed as failure:
-                    if not (failure.retry_approved or may_retry(failure.outcome)):
-                        return failure.reply
-                    if not retrying:
-                        retrying = True
-                        cluster.retries_active += 1
-                    continue
-                if exchange.retries:
-                    stats.inc("upstream_rq_retry_success", name)
-                return None
-            return local_reply.NO_HEALTHY_UPSTREAM  # not reached: the last try always returns
-        finally:
-            cluster.requests_active -= 1
-            if retrying:
-                cluster.retries_active -= 1
+        return await forward_with_retries(
+            exchange, policy, cluster, body, self.worker.stats, self.manager.rng, one_try
+        )
 
     async def _try(
         self,
@@ -238,7 +195,7 @@ class StreamHandler:
         host = cluster.pick(self.manager.session.peer[0].encode(), avoid=tried)
         if host is None:
             stats.inc("upstream_cx_none_healthy", name)
-            raise TryFailed(CONNECT_FAILURE, local_reply.NO_HEALTHY_UPSTREAM)
+            raise TryFailed(NO_HEALTHY_UPSTREAM, local_reply.NO_HEALTHY_UPSTREAM)
         tried.add(host)
         exchange.tries += 1
         exchange.upstream_host = (host.address, host.port)
@@ -324,5 +281,5 @@ def _grpc_status(response: Response, attempt, first: bytes | None) -> int | None
 def _request_id(exchange: Exchange) -> bytes:
     """The id every try of this request carries (made once, when the client sent none)."""
     if exchange.request_id is None:
-        exchange.request_id = str(uuid.uuid4()).encode()
+        exchange.request_id = new_request_id()
     return exchange.request_id

@@ -29,6 +29,7 @@ from proxy.http.codec import (
 )
 from proxy.http.headers import strip_hop_by_hop
 from proxy.http.local_reply import LocalReply
+from proxy.http.retries import TryFailed
 from proxy.http.router import CONNECT_FAILURE, RESET
 from proxy.stats import cluster_labels
 from proxy.upstream.cluster import ClusterRuntime
@@ -44,16 +45,6 @@ UPSTREAM_REMOTE_RESET = LocalReply(
     "UR",
     b"upstream connect error or disconnect/reset before headers. reset reason: remote reset",
 )
-
-
-class TryFailed(Exception):
-    """A try ended before anything was forwarded; ``outcome`` is what the retry policy sees."""
-
-    def __init__(self, outcome: int | str, reply: LocalReply, retry_approved: bool = False) -> None:
-        super().__init__(outcome)
-        self.outcome = outcome
-        self.reply = reply
-        self.retry_approved = retry_approved
 
 
 class UpstreamCut(Exception):
