@@ -8,7 +8,7 @@ import asyncio
 import h2.events
 from h2.errors import ErrorCodes
 
-from .endpoint import H2Endpoint, H2Stream, Headers
+from .endpoint import H2Endpoint, H2Stream, Headers, StreamGone
 
 
 class Http2Upstream(H2Endpoint):
@@ -20,14 +20,18 @@ class Http2Upstream(H2Endpoint):
         """Usable for one more stream: open, no GOAWAY, below the peer's stream limit."""
         if self.lost or self.goaway:
             return False
-        conn = self.conn
-        return conn.open_outbound_streams < conn.remote_settings.max_concurrent_streams
+        # Our own count: h2's open_outbound_streams walks every stream it knows on each call.
+        return len(self.streams) < self.conn.remote_settings.max_concurrent_streams
 
     def open_stream(self, headers: Headers, end: bool) -> H2Stream:
         stream = H2Stream(self, self.conn.get_next_available_stream_id())
         self.streams[stream.id] = stream
         self.requests += 1
-        stream.send_headers(headers, end)
+        try:
+            stream.send_headers(headers, end)
+        except StreamGone:
+            del self.streams[stream.id]
+            raise
         return stream
 
     def other_event(self, event: h2.events.Event) -> None:

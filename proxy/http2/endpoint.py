@@ -198,7 +198,16 @@ class H2Endpoint(asyncio.Protocol):
 
     def __init__(self, loop: asyncio.AbstractEventLoop, client_side: bool) -> None:
         self.loop = loop
-        config = h2.config.H2Configuration(client_side=client_side, header_encoding=None)
+        # Inbound heads are validated (RFC 9113 §8.2); outbound ones are not validated again:
+        # they are heads h2 (downstream) or the HTTP/1.1 codec (upstream) already parsed,
+        # lowercased and stripped of connection fields, and the checks were a tenth of a
+        # request's cost.
+        config = h2.config.H2Configuration(
+            client_side=client_side,
+            header_encoding=None,
+            validate_outbound_headers=False,
+            normalize_outbound_headers=False,
+        )
         self.conn = h2.connection.H2Connection(config)
         self.conn.local_settings = h2.settings.Settings(
             client=client_side,
@@ -216,6 +225,8 @@ class H2Endpoint(asyncio.Protocol):
         self.received = 0
         self.sent = 0
         self._write_paused = False
+        self._flush_scheduled = False
+        self._unflushed = 0  # DATA bytes queued in h2 since the last send
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._closed_waiter: asyncio.Future[None] | None = None
         self.on_lost: Callable[[H2Endpoint], None] | None = None
@@ -234,7 +245,7 @@ class H2Endpoint(asyncio.Protocol):
         try:
             events = self.conn.receive_data(data)
         except h2.exceptions.ProtocolError:
-            self.flush()  # h2 queued a GOAWAY with the error
+            self.flush_now()  # h2 queued a GOAWAY with the error
             self.transport.close()  # type: ignore[union-attr]
             return
         for event in events:
@@ -317,6 +328,16 @@ class H2Endpoint(asyncio.Protocol):
     # --- operations for streams (each flushes what h2 queued) ---------------------------
 
     def flush(self) -> None:
+        """Send what h2 queued, once the current callback ends: the frames that many streams
+        produce in one turn of the loop (a burst of requests, a head and its body) leave in
+        one send instead of one each, which was a fifth of a request's cost."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self.flush_now)
+
+    def flush_now(self) -> None:
+        self._flush_scheduled = False
+        self._unflushed = 0
         data = self.conn.data_to_send()
         if data and not self.lost:
             self.sent += len(data)
@@ -336,6 +357,7 @@ class H2Endpoint(asyncio.Protocol):
             for start in range(0, len(data), limit):
                 last = start + limit >= len(data)
                 self.conn.send_data(stream_id, data[start : start + limit], end and last)
+            self._unflushed += len(data)
         except h2.exceptions.ProtocolError as exc:
             raise StreamGone(ErrorCodes.STREAM_CLOSED) from exc
         self.flush()
@@ -376,7 +398,10 @@ class H2Endpoint(asyncio.Protocol):
         stream.consumed()
 
     async def writable(self) -> None:
-        """Wait while the transport's buffer is above its high-water mark."""
+        """Wait while the transport's buffer is above its high-water mark (a large backlog
+        queued in h2 is written first, so that the transport's mark sees it)."""
+        if self._unflushed > LOW_WATER:
+            self.flush_now()
         while self._write_paused and not self.lost:
             waiter = self.loop.create_future()
             self._drain_waiters.append(waiter)
@@ -397,7 +422,7 @@ class H2Endpoint(asyncio.Protocol):
             return
         with contextlib.suppress(h2.exceptions.ProtocolError):
             self.conn.close_connection(code)
-        self.flush()
+        self.flush_now()
         self.transport.close()  # type: ignore[union-attr]
 
     def abort(self) -> None:

@@ -73,7 +73,7 @@ class Http2ConnectionManager(H2Endpoint):
         if self.draining or self.lost:
             return
         self.draining = True
-        self.flush()
+        self.flush_now()
         frame = GoAwayFrame(0)
         frame.last_stream_id = self._last_stream_id
         frame.error_code = ErrorCodes.NO_ERROR

@@ -6,6 +6,7 @@ as the service port says.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -43,8 +44,18 @@ def test_prior_knowledge_on_an_auto_port_reaches_an_http11_backend(mesh_lab: Mes
     assert headers["x-forwarded-for"] == client.ip
     # the same port still serves HTTP/1.1 clients
     assert json.loads(client.curl(URL + "/h1"))["label"] == "v1"
-    assert stat(client, "downstream_cx_http2_total") == 1
-    assert stat(client, "downstream_rq_2xx") == 2
+    # a body many flow-control windows long arrives intact (chunked towards HTTP/1.1)
+    payload = os.urandom(3 * 1024 * 1024 + 17)
+    upload = mesh_lab.workdir / "upload.bin"
+    upload.write_bytes(payload)
+    upload.chmod(0o644)
+    posted, _ = curl_h2(client, "/upload", "--data-binary", f"@{upload}")
+    assert (posted["body_bytes"], posted["body_sha256"]) == (
+        len(payload),
+        hashlib.sha256(payload).hexdigest(),
+    )
+    assert stat(client, "downstream_cx_http2_total") == 2
+    assert stat(client, "downstream_rq_2xx") == 3
     wait_until(
         lambda: '"GET /h2?x=1 HTTP/2" 200' in client.read_sidecar_log(), 5, "an HTTP/2 log line"
     )
