@@ -15,6 +15,8 @@ PACKAGES=(
   python3 python3-venv python3-pip
   python3-bpfcc libbpfcc linux-headers-amd64 bpftool
   dnsutils
+  # HTTP/2 tests: h2load (100 concurrent streams) and nghttp (frames, GOAWAY on drain)
+  nghttp2-client
   # deploy/ (make images, tests/e2e/deploy): rootful podman without a registry. runc because
   # crun refuses this machine's cgroups v1+v2 hybrid; debootstrap builds the base image.
   podman debootstrap runc crun uidmap slirp4netns fuse-overlayfs util-linux

@@ -210,9 +210,12 @@ class StreamHandler:
                     await attempt.open()
                     await attempt.send(request, body, wants_trailers(exchange.request.headers))
                     response = await attempt.head()
-                    first = None
-                    if grpc_call and not attempt.end:
-                        first = await attempt.read()  # a status in trailers right after the head
+                first = None
+                if grpc_call and not attempt.end:
+                    # A status in trailers right after the head decides a retry too; the wait
+                    # for it is the route's, not the try's (a stream's first message may take
+                    # its time).
+                    first = await attempt.read()
             except TimeoutError:
                 self._abort_upstream()
                 stats.inc("upstream_rq_per_try_timeout", name)

@@ -36,7 +36,7 @@ from proxy.upstream.cluster import ClusterRuntime
 
 from .body import StreamBody
 from .client import Http2Upstream
-from .endpoint import H2Stream, Headers, StreamGone
+from .endpoint import CONNECTION_GONE, H2Stream, Headers, StreamGone
 from .messages import h1_request_headers, h2_request_headers, response_from_h2
 
 # Envoy's text and flag for a stream the upstream reset before answering.
@@ -208,8 +208,9 @@ class H2Try:
     async def read(self) -> bytes | None:
         try:
             data = await self.stream.read()
-        except StreamGone:
-            raise UpstreamCut("UR") from None
+        except StreamGone as gone:
+            # the stream reset (UR), or the whole connection closed under it (UC)
+            raise UpstreamCut("UC" if gone.code == CONNECTION_GONE else "UR") from None
         if data is None:
             self.trailers = self.stream.trailers
         return data
@@ -242,7 +243,7 @@ class H2Try:
 
 def _reset_reply(code: int) -> LocalReply:
     """A stream refused before processing (GOAWAY, REFUSED_STREAM) or reset by the upstream."""
-    if code == -1:  # the whole connection closed
+    if code == CONNECTION_GONE:
         return local_reply.UPSTREAM_RESET
     return UPSTREAM_REMOTE_RESET
 
