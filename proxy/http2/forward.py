@@ -13,6 +13,7 @@ upstream connection) so nothing leaks (flag DR).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from h2.errors import ErrorCodes
@@ -39,6 +40,8 @@ from .body import StreamBody
 from .endpoint import H2Stream, StreamGone
 from .messages import HTTP2_VERSION, h2_response_headers, request_from_h2, wants_trailers
 from .upstream import H1Try, H2Try, UpstreamCut
+
+log = logging.getLogger("detour.proxy")
 
 _NO_OPS = HttpRoute(name="-").request_headers
 NOT_SUPPORTED = local_reply.bad_request(501, "CONNECT is not supported")
@@ -75,6 +78,10 @@ class StreamHandler:
             exchange.flags.append("DR")
         except UpstreamCut as cut:
             exchange.flags.append(cut.flag)
+            stream.reset(ErrorCodes.INTERNAL_ERROR)
+        except Exception:  # a bug must cost one stream, never a stuck or unaccounted one
+            log.exception("HTTP/2 stream %d failed unexpectedly", stream.id)
+            exchange.flags.append("UF")
             stream.reset(ErrorCodes.INTERNAL_ERROR)
         finally:
             self._abort_upstream()

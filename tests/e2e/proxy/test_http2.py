@@ -150,6 +150,7 @@ def test_drain_sends_goaway_and_lets_the_stream_in_flight_finish(mesh_lab: MeshL
     os.kill(client.sidecar_pid(), signal.SIGTERM)
     out, err = caller.communicate(timeout=15)
     assert caller.returncode == 0, out + err
+    assert "[SETTINGS_MAX_CONCURRENT_STREAMS(0x03):100]" in out, out  # what we advertise
     goaway = out.index("recv GOAWAY frame")
     status = re.search(r"recv \(stream_id=\d+\) :status: 200", out)
     assert status is not None and goaway < status.start(), out  # GOAWAY first, then the answer
