@@ -19,7 +19,7 @@ from proxy.config.model import Service, ServicePort
 from proxy.filters.http_proxy import HttpConnectionManager
 from proxy.filters.sniff import DEFAULT_DETECT_TIMEOUT, DEFAULT_SKIP_PORTS, detect
 from proxy.filters.tcp_proxy import RelayHalf, link, reset
-from proxy.http2.server import make_manager
+from proxy.http2.server import Http2ConnectionManager, make_manager
 from proxy.platform.sockets import transparent_socket
 from proxy.routing import Passthrough, Refuse, ToCluster
 from proxy.stats import Labels, cluster_labels, labels, listener_labels
@@ -78,7 +78,8 @@ class Session:
         self._idle_ticks = 0
         self._seen = -1
         self._dial_expired = False
-        self.http: HttpConnectionManager | None = None  # set when the connection speaks HTTP
+        # set when the connection speaks HTTP (HTTP/1.1 or HTTP/2)
+        self.http: HttpConnectionManager | Http2ConnectionManager | None = None
 
     # --- lifecycle -------------------------------------------------------------------
 
