@@ -21,7 +21,11 @@ from support.h2_mesh import (
     start_venv_peer,
 )
 from support.lab import wait_until
-from support.mesh_lab import MeshLab, Pod, stat
+from support.mesh_lab import MeshLab, Pod, interception_agnostic, stat
+
+# Outbound interception: a gRPC call reaching the router runs under iptables and eBPF
+# (conftest.py); deadlines, retries and resets once.
+OUTBOUND = True
 
 
 def bring_up(lab: MeshLab, names: list[str], **extra) -> tuple[Pod, list[Pod]]:
@@ -39,7 +43,9 @@ def server_counts(client: Pod, backend: Pod) -> dict:
     return json.loads(reply[0]["reply"])
 
 
-def test_unary_and_server_streaming_calls_with_status_codes(mesh_lab: MeshLab) -> None:
+def test_unary_and_server_streaming_calls_with_status_codes(
+    mesh_lab: MeshLab, interception: str
+) -> None:
     client, _ = bring_up(mesh_lab, ["v1"])
     assert (
         grpc_call(client, "Echo", "hello", "--count", "3")
@@ -67,6 +73,7 @@ def test_unary_and_server_streaming_calls_with_status_codes(mesh_lab: MeshLab) -
     assert '"POST /detour.Lab/Stream HTTP/2" 200' in log
 
 
+@interception_agnostic
 def test_deadlines_client_and_route(mesh_lab: MeshLab) -> None:
     client, _ = bring_up(mesh_lab, ["v1"], http=[{"timeout": "1s", "retries": {"attempts": 0}}])
     # the client's deadline is shorter than the route's: grpcio gives up (and resets the
@@ -107,6 +114,7 @@ def test_deadlines_client_and_route(mesh_lab: MeshLab) -> None:
     assert grpc_call(client, "Echo", "fast") == [{"code": "OK", "reply": "v1:fast"}]
 
 
+@interception_agnostic
 def test_no_endpoint_is_a_grpc_unavailable(mesh_lab: MeshLab) -> None:
     client = mesh_lab.add_pod("client", 10)
     start_mesh(mesh_lab, client, one_service([], GRPC_PORT, "grpc"))
@@ -115,6 +123,7 @@ def test_no_endpoint_is_a_grpc_unavailable(mesh_lab: MeshLab) -> None:
     wait_until(lambda: " 200 UH " in client.read_sidecar_log(), 5, "a 200 UH log line")
 
 
+@interception_agnostic
 def test_retries_on_unavailable_hide_a_half_failing_server(mesh_lab: MeshLab) -> None:
     retries = {
         "attempts": 10,
@@ -132,6 +141,7 @@ def test_retries_on_unavailable_hide_a_half_failing_server(mesh_lab: MeshLab) ->
     assert prometheus_sum(client, "istio_requests_total", 'grpc_response_status="0"') == 200
 
 
+@interception_agnostic
 def test_a_cancelled_call_resets_its_upstream_stream(mesh_lab: MeshLab) -> None:
     client, (backend,) = bring_up(mesh_lab, ["v1"])
     cancelled = grpc_peer(client, "cancel", GRPC_TARGET)

@@ -16,8 +16,12 @@ import signal
 from support.h2_mesh import H2_PEERS, one_service, start_mesh, start_venv_peer
 from support.http_mesh import URL, VIP
 from support.lab import wait_until
-from support.mesh_lab import MeshLab, stat
+from support.mesh_lab import MeshLab, interception_agnostic, stat
 from support.prereq import require
+
+# Outbound interception: how an HTTP/2 connection reaches the router runs under iptables and
+# eBPF (conftest.py); what the router does with its streams after that, once.
+OUTBOUND = True
 
 H2C = ("--http2-prior-knowledge", "-w", "\n%{http_version}")
 
@@ -30,7 +34,9 @@ def curl_h2(client, path: str, *extra: str) -> tuple[dict, str]:
     return json.loads(body), version
 
 
-def test_prior_knowledge_on_an_auto_port_reaches_an_http11_backend(mesh_lab: MeshLab) -> None:
+def test_prior_knowledge_on_an_auto_port_reaches_an_http11_backend(
+    mesh_lab: MeshLab, interception: str
+) -> None:
     client = mesh_lab.add_pod("client", 10)
     backend = mesh_lab.add_pod("v1", 11)
     backend.serve_http11(8080, "v1")
@@ -41,7 +47,8 @@ def test_prior_knowledge_on_an_auto_port_reaches_an_http11_backend(mesh_lab: Mes
     headers = dict(answer["headers"])
     assert headers["x-request-id"] == "h2-abc"
     assert headers["host"] == f"{VIP}:8080"
-    assert headers["x-forwarded-for"] == client.ip
+    # the address the sidecar's downstream socket has: eBPF rewrites connect() to loopback
+    assert headers["x-forwarded-for"] == (client.ip if interception == "iptables" else "127.0.0.1")
     # the same port still serves HTTP/1.1 clients
     assert json.loads(client.curl(URL + "/h1"))["label"] == "v1"
     # a body many flow-control windows long arrives intact (chunked towards HTTP/1.1)
@@ -61,6 +68,7 @@ def test_prior_knowledge_on_an_auto_port_reaches_an_http11_backend(mesh_lab: Mes
     )
 
 
+@interception_agnostic
 def test_http2_port_reaches_an_http2_backend_on_one_reused_connection(mesh_lab: MeshLab) -> None:
     client = mesh_lab.add_pod("client", 10)
     backend = mesh_lab.add_pod("v1", 11)
@@ -79,6 +87,7 @@ def test_http2_port_reaches_an_http2_backend_on_one_reused_connection(mesh_lab: 
     assert stat(client, "downstream_cx_http2_total") == 3
 
 
+@interception_agnostic
 def test_100_concurrent_streams_on_one_connection(mesh_lab: MeshLab) -> None:
     require(shutil.which("h2load") is not None, "h2load (Debian's nghttp2-client)")
     client = mesh_lab.add_pod("client", 10)
@@ -97,6 +106,7 @@ def test_100_concurrent_streams_on_one_connection(mesh_lab: MeshLab) -> None:
     assert stat(client, "upstream_cx_http2_total") == 1
 
 
+@interception_agnostic
 def test_http11_client_reaches_an_http2_backend_of_an_http2_port(mesh_lab: MeshLab) -> None:
     client = mesh_lab.add_pod("client", 10)
     backend = mesh_lab.add_pod("v1", 11)
@@ -117,6 +127,7 @@ def test_http11_client_reaches_an_http2_backend_of_an_http2_port(mesh_lab: MeshL
     assert stat(client, "downstream_rq_2xx") == 21
 
 
+@interception_agnostic
 def test_upstream_resets_become_local_replies_or_client_resets(mesh_lab: MeshLab) -> None:
     client = mesh_lab.add_pod("client", 10)
     backend = mesh_lab.add_pod("v1", 11)
@@ -139,6 +150,7 @@ def test_upstream_resets_become_local_replies_or_client_resets(mesh_lab: MeshLab
     assert stat(client, "upstream_cx_http2_total") == 1
 
 
+@interception_agnostic
 def test_drain_sends_goaway_and_lets_the_stream_in_flight_finish(mesh_lab: MeshLab) -> None:
     require(shutil.which("nghttp") is not None, "nghttp (Debian's nghttp2-client)")
     client = mesh_lab.add_pod("client", 10)
