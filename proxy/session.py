@@ -28,9 +28,10 @@ from proxy.upstream.cluster import ClusterRuntime
 log = logging.getLogger("detour.proxy")
 
 PASSTHROUGH_CONNECT_TIMEOUT = 10.0  # Envoy's default for its PassthroughCluster
-# An http2/grpc port's client speaks first (its preface): wait longer for it than a sniffer of
-# undeclared ports may, but not forever.
-DECLARED_H2_DETECT_TIMEOUT = 5.0
+# A declared HTTP port's client speaks first: wait longer for its first bytes than a sniffer of
+# undeclared ports may (they only choose between HTTP/1.1 and HTTP/2), but not forever.
+DECLARED_HTTP_DETECT_TIMEOUT = 5.0
+_DECLARED_HTTP = ("http", "http2", "grpc")
 
 
 @dataclass(frozen=True)
@@ -150,24 +151,33 @@ class Session:
         return await self._speaks_http(protocol, decision.port) == "http1"
 
     async def _speaks_http(self, protocol: str, port: int) -> str | None:
-        """ "http1", "http2" or None (TCP). A port declared ``http`` is HTTP/1.1; an ``auto``
-        one is sniffed: the first bytes decide, and a client that stays silent (a server-first
-        protocol) is TCP after the detection timeout. Well-known server-first ports are never
-        sniffed. On an ``http2`` / ``grpc`` port the client must speak first too (its
-        preface), but it may also speak HTTP/1.1 (Envoy's codec "AUTO")."""
-        if protocol == "http":
-            return "http1"
-        declared_h2 = protocol in ("http2", "grpc")
-        if not declared_h2 and (protocol != "auto" or port in DEFAULT_SKIP_PORTS):
+        """ "http1", "http2" or None (TCP), from the port's declared protocol and the first
+        bytes. A port declared ``http``, ``http2`` or ``grpc`` is HTTP: the client speaks first
+        and its HTTP/2 preface (prior knowledge) makes the connection HTTP/2, anything else
+        HTTP/1.1 (Envoy's downstream codec "AUTO", as Istio configures it), but a TLS hello is
+        relayed as TCP. An ``auto`` port is sniffed: HTTP/1.x or HTTP/2 go to the router,
+        anything else, or a client silent for the detection timeout (a server-first
+        protocol), is TCP. Well-known server-first ports are never sniffed."""
+        if protocol in _DECLARED_HTTP:
+            detected = await self._sniff(DECLARED_HTTP_DETECT_TIMEOUT)
+            if detected == "tls":
+                return None
+            return "http2" if detected == "http2" else "http1"
+        if protocol != "auto" or port in DEFAULT_SKIP_PORTS:
             return None
+        detected = await self._sniff(DEFAULT_DETECT_TIMEOUT)
+        return detected if detected in ("http1", "http2") else None
+
+    async def _sniff(self, timeout: float) -> str | None:
+        """What the client's first bytes are (sniff.py's names), or None when it sent none
+        before ``timeout`` (or closed)."""
         downstream = self.downstream
         loop = self.worker.loop
-        timeout = DECLARED_H2_DETECT_TIMEOUT if declared_h2 else DEFAULT_DETECT_TIMEOUT
         deadline = loop.time() + timeout
         while True:
             detected = detect(b"".join(downstream.early))
             if detected is not None:
-                return detected.protocol if detected.protocol in ("http1", "http2") else None
+                return detected.protocol
             remaining = deadline - loop.time()
             if downstream.eof or downstream.lost or remaining <= 0:
                 return None

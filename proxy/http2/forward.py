@@ -45,6 +45,11 @@ log = logging.getLogger("detour.proxy")
 
 _NO_OPS = HttpRoute(name="-").request_headers
 NOT_SUPPORTED = local_reply.bad_request(501, "CONNECT is not supported")
+# The ports whose upstream speaks HTTP/2 to an HTTP/2 client: those declared so, and undeclared
+# (auto) ones, whose upstream protocol follows the client's (Istio's useClientProtocol; a gRPC
+# client on an undeclared port would otherwise reach its server as HTTP/1.1). An ``http``
+# port's upstream is HTTP/1.1 whatever the client speaks.
+UPSTREAM_H2_PORTS = ("http2", "grpc", "auto")
 
 
 class StreamHandler:
@@ -208,7 +213,7 @@ class StreamHandler:
         exchange.upstream_host = (host.address, host.port)
         stats.inc("upstream_rq_total", name)
         host.active_requests += 1
-        kind = H2Try if self.manager.port.protocol in ("http2", "grpc") else H1Try
+        kind = H2Try if self.manager.port.protocol in UPSTREAM_H2_PORTS else H1Try
         attempt = self.upstream_try = kind(self.worker, cluster, host)
         grpc_call = exchange.request_protocol == "grpc"
         try:

@@ -73,6 +73,19 @@ def test_unary_and_server_streaming_calls_with_status_codes(
     assert '"POST /detour.Lab/Stream HTTP/2" 200' in log
 
 
+def test_a_grpc_call_on_an_undeclared_port_reaches_its_server(
+    mesh_lab: MeshLab, interception: str
+) -> None:
+    """An ``auto`` port: the preface is sniffed and the call is routed as gRPC, over HTTP/2 to
+    the server too."""
+    client = mesh_lab.add_pod("client", 10)
+    backend = mesh_lab.add_pod("v1", 11)
+    start_venv_peer(backend, GRPC_PEERS, "serve", str(GRPC_PORT), "v1")
+    start_mesh(mesh_lab, client, one_service([backend], GRPC_PORT, "auto"))
+    assert grpc_call(client, "Echo", "auto") == [{"code": "OK", "reply": "v1:auto"}]
+    assert prometheus_sum(client, "istio_requests_total", 'request_protocol="grpc"') == 1
+
+
 @interception_agnostic
 def test_deadlines_client_and_route(mesh_lab: MeshLab) -> None:
     client, _ = bring_up(mesh_lab, ["v1"], http=[{"timeout": "1s", "retries": {"attempts": 0}}])

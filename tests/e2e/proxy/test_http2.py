@@ -34,13 +34,13 @@ def curl_h2(client, path: str, *extra: str) -> tuple[dict, str]:
     return json.loads(body), version
 
 
-def test_prior_knowledge_on_an_auto_port_reaches_an_http11_backend(
+def test_prior_knowledge_on_an_http_port_reaches_an_http11_backend(
     mesh_lab: MeshLab, interception: str
 ) -> None:
     client = mesh_lab.add_pod("client", 10)
     backend = mesh_lab.add_pod("v1", 11)
     backend.serve_http11(8080, "v1")
-    start_mesh(mesh_lab, client, one_service([backend], 8080, "auto"))
+    start_mesh(mesh_lab, client, one_service([backend], 8080, "http"))
     answer, version = curl_h2(client, "/h2?x=1", "-H", "x-request-id: h2-abc")
     assert version == "2"
     assert (answer["label"], answer["path"]) == ("v1", "/h2?x=1")
@@ -85,6 +85,21 @@ def test_http2_port_reaches_an_http2_backend_on_one_reused_connection(mesh_lab: 
     assert answer["connections"] == 1
     assert stat(client, "upstream_cx_http2_total") == 1
     assert stat(client, "downstream_cx_http2_total") == 3
+
+
+def test_prior_knowledge_on_an_auto_port_is_http2_to_the_upstream_too(
+    mesh_lab: MeshLab, interception: str
+) -> None:
+    """An undeclared port's upstream speaks what the client speaks (Istio's useClientProtocol):
+    HTTP/2 from the client, HTTP/2 to the backend."""
+    client = mesh_lab.add_pod("client", 10)
+    backend = mesh_lab.add_pod("v1", 11)
+    start_venv_peer(backend, H2_PEERS, "serve", "8080", "v1")
+    start_mesh(mesh_lab, client, one_service([backend], 8080, "auto"))
+    answer, version = curl_h2(client, "/auto")
+    assert (version, answer["protocol"], answer["path"]) == ("2", "HTTP/2", "/auto")
+    assert stat(client, "downstream_cx_http2_total") == 1
+    assert stat(client, "upstream_cx_http2_total") == 1
 
 
 @interception_agnostic
