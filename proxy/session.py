@@ -22,7 +22,7 @@ from proxy.filters.tcp_proxy import RelayHalf, link, reset
 from proxy.http2.server import Http2ConnectionManager, make_manager
 from proxy.platform.sockets import transparent_socket
 from proxy.routing import Passthrough, Refuse, ToCluster
-from proxy.stats import Labels, cluster_labels, labels, listener_labels
+from proxy.stats import cluster_labels, istio_labels, listener_labels
 from proxy.upstream.cluster import ClusterRuntime
 
 log = logging.getLogger("detour.proxy")
@@ -429,13 +429,14 @@ class Session:
             service = (
                 f"{self.destination[0]}:{self.destination[1]}" if self.destination else "unknown"
             )
-        metric_labels = _istio_tcp_labels(
+        metric_labels = istio_labels(
             self.listener.direction == "outbound",
             workload.name,
             workload.namespace,
             service,
             service_name,
             service_ns,
+            "tcp",
             ",".join(self.flags) or "-",
         )
         stats = self.worker.stats
@@ -443,33 +444,6 @@ class Session:
         stats.inc("istio_tcp_connections_closed_total", metric_labels)
         stats.inc("istio_tcp_received_bytes_total", metric_labels, self.downstream.received)
         stats.inc("istio_tcp_sent_bytes_total", metric_labels, self.upstream.received)
-
-
-@functools.lru_cache(maxsize=4096)
-def _istio_tcp_labels(
-    outbound: bool,
-    workload: str,
-    workload_namespace: str,
-    service: str,
-    service_name: str,
-    service_namespace: str,
-    response_flags: str,
-) -> Labels:
-    """Istio's 11 TCP metric labels. Cached: almost every connection of a route repeats the
-    same values, and building the tuple of pairs cost more than the four increments."""
-    return labels(
-        reporter="source" if outbound else "destination",
-        source_workload=workload if outbound else "unknown",
-        source_workload_namespace=workload_namespace if outbound else "unknown",
-        destination_workload="unknown" if outbound else workload,
-        destination_workload_namespace="unknown" if outbound else workload_namespace,
-        destination_service=service,
-        destination_service_name=service_name,
-        destination_service_namespace=service_namespace,
-        request_protocol="tcp",
-        response_flags=response_flags,
-        connection_security_policy="none",
-    )
 
 
 def _wake(waiter: asyncio.Future) -> None:

@@ -263,3 +263,38 @@ def _add_histogram(
     merged.buckets = [a + b for a, b in zip(merged.buckets, buckets, strict=True)]
     merged.sum += total
     merged.count += count
+
+
+@functools.lru_cache(maxsize=4096)
+def istio_labels(
+    outbound: bool,
+    workload: str,
+    workload_namespace: str,
+    service: str,
+    service_name: str,
+    service_namespace: str,
+    request_protocol: str,
+    response_flags: str,
+    response_code: str | None = None,
+    grpc_response_status: str = "",
+) -> Labels:
+    """Istio's standard metric labels, in Istio's order; the request metrics (a
+    ``response_code``) add ``response_code`` and ``grpc_response_status`` to the TCP ones.
+    The reporter is ``source`` outbound and ``destination`` inbound; the side this sidecar is
+    not on is "unknown". Cached: almost every connection or request of a route repeats the
+    same values, and building the tuple of pairs cost more than the increments it labels."""
+    pairs = [
+        ("reporter", "source" if outbound else "destination"),
+        ("source_workload", workload if outbound else "unknown"),
+        ("source_workload_namespace", workload_namespace if outbound else "unknown"),
+        ("destination_workload", "unknown" if outbound else workload),
+        ("destination_workload_namespace", "unknown" if outbound else workload_namespace),
+        ("destination_service", service),
+        ("destination_service_name", service_name),
+        ("destination_service_namespace", service_namespace),
+        ("request_protocol", request_protocol),
+    ]
+    if response_code is not None:
+        pairs += [("response_code", response_code), ("grpc_response_status", grpc_response_status)]
+    pairs += [("response_flags", response_flags), ("connection_security_policy", "none")]
+    return tuple(pairs)

@@ -24,7 +24,7 @@ from proxy.platform.original_dst import original_destination
 from proxy.platform.sockets import is_local_address
 from proxy.routing import RouteTable
 from proxy.session import ListenerInfo, Session
-from proxy.stats import Labels, Stats, labels, listener_labels
+from proxy.stats import Stats, istio_labels, listener_labels
 from proxy.upstream.cluster import ClusterKey, ClusterRuntime, build_clusters, inbound_service
 
 access = logging.getLogger("detour.access")
@@ -227,16 +227,16 @@ class Worker:
         flags = ",".join(exchange.flags) or "-"
         service = session.service
         workload = self.mesh.workload
-        metric_labels = _istio_request_labels(
+        metric_labels = istio_labels(
             session.listener.direction == "outbound",
             workload.name,
             workload.namespace,
             service.fqdn(self.mesh.cluster_domain),
             service.name,
             service.namespace,
-            str(status) if status else "0",
-            flags,
             exchange.request_protocol,
+            flags,
+            str(status) if status else "0",
             exchange.grpc_status,
         )
         stats.inc("istio_requests_total", metric_labels)
@@ -308,38 +308,6 @@ def _text(value: bytes | None) -> str:
     if value is None:
         return "-"
     return value.decode("latin-1").encode("unicode_escape").decode("ascii").replace('"', '\\"')
-
-
-@functools.lru_cache(maxsize=4096)
-def _istio_request_labels(
-    outbound: bool,
-    workload: str,
-    workload_namespace: str,
-    service: str,
-    service_name: str,
-    service_namespace: str,
-    response_code: str,
-    response_flags: str,
-    request_protocol: str = "http",
-    grpc_response_status: str = "",
-) -> Labels:
-    """Istio's request metric labels (the ones this sidecar can know), cached per combination:
-    a route's requests repeat the same few."""
-    return labels(
-        reporter="source" if outbound else "destination",
-        source_workload=workload if outbound else "unknown",
-        source_workload_namespace=workload_namespace if outbound else "unknown",
-        destination_workload="unknown" if outbound else workload,
-        destination_workload_namespace="unknown" if outbound else workload_namespace,
-        destination_service=service,
-        destination_service_name=service_name,
-        destination_service_namespace=service_namespace,
-        request_protocol=request_protocol,
-        response_code=response_code,
-        grpc_response_status=grpc_response_status,
-        response_flags=response_flags,
-        connection_security_policy="none",
-    )
 
 
 @functools.lru_cache(maxsize=4)

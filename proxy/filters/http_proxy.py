@@ -52,6 +52,7 @@ from proxy.http.router import (
     HttpRouter,
     header_value,
     pick_destination,
+    roll_fault,
 )
 from proxy.http2 import bridge
 from proxy.stats import cluster_labels
@@ -300,14 +301,13 @@ class HttpConnectionManager:
             await self._local(exchange, local_reply.NO_ROUTE, None)
             return
         body = exchange.body = RequestBody(self.downstream, request)
-        fault = route.fault
-        if fault is not None:
-            if fault.delay_percent and self.rng.random() * 100 < fault.delay_percent:
-                exchange.flags.append("DI")
-                await asyncio.sleep(fault.delay)
-            if fault.abort_percent and self.rng.random() * 100 < fault.abort_percent:
-                await self._local(exchange, local_reply.fault_abort(fault.abort_status), body)
-                return
+        delay, abort = roll_fault(route.fault, self.rng.random)
+        if delay:
+            exchange.flags.append("DI")
+            await asyncio.sleep(delay)
+        if abort is not None:
+            await self._local(exchange, local_reply.fault_abort(abort), body)
+            return
         destination = pick_destination(route.destinations, self.rng.random() * 100)
         cluster = (
             self.fixed_cluster

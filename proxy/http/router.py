@@ -11,10 +11,11 @@ condition on a header sent several times sees the values joined with "," (RFC 91
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from proxy.config.model import (
+    Fault,
     HttpRoute,
     RetryPolicy,
     RouteDestination,
@@ -174,3 +175,15 @@ def retry_budget_allows(
     ``budget_percent`` of the requests in flight, or below ``min_concurrency`` retries."""
     allowed = max(min_concurrency, int(requests_active * budget_percent / 100.0))
     return retries_active < allowed
+
+
+def roll_fault(fault: Fault | None, roll: Callable[[], float]) -> tuple[float, int | None]:
+    """What fault injection does to one request: (delay in seconds, abort status or None).
+    ``roll`` is uniform in [0, 1); each of delay and abort rolls once."""
+    if fault is None:
+        return 0.0, None
+    delay = fault.delay if fault.delay_percent and roll() * 100 < fault.delay_percent else 0.0
+    abort = (
+        fault.abort_status if fault.abort_percent and roll() * 100 < fault.abort_percent else None
+    )
+    return delay, abort

@@ -31,6 +31,7 @@ from proxy.http.router import (
     RESET,
     header_value,
     pick_destination,
+    roll_fault,
 )
 from proxy.stats import cluster_labels
 from proxy.upstream.cluster import ClusterRuntime
@@ -114,15 +115,14 @@ class StreamHandler:
         if route is None:
             await self._local(exchange, local_reply.NO_ROUTE, body)
             return
-        fault = route.fault
         rng = manager.rng
-        if fault is not None:
-            if fault.delay_percent and rng.random() * 100 < fault.delay_percent:
-                exchange.flags.append("DI")
-                await asyncio.sleep(fault.delay)
-            if fault.abort_percent and rng.random() * 100 < fault.abort_percent:
-                await self._local(exchange, local_reply.fault_abort(fault.abort_status), body)
-                return
+        delay, abort = roll_fault(route.fault, rng.random)
+        if delay:
+            exchange.flags.append("DI")
+            await asyncio.sleep(delay)
+        if abort is not None:
+            await self._local(exchange, local_reply.fault_abort(abort), body)
+            return
         destination = pick_destination(route.destinations, rng.random() * 100)
         key = (manager.service.key, manager.port.port, destination.subset or "")
         cluster = self.worker.clusters[key]
