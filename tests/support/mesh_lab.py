@@ -386,13 +386,12 @@ class MeshLab:
 
     def destroy(self, show_logs: bool = True) -> None:
         for pod in self.pods:
-            if pod.sidecar is not None and show_logs:  # pytest shows it when a test failed
-                if pod.sidecar.poll() is None:
+            if pod.sidecar is not None:
+                if pod.sidecar.poll() is None:  # a live sidecar is drained, not waited for
                     pod.sidecar.terminate()
                     pod.sidecar.wait(10)
-                print(f"--- sidecar log of {pod.name} ---\n{pod.read_sidecar_log()}")
-            elif pod.sidecar is not None:
-                pod.sidecar.wait(10)
+                if show_logs:  # pytest shows it when a test failed
+                    print(f"--- sidecar log of {pod.name} ---\n{pod.read_sidecar_log()}")
             pod.ns.delete()
             if pod.ebpf_attached:
                 ebpf("detach", "--cgroup", str(pod.cgroup), check=True)
