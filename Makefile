@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 setup:
 	@./scripts/setup.sh
 
-test: setup
+test: setup bench-peers
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from support.prereq import require
 
 from bench.peers import OUTBOUND_PORT, VenvPaths, detour, envoy, haproxy, mitmproxy, pproxy
 from bench.peers.registry import launch_for
@@ -63,9 +64,9 @@ def test_envoy_runs_single_threaded_without_hot_restart():
     assert launch.uid == 1401
 
 
-@pytest.mark.skipif(not Path(VENV.envoy).exists(), reason="make bench-peers installs Envoy")
 @pytest.mark.parametrize("layer", ["tcp", "http"])
 def test_envoy_itself_accepts_the_rendered_bootstrap(layer, tmp_path):
+    require(Path(VENV.envoy).exists(), "Envoy in build/bench-venv (make bench-peers)")
     config = tmp_path / "envoy.yaml"
     config.write_text(envoy.render_config(layer, str(tmp_path / "access.log")))
     done = subprocess.run(
@@ -96,9 +97,9 @@ def test_haproxy_maxconn_fits_the_descriptor_limit():
     assert haproxy.maxconn_for(1500) == 1000
 
 
-@pytest.mark.skipif(shutil.which("haproxy") is None, reason="make bench-peers installs HAProxy")
 @pytest.mark.parametrize("layer", ["tcp", "http"])
 def test_haproxy_itself_accepts_the_rendered_config(layer, tmp_path):
+    require(shutil.which("haproxy") is not None, "haproxy (make bench-peers)")
     config = tmp_path / "haproxy.cfg"
     config.write_text(haproxy.render_config(layer, 1000))
     done = subprocess.run(["haproxy", "-c", "-f", str(config)], capture_output=True, text=True)
