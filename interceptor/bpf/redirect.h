@@ -79,4 +79,29 @@ static __always_inline void rewrite6(struct bpf_sock_addr *ctx, const __u32 *dst
     ctx->user_port = dt_htons(port);
 }
 
+/* The whole of connect4 and sendmsg4 (TCP connects and unconnected UDP sends decide alike):
+ * redirect when the decision says so. */
+static __always_inline void redirect_sock_addr4(struct bpf_sock_addr *ctx)
+{
+    __u32 dst[4];
+    map_v4(dst, ctx->user_ip4);
+    __u16 port = redirect_port(ctx, dst);
+    if (port)
+        rewrite4(ctx, port);
+}
+
+/* The whole of connect6 and sendmsg6; with IPv6 capture off only v4-mapped destinations (IPv4
+ * over a dual-stack socket) are considered. */
+static __always_inline void redirect_sock_addr6(struct bpf_sock_addr *ctx)
+{
+    __u32 dst[4];
+    read_ip6(ctx, dst);
+    struct settings *s = current_settings();
+    if (!s || (!(s->flags & SETTING_IPV6) && !is_v4_mapped(dst)))
+        return;
+    __u16 port = redirect_port(ctx, dst);
+    if (port)
+        rewrite6(ctx, dst, port);
+}
+
 #endif

@@ -8,10 +8,6 @@
 
 int detour_sendmsg4(struct bpf_sock_addr *ctx)
 {
-    __u32 dst[4];
-    map_v4(dst, ctx->user_ip4);
-    __u16 port = redirect_port(ctx, dst);
-    if (port)
-        rewrite4(ctx, port);
-    return 1;
+    redirect_sock_addr4(ctx);
+    return 1; /* 1 = let the (possibly rewritten) call proceed */
 }

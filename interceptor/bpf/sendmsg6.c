@@ -6,13 +6,6 @@
 
 int detour_sendmsg6(struct bpf_sock_addr *ctx)
 {
-    __u32 dst[4];
-    read_ip6(ctx, dst);
-    struct settings *s = current_settings();
-    if (!s || (!(s->flags & SETTING_IPV6) && !is_v4_mapped(dst)))
-        return 1;
-    __u16 port = redirect_port(ctx, dst);
-    if (port)
-        rewrite6(ctx, dst, port);
-    return 1;
+    redirect_sock_addr6(ctx);
+    return 1; /* 1 = let the (possibly rewritten) call proceed */
 }
