@@ -222,6 +222,17 @@ def _special_fields(headers: Headers) -> list[tuple[bytes, bytes]]:
     return [h for h in headers if h[0] in SPECIAL]
 
 
+def _take(buf: bytearray, most: int) -> bytes:
+    """Remove and return up to ``most`` bytes from the front of ``buf`` (a body's next part)."""
+    if len(buf) <= most:
+        data = bytes(buf)
+        buf.clear()
+        return data
+    data = bytes(buf[:most])
+    del buf[:most]
+    return data
+
+
 def _serialize(first: bytes, headers: Headers) -> bytes:
     return b"".join([first, *[n + b": " + v + b"\r\n" for n, v in headers], b"\r\n"])
 
@@ -560,12 +571,7 @@ class Connection:
                 return EndOfMessage()
             if not buf:
                 return self._truncated() if self._eof else None
-            if len(buf) <= left:
-                data = bytes(buf)
-                buf.clear()
-            else:
-                data = bytes(buf[:left])
-                del buf[:left]
+            data = _take(buf, left)
             self._rleft = left - len(data)
             return Data(data)
         if mode == _CHUNKED:
@@ -586,12 +592,7 @@ class Connection:
             if left:
                 if not buf:
                     return self._truncated() if self._eof else None
-                if len(buf) <= left:
-                    data = bytes(buf)
-                    buf.clear()
-                else:
-                    data = bytes(buf[:left])
-                    del buf[:left]
+                data = _take(buf, left)
                 left -= len(data)
                 self._rleft = left
                 if not left:

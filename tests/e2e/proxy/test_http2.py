@@ -16,7 +16,7 @@ import signal
 from support.h2_mesh import H2_PEERS, one_service, start_mesh, start_venv_peer
 from support.http_mesh import URL, VIP
 from support.lab import wait_until
-from support.mesh_lab import MeshLab, interception_agnostic, stat
+from support.mesh_lab import MeshLab, Pod, interception_agnostic, stat
 from support.prereq import require
 
 # Outbound interception: how an HTTP/2 connection reaches the router runs under iptables and
@@ -24,6 +24,16 @@ from support.prereq import require
 OUTBOUND = True
 
 H2C = ("--http2-prior-knowledge", "-w", "\n%{http_version}")
+
+
+def h2_backend(lab: MeshLab, protocol: str) -> Pod:
+    """A client pod (returned) with its sidecar, and one backend pod running the HTTP/2 test
+    peer behind a service port of ``protocol``."""
+    client = lab.add_pod("client", 10)
+    backend = lab.add_pod("v1", 11)
+    start_venv_peer(backend, H2_PEERS, "serve", "8080", "v1")
+    start_mesh(lab, client, one_service([backend], 8080, protocol))
+    return client
 
 
 def curl_h2(client, path: str, *extra: str) -> tuple[dict, str]:
@@ -70,10 +80,7 @@ def test_prior_knowledge_on_an_http_port_reaches_an_http11_backend(
 
 @interception_agnostic
 def test_http2_port_reaches_an_http2_backend_on_one_reused_connection(mesh_lab: MeshLab) -> None:
-    client = mesh_lab.add_pod("client", 10)
-    backend = mesh_lab.add_pod("v1", 11)
-    start_venv_peer(backend, H2_PEERS, "serve", "8080", "v1")
-    start_mesh(mesh_lab, client, one_service([backend], 8080, "http2"))
+    client = h2_backend(mesh_lab, "http2")
     for n in range(3):
         answer, version = curl_h2(client, f"/n{n}", "--data-binary", "x" * 100_000)
         assert version == "2"
@@ -92,10 +99,7 @@ def test_prior_knowledge_on_an_auto_port_is_http2_to_the_upstream_too(
 ) -> None:
     """An undeclared port's upstream speaks what the client speaks (Istio's useClientProtocol):
     HTTP/2 from the client, HTTP/2 to the backend."""
-    client = mesh_lab.add_pod("client", 10)
-    backend = mesh_lab.add_pod("v1", 11)
-    start_venv_peer(backend, H2_PEERS, "serve", "8080", "v1")
-    start_mesh(mesh_lab, client, one_service([backend], 8080, "auto"))
+    client = h2_backend(mesh_lab, "auto")
     answer, version = curl_h2(client, "/auto")
     assert (version, answer["protocol"], answer["path"]) == ("2", "HTTP/2", "/auto")
     assert stat(client, "downstream_cx_http2_total") == 1
@@ -105,10 +109,7 @@ def test_prior_knowledge_on_an_auto_port_is_http2_to_the_upstream_too(
 @interception_agnostic
 def test_100_concurrent_streams_on_one_connection(mesh_lab: MeshLab) -> None:
     require(shutil.which("h2load") is not None, "h2load (Debian's nghttp2-client)")
-    client = mesh_lab.add_pod("client", 10)
-    backend = mesh_lab.add_pod("v1", 11)
-    start_venv_peer(backend, H2_PEERS, "serve", "8080", "v1")
-    start_mesh(mesh_lab, client, one_service([backend], 8080, "http2"))
+    client = h2_backend(mesh_lab, "http2")
     done = client.run("h2load", "-n", "2000", "-c", "1", "-m", "100", URL + "/load", timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     summary = re.search(
@@ -123,10 +124,7 @@ def test_100_concurrent_streams_on_one_connection(mesh_lab: MeshLab) -> None:
 
 @interception_agnostic
 def test_http11_client_reaches_an_http2_backend_of_an_http2_port(mesh_lab: MeshLab) -> None:
-    client = mesh_lab.add_pod("client", 10)
-    backend = mesh_lab.add_pod("v1", 11)
-    start_venv_peer(backend, H2_PEERS, "serve", "8080", "v1")
-    start_mesh(mesh_lab, client, one_service([backend], 8080, "http2"))
+    client = h2_backend(mesh_lab, "http2")
     replies = client.http_client(URL + "/from-h1", 20)  # http.client, one keep-alive connection
     assert [r["status"] for r in replies] == [200] * 20
     assert {r["label"] for r in replies} == {"v1"}
@@ -144,10 +142,7 @@ def test_http11_client_reaches_an_http2_backend_of_an_http2_port(mesh_lab: MeshL
 
 @interception_agnostic
 def test_upstream_resets_become_local_replies_or_client_resets(mesh_lab: MeshLab) -> None:
-    client = mesh_lab.add_pod("client", 10)
-    backend = mesh_lab.add_pod("v1", 11)
-    start_venv_peer(backend, H2_PEERS, "serve", "8080", "v1")
-    start_mesh(mesh_lab, client, one_service([backend], 8080, "http2"))
+    client = h2_backend(mesh_lab, "http2")
     # reset before the head: nothing was sent yet, so the client gets Envoy's 503
     before = client.curl(URL + "/reset", "--http2-prior-knowledge", "-w", " %{http_code}")
     assert before.endswith("reset reason: remote reset 503"), before
@@ -168,10 +163,7 @@ def test_upstream_resets_become_local_replies_or_client_resets(mesh_lab: MeshLab
 @interception_agnostic
 def test_drain_sends_goaway_and_lets_the_stream_in_flight_finish(mesh_lab: MeshLab) -> None:
     require(shutil.which("nghttp") is not None, "nghttp (Debian's nghttp2-client)")
-    client = mesh_lab.add_pod("client", 10)
-    backend = mesh_lab.add_pod("v1", 11)
-    start_venv_peer(backend, H2_PEERS, "serve", "8080", "v1")
-    start_mesh(mesh_lab, client, one_service([backend], 8080, "http2"))
+    client = h2_backend(mesh_lab, "http2")
     caller = client.spawn("nghttp", "-v", URL + "/delay/1")
     wait_until(lambda: stat(client, "upstream_rq_total") == 1, 5, "the request to be upstream")
     os.kill(client.sidecar_pid(), signal.SIGTERM)
