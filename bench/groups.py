@@ -29,6 +29,7 @@ class Settings:
     latency_connections: tuple[int, ...] = (16, 4, 64)
     latency_duration: int = 6  # h2load -D takes whole seconds
     latency_warmup: int = 1
+    h2_streams: int = 100
     bulk_mib: int = 256
     hold_steps: tuple[int, ...] = (1000, 10000)
     settle: float = 0.5
@@ -87,6 +88,42 @@ def wrk_group(lab: BenchLab, client: Client, s: Settings, number: int, close: bo
         attempts=result["attempts"],
         noise=noise,
         raw=result["raw"],
+    )
+
+
+def h2_group(lab: BenchLab, client: Client, s: Settings, number: int) -> dict:
+    """HTTP/2 cleartext from the client, ``h2_streams`` streams on one connection, for
+    ``duration``: requests/s and the proxy's CPU per request. Proxies answer from the origin's
+    HTTP/1.1 port (HTTP/2 downstream, HTTP/1.1 upstream, as each is configured for its HTTP
+    row); ``direct`` talks HTTP/2 to the origin's HTTP/2 port, the physical limit."""
+    port = origin.H2_PORT if client.row.name == "direct" else origin.HTTP_PORT
+    argv = load.h2load_streams_argv(
+        f"http://{client.target}:{port}/", s.h2_streams, max(1, round(s.duration))
+    )
+    window = _window(lab, client)
+    window.start(time.monotonic())
+    done = lab.run_load(client.pod, argv, timeout=s.duration + 30)
+    noise = window.stop(time.monotonic())
+    try:
+        summary = load.parse_h2load(done.stdout)
+    except ValueError:
+        raw = {"stdout": done.stdout[-2000:], "stderr": done.stderr[-2000:]}
+        values = {"h2_rps": None}
+        return _sample(client, "h2", number, values, errors=1, attempts=1, noise=noise, raw=raw)
+    good = summary["ok_2xx"]
+    values = {
+        "h2_rps": good / summary["seconds"] if summary["seconds"] else None,
+        "h2_cpu_us": _per_unit_us(noise["proxy_cpu_s"], good),
+    }
+    return _sample(
+        client,
+        "h2",
+        number,
+        values,
+        errors=summary["errors"],
+        attempts=summary["total"],
+        noise=noise,
+        raw=summary,
     )
 
 
@@ -239,6 +276,8 @@ def run(lab: BenchLab, client: Client, group: str, s: Settings, number: int) -> 
         return wrk_group(lab, client, s, number, close=False)
     if group == "latency":
         return latency_group(lab, client, s, number)
+    if group == "h2":
+        return h2_group(lab, client, s, number)
     if group == "bulk":
         return bulk_group(lab, client, s, number)
     if group == "memory":

@@ -163,12 +163,14 @@ class BenchLab:
     def attach_ebpf(self, client: Client) -> None:
         """detour-ebpf's cgroup hooks on the pod's cgroup instead of iptables: connect4 sends
         the pod's connections to 15001 (not the proxy uid's), getsockopt answers
-        SO_ORIGINAL_DST. Pinned under /sys/fs/bpf/detour/<this lab's cgroup>, detached at the
-        end."""
+        SO_ORIGINAL_DST (with ``--sockmap on`` for a sockmap row: the app's and the proxy's
+        sockets exchange bytes without the loopback stack). Pinned under
+        /sys/fs/bpf/detour/<this lab's cgroup>, detached at the end."""
         argv = [DETOUR_EBPF, "attach", "--cgroup", str(client.pod.cgroup)]
-        done = subprocess.run(
-            [*argv, "--proxy-uid", str(client.row.uid)], capture_output=True, text=True, timeout=120
-        )
+        argv += ["--proxy-uid", str(client.row.uid)]
+        if client.row.sockmap:
+            argv += ["--sockmap", "on"]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
         if done.returncode != 0:
             raise RuntimeError(f"detour-ebpf attach failed: {done.stderr.strip()[-1000:]}")
         client.ebpf_attached = True

@@ -4,6 +4,7 @@ harness runs the argv inside a client pod, and these turn the output into number
 - wrk (closed loop): saturation, new connections (``Connection: close``) and keep-alive.
 - h2load --h1 (open loop, ``--rps`` per client): latency at a fixed rate. It prints no
   percentiles, so it writes one line per request (``--log-file``) and we compute them.
+- h2load over HTTP/2 cleartext (closed loop, many streams on one connection): saturation.
 - bulk.py: one stream, timed until the last byte.
 """
 
@@ -55,6 +56,14 @@ def h2load_argv(
     if warmup > 0:
         argv += ["--warm-up-time", str(warmup)]
     return [*argv, "--log-file", log_file, url]
+
+
+def h2load_streams_argv(url: str, streams: int, duration: int) -> list[str]:
+    """A closed-loop HTTP/2 cleartext load (prior knowledge): one connection with ``streams``
+    requests in flight, as a gRPC or service-to-service client multiplexes, for saturation
+    throughput and CPU per request."""
+    argv = ["h2load", "-c", "1", "-t", "1", "-m", str(streams), "-D", str(duration)]
+    return [*argv, url]
 
 
 _FINISHED = re.compile(r"finished in ([\d.]+)(m?s), ([\d.]+) req/s")

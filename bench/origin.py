@@ -1,5 +1,6 @@
 """The origin pod's servers: nginx answering every request with 1 KiB (keep-alive unless the
-request says ``Connection: close``), and bulk.py's sink/source. The config is a pure function.
+request says ``Connection: close``; on a second port over HTTP/2 cleartext), and bulk.py's
+sink/source. The config is a pure function.
 """
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 HTTP_PORT = 8080
+H2_PORT = 8081  # the same answer over HTTP/2 cleartext (prior knowledge): the h2 group's direct
 BULK_PORT = 9000
 BODY_BYTES = 1024
 
@@ -37,6 +39,14 @@ http {{
     keepalive_timeout 300s;
     server {{
         listen {HTTP_PORT} backlog=4096;
+        location / {{
+            default_type application/octet-stream;
+            return 200 "{"x" * BODY_BYTES}";
+        }}
+    }}
+    server {{
+        listen {H2_PORT} http2 backlog=4096;
+        http2_max_requests 10000000;
         location / {{
             default_type application/octet-stream;
             return 200 "{"x" * BODY_BYTES}";

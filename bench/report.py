@@ -190,6 +190,7 @@ def markdown(summary: dict, meta: dict, samples: list[dict]) -> str:
             parts = [median(summary, row, f"lat_c{c}_p{q}_ms") for q in ("50", "90", "99", "99.9")]
             cells.append(" / ".join(fmt(p, 3) for p in parts))
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    lines += _h2_table(summary, rows, meta["settings"].get("h2_streams"))
     steps = meta["settings"]["hold_steps"]
     lines += [
         "",
@@ -224,6 +225,31 @@ def markdown(summary: dict, meta: dict, samples: list[dict]) -> str:
         ]
     lines += ["", "Versions: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items())]
     return "\n".join(lines) + "\n"
+
+
+def _h2_table(summary: dict, rows: list[str], streams: int | None) -> list[str]:
+    """HTTP/2 cleartext from the client: requests/s and the proxy's CPU per request, for the
+    rows that ran the h2 group (direct and the L7 proxies that take HTTP/2)."""
+    ran = [row for row in rows if median(summary, row, "h2_rps") is not None]
+    if not ran:
+        return []
+    lines = [
+        "",
+        f"HTTP/2 cleartext, one connection, {streams} streams in flight (h2load -m{streams}); "
+        "the proxies answer from the origin's HTTP/1.1 port, direct from its HTTP/2 port.",
+        "",
+        "| proxy | req/s | vs direct | CPU µs/req | vs Envoy |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in ran:
+        rps, cpu = median(summary, row, "h2_rps"), median(summary, row, "h2_cpu_us")
+        vs_direct = ratio(summary, row, "direct", "h2_rps")
+        vs_envoy = ratio(summary, row, "envoy-http", "h2_cpu_us")
+        lines.append(
+            f"| {row} | {fmt(rps)} | {_ratio_text(vs_direct)} | {fmt(cpu, 1)} "
+            f"| {_ratio_text(vs_envoy)} |"
+        )
+    return lines
 
 
 def _errors(samples: list[dict]) -> str:

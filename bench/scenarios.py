@@ -2,10 +2,11 @@
 metric groups apply. Pure data, so the report and the tests see the same list as the run.
 
 Every row but ``direct`` is a client pod with detour-init's REDIRECT capture (or, for
-``detour-ebpf``, detour-ebpf's cgroup connect hook instead of iptables) and one proxy on
-15001. L4 rows carry every metric; L7 rows skip the bulk transfers (a raw byte stream through
-an HTTP router measures its TCP fallback, not its HTTP path); ``direct`` has no proxy, so no
-proxy CPU or memory.
+``detour-ebpf``/``detour-sockmap``, detour-ebpf's cgroup connect hook instead of iptables) and
+one proxy on 15001. L4 rows carry every metric; L7 rows skip the bulk transfers (a raw byte
+stream through an HTTP router measures its TCP fallback, not its HTTP path); ``direct`` has no
+proxy, so no proxy CPU or memory. The ``h2`` group (HTTP/2 cleartext from the client, many
+streams on one connection) runs on ``direct`` and on the L7 rows that take HTTP/2 from clients.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 Layer = Literal["none", "l4", "l7"]
-GROUPS = ("newconn", "keepalive", "latency", "bulk", "memory")
+GROUPS = ("newconn", "keepalive", "latency", "h2", "bulk", "memory")
 
 
 @dataclass(frozen=True)
@@ -27,14 +28,18 @@ class Row:
     mode: str = ""  # the peer's mode: detour passthrough/mesh/http, envoy/haproxy tcp/http
     via_vip: bool = False  # dials the mesh VIP rather than the origin's address
     capture: Literal["iptables", "ebpf"] = "iptables"  # detour-init REDIRECT or detour-ebpf
+    sockmap: bool = False  # with eBPF capture: detour-ebpf attach --sockmap on
+    h2: bool = False  # takes HTTP/2 cleartext (prior knowledge) from the client
+    proxy_args: tuple[str, ...] = ()  # Detour only: extra detour-proxy arguments of this row
 
     @property
     def groups(self) -> tuple[str, ...]:
+        skip = set() if self.h2 or self.layer == "none" else {"h2"}
         if self.layer == "l7":
-            return tuple(g for g in GROUPS if g != "bulk")
+            skip.add("bulk")
         if self.layer == "none":
-            return tuple(g for g in GROUPS if g != "memory")
-        return GROUPS
+            skip.add("memory")
+        return tuple(g for g in GROUPS if g not in skip)
 
     @property
     def has_proxy(self) -> bool:
@@ -54,12 +59,31 @@ ROWS: tuple[Row, ...] = (
         "passthrough",
         capture="ebpf",
     ),
+    Row(
+        "detour-sockmap",
+        "Detour L4 passthrough, eBPF capture + sockmap",
+        "detour",
+        "l4",
+        1337,
+        "passthrough",
+        capture="ebpf",
+        sockmap=True,
+    ),
+    Row(
+        "detour-l4-c2",
+        "Detour L4 passthrough, --concurrency 2",
+        "detour",
+        "l4",
+        1337,
+        "passthrough",
+        proxy_args=("--concurrency", "2"),
+    ),
     Row("envoy-tcp", "Envoy tcp_proxy", "envoy", "l4", 1401, "tcp"),
     Row("haproxy-tcp", "HAProxy mode tcp", "haproxy", "l4", 1402, "tcp"),
     Row("pproxy", "pproxy redir", "pproxy", "l4", 1403),
-    Row("detour-http", "Detour HTTP router", "detour", "l7", 1337, "http", via_vip=True),
-    Row("envoy-http", "Envoy HTTP (HCM + router)", "envoy", "l7", 1404, "http"),
-    Row("haproxy-http", "HAProxy mode http", "haproxy", "l7", 1405, "http"),
+    Row("detour-http", "Detour HTTP router", "detour", "l7", 1337, "http", via_vip=True, h2=True),
+    Row("envoy-http", "Envoy HTTP (HCM + router)", "envoy", "l7", 1404, "http", h2=True),
+    Row("haproxy-http", "HAProxy mode http", "haproxy", "l7", 1405, "http", h2=True),
     Row("mitmproxy", "mitmproxy transparent", "mitmproxy", "l7", 1406),
 )
 BY_NAME = {row.name: row for row in ROWS}

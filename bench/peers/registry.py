@@ -18,7 +18,10 @@ def launch_for(
     if row.uid is None:
         raise ValueError(f"{row.name} runs no proxy")
     if row.peer == "detour":
-        return detour.launch(detour_binary, row.mode, detour_extra, mesh.get(row.mode))
+        # The row's own arguments last: argparse lets the later flag win, and the row is named
+        # after them (``detour-l4-c2`` stays two workers whatever --sidecar-arg says).
+        extra = (*detour_extra, *row.proxy_args)
+        return detour.launch(detour_binary, row.mode, extra, mesh.get(row.mode))
     if row.peer == "envoy":
         return envoy.launch(venv.envoy, row.mode, row.uid)
     if row.peer == "haproxy":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bench import scenarios
@@ -13,7 +15,21 @@ def test_layers_decide_the_groups():
     by = scenarios.BY_NAME
     assert "bulk" not in by["envoy-http"].groups  # L7 rows: no raw byte stream
     assert "memory" not in by["direct"].groups  # no proxy, no proxy memory
-    assert by["detour-l4"].groups == scenarios.GROUPS
+    assert set(scenarios.GROUPS) - set(by["detour-l4"].groups) == {"h2"}  # L4: no HTTP/2
+    # HTTP/2 runs where a client can speak it: direct (the origin's h2 port) and L7 proxies
+    # that take it; mitmproxy's transparent mode is not one of them here.
+    assert "h2" in by["direct"].groups and "h2" in by["detour-http"].groups
+    assert "h2" in by["envoy-http"].groups and "h2" not in by["mitmproxy"].groups
+
+
+def test_row_arguments_reach_the_sidecar_after_the_run_wide_ones():
+    from bench.peers import VenvPaths
+    from bench.peers.registry import launch_for
+
+    venv = VenvPaths(Path("/nonexistent"))
+    row = scenarios.BY_NAME["detour-l4-c2"]
+    argv = launch_for(row, venv, "detour-proxy", {}, ("--concurrency", "1")).argv
+    assert argv[-2:] == ("--concurrency", "2")  # argparse: the later flag wins
 
 
 def test_envoy_reference_is_the_same_layer():
