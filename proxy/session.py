@@ -105,11 +105,11 @@ class Session:
 
     async def _connect(self) -> None:
         routes = self.worker.routes
-        if self.listener.direction == "inbound":
-            decision = routes.decide_inbound(self.destination)
-        else:
-            decision = routes.decide(self.destination)
         try:
+            if self.listener.direction == "inbound":
+                decision = routes.decide_inbound(self.destination)
+            else:
+                decision = routes.decide(self.destination)
             if isinstance(decision, Refuse):
                 self._refuse(decision.flag)
                 return

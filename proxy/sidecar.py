@@ -1,9 +1,13 @@
-"""The sidecar process: listeners, the worker, admin/metrics/readiness, config reload, drain.
+"""The sidecar process: listeners, the workers, admin/metrics/readiness, config reload, drain.
 
 Lifecycle: bind every listener (as root when ``--run-as`` asks to drop privileges after
-binding), start the worker and the admin ports, watch the config file, and report ready. On
+binding), start the workers and the admin ports, watch the config file, and report ready. On
 SIGTERM (or POST /quitquitquit): not ready at once, stop accepting, let open connections finish
 up to the drain timeout, exit 0.
+
+With one worker its data path runs in this process's event loop; with more, each is a process
+of its own (``workers.py`` says why, and what a crash means in each case). Either way the
+supervisor drives them through ``WorkerHandle`` and nothing else here depends on which.
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ from proxy.dns.resolvconf import ResolvConf, read_resolv_conf
 from proxy.dns.server import DnsProxy, serve_dns
 from proxy.platform.sockets import listening_socket
 from proxy.stats import Merged, Stats, merge
-from proxy.worker import OUTBOUND, ListenSpec
-from proxy.workers import LISTENER_KINDS, WorkerProcess
+from proxy.worker import OUTBOUND, ListenSpec, WorkerReport
+from proxy.workers import LISTENER_KINDS, InProcessWorker, WorkerHandle, WorkerProcess
 
 log = logging.getLogger("detour.proxy")
 
@@ -77,6 +81,19 @@ def bind_listeners(options: Options) -> list[tuple[ListenSpec, str]]:
     return specs
 
 
+def new_workers(
+    options: Options, listener_sets: list[list[tuple[ListenSpec, str]]]
+) -> list[WorkerHandle]:
+    """One worker per listener set: in this process when there is one (no second interpreter
+    to pay for, as Envoy's ``--concurrency 1`` is one process), else a process each."""
+    if len(listener_sets) == 1:
+        return [InProcessWorker(0, listener_sets[0], options.access_log)]
+    return [
+        WorkerProcess(index, listeners, options.access_log, options.log_format)
+        for index, listeners in enumerate(listener_sets)
+    ]
+
+
 def drop_privileges(uid: int, gid: int) -> None:
     os.setgroups([])
     os.setgid(gid)
@@ -89,7 +106,7 @@ class Sidecar:
     def __init__(self, options: Options, mesh: Mesh) -> None:
         self.options = options
         self.mesh = mesh
-        self.workers: list[WorkerProcess] = []
+        self.workers: list[WorkerHandle] = []
         self.ready = False
         self.stopping = False
         self.health_failed = False
@@ -106,10 +123,7 @@ class Sidecar:
 
     async def run(self, listener_sets: list[list[tuple[ListenSpec, str]]]) -> int:
         loop = asyncio.get_running_loop()
-        for index, listeners in enumerate(listener_sets):
-            worker = WorkerProcess(
-                index, listeners, self.options.access_log, self.options.log_format
-            )
+        for worker in new_workers(self.options, listener_sets):
             await worker.start(self.mesh)
             self.workers.append(worker)
         dns_closers = await self._start_dns()
@@ -145,23 +159,16 @@ class Sidecar:
         self.ready, self.stopping = False, True
         for task in tasks:
             task.cancel()
-        self._close_listeners()
         log.info(
             "draining: not accepting; open connections get up to %gs", self.options.drain_timeout
         )
+        timeout = self.options.drain_timeout
         replies = await asyncio.gather(
-            *(
-                w.request({"op": "drain", "timeout": self.options.drain_timeout})
-                for w in self.workers
-                if w.alive
-            ),
-            return_exceptions=True,
+            *(w.drain(timeout) for w in self.workers), return_exceptions=True
         )
-        aborted = sum(r.get("aborted", 0) for r in replies if isinstance(r, dict))
+        aborted = sum(r for r in replies if isinstance(r, int))
         for worker in self.workers:
-            await worker.close_channel()
-            if worker.process is not None:
-                await asyncio.to_thread(worker.process.wait)
+            await worker.stop()
         for server in servers:
             server.close()
         for close in dns_closers:
@@ -189,28 +196,36 @@ class Sidecar:
         return closers
 
     async def _supervise(self) -> None:
-        """Restart a worker that died, on the same sockets, with the current mesh."""
+        """Restart a worker process that died, on the same sockets, with the current mesh (an
+        in-process worker is alive while this process is)."""
         while True:
             await asyncio.sleep(WORKER_CHECK_INTERVAL)
             for worker in self.workers:
                 if worker.alive or self.stopping:
                     continue
-                code = worker.process.returncode if worker.process else None
-                log.error("worker %d exited (%s); starting a new one", worker.index, code)
-                await worker.close_channel()
+                log.error(
+                    "worker %d exited (%s); starting a new one", worker.index, worker.exit_code
+                )
+                await worker.stop()
                 try:
                     await worker.start(self.mesh)
                 except (OSError, asyncio.IncompleteReadError, ConnectionError) as err:
                     log.error("worker %d could not be restarted: %s", worker.index, err)
                     continue
-                worker.restarts += 1
                 self.worker_restarts += 1
 
-    async def _broadcast(self, message: dict) -> list[dict]:
-        replies = await asyncio.gather(
-            *(w.request(message) for w in self.workers if w.alive), return_exceptions=True
-        )
-        return [r for r in replies if isinstance(r, dict)]
+    async def _reports(self) -> list[WorkerReport]:
+        """Every live worker's report. One that fails (a worker process dying meanwhile) is
+        left out of the sums and logged, so a scrape still answers."""
+        live = [w for w in self.workers if w.alive]
+        replies = await asyncio.gather(*(w.report() for w in live), return_exceptions=True)
+        reports = []
+        for worker, reply in zip(live, replies, strict=True):
+            if isinstance(reply, WorkerReport):
+                reports.append(reply)
+            else:
+                log.warning("worker %d gave no stats: %r", worker.index, reply)
+        return reports
 
     # --- config reload ------------------------------------------------------------------
 
@@ -243,7 +258,11 @@ class Sidecar:
         self.mesh = mesh
         if self.dns is not None:
             self.dns.apply_mesh(mesh)
-        await self._broadcast({"op": "mesh", "mesh": mesh})
+        live = [w for w in self.workers if w.alive]
+        results = await asyncio.gather(*(w.apply_mesh(mesh) for w in live), return_exceptions=True)
+        for worker, result in zip(live, results, strict=True):
+            if isinstance(result, BaseException):  # a process that died is restarted with it
+                log.error("worker %d did not take the config: %r", worker.index, result)
         self.reloads += 1
         log.info("config applied: %d services from %s", len(mesh.services), mesh.source)
         return True
@@ -266,8 +285,8 @@ class Sidecar:
         }
 
     async def _snapshot(self) -> Merged:
-        replies = await self._broadcast({"op": "stats"})
-        merged = merge([self.stats.snapshot(), *(reply["stats"] for reply in replies)])
+        reports = await self._reports()
+        merged = merge([self.stats.snapshot(), *(report.stats for report in reports)])
         merged.counters[("config_reload_total", ())] = self.reloads
         merged.counters[("config_reload_rejected", ())] = self.rejected
         merged.counters[("worker_restarts_total", ())] = self.worker_restarts
@@ -305,14 +324,17 @@ class Sidecar:
         return text("".join(f"{n}: {v}\n" for n, v in rows))
 
     async def _clusters(self, _request: Request) -> Response:
-        replies = await self._broadcast({"op": "stats"})
-        return text(render_rows(merge_rows(reply["clusters"] for reply in replies)))
+        reports = await self._reports()
+        return text(render_rows(merge_rows(report.clusters for report in reports)))
 
     async def _listeners(self, _request: Request) -> Response:
         names = set()
         for worker in self.workers[:1]:
             for spec, kind in worker.listeners:
-                host, port = spec.sock.getsockname()[:2]
+                try:
+                    host, port = spec.sock.getsockname()[:2]
+                except OSError:  # closed by a drain: it no longer listens
+                    continue
                 names.add(f"{spec.info.name} {kind} {host}:{port}")
         return text("".join(f"{line}\n" for line in sorted(names)))
 
@@ -335,17 +357,8 @@ class Sidecar:
 
     async def _drain_listeners(self, _request: Request) -> Response:
         self.stopping = True  # no worker restarts: they would have nothing to accept on
-        await self._broadcast({"op": "stop_accepting"})
-        self._close_listeners()
+        await asyncio.gather(*(w.stop_accepting() for w in self.workers), return_exceptions=True)
         return text("OK\n")
-
-    def _close_listeners(self) -> None:
-        """Close the supervisor's copies of the listening sockets. A socket listens while any
-        process holds it, so without this new connections would queue unanswered until exit
-        instead of being refused at once."""
-        for worker in self.workers:
-            for spec, _kind in worker.listeners:
-                spec.sock.close()
 
     async def _quit(self, _request: Request) -> Response:
         asyncio.get_running_loop().call_soon(self._stop.set)

@@ -16,6 +16,7 @@ import socket
 import time
 from dataclasses import dataclass
 
+from proxy.admin.clusters import Row
 from proxy.config.model import Mesh, Service
 from proxy.filters.http_proxy import Exchange
 from proxy.filters.tcp_proxy import RelayHalf
@@ -46,6 +47,17 @@ class ListenSpec:
     transparent: bool = False
 
 
+@dataclass(frozen=True)
+class WorkerReport:
+    """What a worker tells the supervisor for /stats, /stats/prometheus and /clusters. Defined
+    here, not in ``workers.py``: a worker process runs that module as ``__main__``, and a
+    pickled ``__main__.WorkerReport`` would not load in the supervisor."""
+
+    stats: dict[str, list]  # Stats.snapshot(): copies, never the worker's live tables
+    clusters: list[Row]
+    sessions: int
+
+
 class Downstream(RelayHalf):
     """The accepted side: on accept, recover the original destination and start a session."""
 
@@ -61,19 +73,28 @@ class Downstream(RelayHalf):
         # No pause_reading() here: bytes that arrive before the upstream is connected are held
         # by RelayHalf (which pauses on the first of them). A pause inside connection_made is
         # also unreliable: CPython 3.11's own loop starts reading after it regardless.
-        sock = transport.get_extra_info("socket")
-        destination = original_destination(sock)
-        if self._spec.transparent and (destination is None or destination == sock.getsockname()):
-            destination = sock.getsockname()[:2]  # TPROXY: the socket's own address
-        session = Session(
-            self._worker,
-            self._spec.info,
-            self,
-            destination,
-            transport.get_extra_info("peername")[:2],
-        )
-        self.on_lost = session.half_lost
-        session.start()
+        try:
+            sock = transport.get_extra_info("socket")
+            destination = original_destination(sock)
+            if self._spec.transparent and (
+                destination is None or destination == sock.getsockname()
+            ):
+                destination = sock.getsockname()[:2]  # TPROXY: the socket's own address
+            session = Session(
+                self._worker,
+                self._spec.info,
+                self,
+                destination,
+                transport.get_extra_info("peername")[:2],
+            )
+            self.on_lost = session.half_lost
+            session.start()
+        except Exception:
+            # A bug here must cost this connection only: the event loop would log it and go
+            # on, but leave the client connected to nobody until it gave up. In-process (one
+            # worker) the same loop serves admin and readiness, so nothing may escape.
+            log.exception("accepting a connection failed unexpectedly")
+            transport.abort()
 
 
 def host_port(address: tuple[str, int] | None) -> str:
@@ -180,6 +201,14 @@ class Worker:
     def refresh_gauges(self) -> None:
         for cluster in self.clusters.values():
             cluster.publish_gauges(self.stats)
+
+    def report(self) -> WorkerReport:
+        self.refresh_gauges()
+        return WorkerReport(
+            self.stats.snapshot(),
+            [row for cluster in self.clusters.values() for row in cluster.rows()],
+            len(self.sessions),
+        )
 
     def access_log(self, session: Session) -> None:
         if self.access_log_format == "off":

@@ -1,14 +1,26 @@
-"""Worker processes: one uvloop data path per core, supervised, sharing ports via SO_REUSEPORT.
+"""Workers as the supervisor sees them: in its own process, or one process per worker.
 
-The supervisor binds one set of listening sockets per worker (all with SO_REUSEPORT, so the
-kernel spreads new connections over them) and starts each worker as a fresh interpreter
-(``python -m proxy.workers``) that inherits its sockets and a control socket. A fresh
-interpreter rather than ``fork()``: the supervisor runs an event loop, and a forked child
-would inherit its loop, signal wakeup fd and running-loop state. When a worker dies, the
-supervisor starts a new one on the same sockets, so connections queued meanwhile are served.
+``--concurrency 1`` runs the data path in the supervisor's event loop (``InProcessWorker``):
+one Python process, as Envoy with ``--concurrency 1`` is one process, so an idle sidecar costs
+one interpreter's memory instead of two. ``--concurrency N`` (N > 1) starts N worker processes
+(``WorkerProcess``) sharing the ports via SO_REUSEPORT: the supervisor binds one set of
+listening sockets per worker (the kernel spreads new connections over them) and starts each
+worker as a fresh interpreter (``python -m proxy.workers``) that inherits its sockets and a
+control socket. A fresh interpreter rather than ``fork()``: the supervisor runs an event loop,
+and a forked child would inherit its loop, signal wakeup fd and running-loop state.
 
-The control channel carries length-prefixed pickles (both ends are this program): the
-supervisor sends ``mesh``, ``stats``, ``stop_accepting`` and ``drain``; the worker answers each.
+Both implement ``WorkerHandle``, so the supervisor (``sidecar.py``) drives them the same way.
+They differ in what a crash means. A worker process that dies is replaced by the supervisor on
+the same sockets (connections queued meanwhile are served), and the admin ports stay up
+throughout. In-process there is nothing to restart: an exception in a connection's code costs
+that connection only (``Session`` and ``Downstream`` catch it, asyncio contains the rest), but
+what ends a process — a crash in C code, the OOM killer, SystemExit — ends the whole sidecar,
+as it ends Envoy; the pod's restart policy replaces it. A callback that blocks the loop also
+delays admin, readiness and DNS, which share the loop.
+
+The control channel of a worker process carries length-prefixed pickles (both ends are this
+program): the supervisor sends ``mesh``, ``stats``, ``stop_accepting`` and ``drain``; the worker
+answers each.
 """
 
 from __future__ import annotations
@@ -24,42 +36,129 @@ import struct
 import subprocess
 import sys
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from proxy.config.model import Mesh
-from proxy.worker import INBOUND_TPROXY, INBOUND_V4, INBOUND_V6, OUTBOUND, ListenSpec, Worker
+from proxy.worker import (
+    INBOUND_TPROXY,
+    INBOUND_V4,
+    INBOUND_V6,
+    OUTBOUND,
+    ListenSpec,
+    Worker,
+    WorkerReport,
+)
 
 log = logging.getLogger("detour.proxy")
 _FRAME = struct.Struct("!I")
 MAX_FRAME = 64 * 1024 * 1024
 LISTENER_KINDS = {"outbound": OUTBOUND, "inbound4": INBOUND_V4, "inbound6": INBOUND_V6}
+# A worker process left without its supervisor drains its open connections this long.
+ORPHAN_DRAIN_TIMEOUT = 30.0
 
 
-async def send(writer: asyncio.StreamWriter, message: dict) -> None:
+async def send(writer: asyncio.StreamWriter, message: object) -> None:
     payload = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
     writer.write(_FRAME.pack(len(payload)) + payload)
     await writer.drain()
 
 
-async def receive(reader: asyncio.StreamReader) -> dict:
+async def receive(reader: asyncio.StreamReader) -> Any:
     (size,) = _FRAME.unpack(await reader.readexactly(_FRAME.size))
     if size > MAX_FRAME:
         raise ConnectionError(f"control frame of {size} bytes refused")
     return pickle.loads(await reader.readexactly(size))
 
 
-# --- supervisor side ----------------------------------------------------------------------
+class WorkerHandle(Protocol):
+    """One worker's data path as the supervisor drives it, wherever it runs."""
+
+    index: int
+    listeners: list[tuple[ListenSpec, str]]  # (spec, kind name)
+
+    @property
+    def alive(self) -> bool:
+        """False once a worker process has exited (the supervisor then restarts it)."""
+
+    @property
+    def exit_code(self) -> int | None:
+        """How a dead worker process ended, for the log."""
+
+    async def start(self, mesh: Mesh) -> None:
+        """Serve the listeners with ``mesh``; returns once the worker accepts connections."""
+
+    async def apply_mesh(self, mesh: Mesh) -> None:
+        """A reload: new connections route by ``mesh``, open ones keep what they started with."""
+
+    async def report(self) -> WorkerReport:
+        """The worker's stats and cluster rows, for the supervisor to sum."""
+
+    async def stop_accepting(self) -> None:
+        """Refuse new connections at once (every copy of the listening sockets closes); open
+        ones go on."""
+
+    async def drain(self, timeout: float) -> int:
+        """Stop accepting, let open connections finish within ``timeout`` seconds; returns how
+        many were cut at the deadline."""
+
+    async def stop(self) -> None:
+        """Release what is left after a drain or an exit (channel, process), before a restart
+        or the supervisor's own exit."""
+
+
+class InProcessWorker:
+    """``--concurrency 1``: the data path runs in the supervisor's own event loop.
+
+    No child, no control socket, no pickling: a reload hands the same frozen ``Mesh`` to the
+    worker, and stats are read directly. The listening sockets belong to the event loop's
+    servers once started (uvloop closes them when a server closes).
+    """
+
+    def __init__(
+        self, index: int, listeners: list[tuple[ListenSpec, str]], access_log: str
+    ) -> None:
+        self.index = index
+        self.listeners = listeners
+        self.access_log = access_log
+        self.worker: Worker | None = None
+
+    @property
+    def alive(self) -> bool:
+        return True  # it lives as long as the supervisor does
+
+    @property
+    def exit_code(self) -> int | None:
+        return None
+
+    async def start(self, mesh: Mesh) -> None:
+        self.worker = Worker(mesh, self.access_log)
+        await self.worker.start([spec for spec, _kind in self.listeners])
+
+    async def apply_mesh(self, mesh: Mesh) -> None:
+        self.worker.apply_mesh(mesh)
+
+    async def report(self) -> WorkerReport:
+        return self.worker.report()
+
+    async def stop_accepting(self) -> None:
+        self.worker.stop_accepting()
+
+    async def drain(self, timeout: float) -> int:
+        return await self.worker.drain(timeout)
+
+    async def stop(self) -> None:
+        """Nothing to release: the drain closed the servers and their sockets."""
 
 
 @dataclass
 class WorkerProcess:
-    """One worker as the supervisor sees it: its sockets, its process and its channel."""
+    """One worker process: its sockets, its process and its control channel."""
 
     index: int
     listeners: list[tuple[ListenSpec, str]]  # (spec, kind name)
     access_log: str
     log_format: str
     process: subprocess.Popen | None = None
-    restarts: int = 0
     _reader: asyncio.StreamReader | None = None
     _writer: asyncio.StreamWriter | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -88,7 +187,7 @@ class WorkerProcess:
         self._reader, self._writer = await asyncio.open_connection(sock=ours)
         await self.request({"op": "mesh", "mesh": mesh})
 
-    async def request(self, message: dict) -> dict:
+    async def request(self, message: dict) -> Any:
         async with self._lock:
             await send(self._writer, message)
             return await receive(self._reader)
@@ -97,9 +196,40 @@ class WorkerProcess:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    async def close_channel(self) -> None:
+    @property
+    def exit_code(self) -> int | None:
+        return self.process.returncode if self.process is not None else None
+
+    async def apply_mesh(self, mesh: Mesh) -> None:
+        await self.request({"op": "mesh", "mesh": mesh})
+
+    async def report(self) -> WorkerReport:
+        return await self.request({"op": "stats"})
+
+    async def stop_accepting(self) -> None:
+        self._close_listeners()
+        if self.alive:
+            await self.request({"op": "stop_accepting"})
+
+    async def drain(self, timeout: float) -> int:
+        self._close_listeners()
+        if not self.alive:
+            return 0
+        reply = await self.request({"op": "drain", "timeout": timeout})
+        return reply["aborted"]
+
+    async def stop(self) -> None:
         if self._writer is not None:
             self._writer.close()
+        if self.process is not None:
+            await asyncio.to_thread(self.process.wait)
+
+    def _close_listeners(self) -> None:
+        """Close the supervisor's copies of the listening sockets. A socket listens while any
+        process holds it, so without this new connections would queue unanswered until exit
+        instead of being refused at once."""
+        for spec, _kind in self.listeners:
+            spec.sock.close()
 
 
 # --- worker side --------------------------------------------------------------------------
@@ -121,22 +251,14 @@ async def serve(control: socket.socket, listeners: list[ListenSpec], access_log:
             message = await receive(reader)
         except (asyncio.IncompleteReadError, ConnectionError):
             # The supervisor is gone: nobody can reload or scrape us; finish what is open.
-            await worker.drain(30.0)
+            await worker.drain(ORPHAN_DRAIN_TIMEOUT)
             return 0
         op = message["op"]
         if op == "mesh":
             worker.apply_mesh(message["mesh"])
             await send(writer, {"ok": True})
         elif op == "stats":
-            worker.refresh_gauges()
-            await send(
-                writer,
-                {
-                    "stats": worker.stats.snapshot(),
-                    "clusters": [row for c in worker.clusters.values() for row in c.rows()],
-                    "sessions": len(worker.sessions),
-                },
-            )
+            await send(writer, worker.report())
         elif op == "stop_accepting":
             worker.stop_accepting()
             await send(writer, {"ok": True})
