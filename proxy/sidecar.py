@@ -33,7 +33,7 @@ from proxy.dns.server import DnsProxy, serve_dns
 from proxy.platform.sockets import listening_socket
 from proxy.stats import Merged, Stats, merge
 from proxy.worker import OUTBOUND, ListenSpec, WorkerReport
-from proxy.workers import LISTENER_KINDS, InProcessWorker, WorkerHandle, WorkerProcess
+from proxy.workers import InProcessWorker, WorkerHandle, WorkerProcess, listener_info
 
 log = logging.getLogger("detour.proxy")
 
@@ -75,9 +75,8 @@ def bind_listeners(options: Options) -> list[tuple[ListenSpec, str]]:
         outbound = listening_socket(host, options.outbound_port, reuse_port=True)
         inbound = listening_socket(host, options.inbound_port, reuse_port=True, transparent=tproxy)
         specs.append((ListenSpec(outbound, OUTBOUND), "outbound"))
-        specs.append(
-            (ListenSpec(inbound, LISTENER_KINDS[inbound_kind], transparent=tproxy), inbound_kind)
-        )
+        info = listener_info(inbound_kind, tproxy)
+        specs.append((ListenSpec(inbound, info, transparent=tproxy), inbound_kind))
     return specs
 
 

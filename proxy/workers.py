@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from proxy.config.model import Mesh
+from proxy.session import ListenerInfo
 from proxy.worker import (
     INBOUND_TPROXY,
     INBOUND_V4,
@@ -55,6 +56,12 @@ MAX_FRAME = 64 * 1024 * 1024
 LISTENER_KINDS = {"outbound": OUTBOUND, "inbound4": INBOUND_V4, "inbound6": INBOUND_V6}
 # A worker process left without its supervisor drains its open connections this long.
 ORPHAN_DRAIN_TIMEOUT = 30.0
+
+
+def listener_info(kind: str, transparent: bool) -> ListenerInfo:
+    """What a listener of ``kind`` does with its connections. A TPROXY inbound listener also
+    connects to the app transparently, from the client's own address."""
+    return INBOUND_TPROXY if transparent and kind.startswith("inbound") else LISTENER_KINDS[kind]
 
 
 async def send(writer: asyncio.StreamWriter, message: object) -> None:
@@ -274,9 +281,7 @@ def _parse_listen(value: str) -> ListenSpec:
     sock = socket.socket(fileno=int(fd_text))
     sock.setblocking(False)
     transparent = flag == "transparent"
-    # A TPROXY inbound listener also connects to the app transparently, from the client.
-    info = INBOUND_TPROXY if transparent and kind.startswith("inbound") else LISTENER_KINDS[kind]
-    return ListenSpec(sock, info, transparent=transparent)
+    return ListenSpec(sock, listener_info(kind, transparent), transparent=transparent)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 from support.lab import PEERS, SYSTEM_PYTHON, wait_until
 from support.mesh_lab import DETOUR_PROXY, MeshLab
 
 
-def test_tproxy_inbound_preserves_the_client_source_address(mesh_lab: MeshLab) -> None:
+@pytest.mark.parametrize("workers", [1, 2])  # in-process, and worker processes
+def test_tproxy_inbound_preserves_the_client_source_address(
+    mesh_lab: MeshLab, workers: int
+) -> None:
     server = mesh_lab.add_pod("server", 20)
     client = mesh_lab.add_pod("client", 10)  # no sidecar: a plain caller from another pod
     app = server.spawn(SYSTEM_PYTHON, str(PEERS), "whoami", "8080", "app")
@@ -21,6 +25,8 @@ def test_tproxy_inbound_preserves_the_client_source_address(mesh_lab: MeshLab) -
         mesh_lab.write_config("server.yaml", yaml.safe_dump(config)),
         "--inbound-mode",
         "TPROXY",
+        "--concurrency",
+        str(workers),
     )
     reply = client.curl(f"http://{server.ip}:8080/")
     assert reply.startswith(f"app peer={client.ip}:"), reply
