@@ -16,7 +16,10 @@ from collections.abc import Callable
 from proxy.config.model import HeaderOperations
 
 from .events import Headers, Request, Response
-from .headers import strip_hop_by_hop
+from .headers import HOP_BY_HOP, comma_tokens
+
+# Besides the hop-by-hop fields: we answered 100-continue ourselves (Envoy does too).
+_REQUEST_DROP = HOP_BY_HOP | {b"expect"}
 
 
 def forward_request_headers(
@@ -25,20 +28,28 @@ def forward_request_headers(
     operations: HeaderOperations,
     new_request_id: Callable[[], bytes] = lambda: new_request_id(),
 ) -> Headers:
-    """The request's headers as the upstream should see them."""
-    headers = strip_hop_by_hop(request.headers)
-    headers = [h for h in headers if h[0] != b"expect"]  # we answered 100-continue ourselves
+    """The request's headers as the upstream should see them.
+
+    Names are lowercase, as in every parsed event (our HTTP/1.1 codec lowercases them, h2
+    refuses uppercase ones), so nothing is lowercased again: one dict and one filtering pass
+    in C instead of a Python loop per rule."""
+    present = dict(request.headers)  # name -> a value; only membership is used
+    drop = _dropped(request.headers, present, _REQUEST_DROP)
+    headers = [h for h in request.headers if h[0] not in drop]
     if request.chunked:
         headers.append((b"transfer-encoding", b"chunked"))
     if request.upgrade is not None:
         headers.append((b"connection", b"upgrade"))
         headers.append((b"upgrade", request.upgrade))
-    names = {name for name, _ in headers}
-    if b"x-request-id" not in names:
+    if b"x-request-id" not in present or b"x-request-id" in drop:
         headers.append((b"x-request-id", new_request_id()))
-    if b"x-forwarded-proto" not in names:
+    if b"x-forwarded-proto" not in present or b"x-forwarded-proto" in drop:
         headers.append((b"x-forwarded-proto", b"http"))
-    headers = _append_forwarded_for(headers, peer_address.encode())
+    peer = peer_address.encode()
+    if b"x-forwarded-for" in present and b"x-forwarded-for" not in drop:
+        _append_forwarded_for(headers, peer)
+    else:
+        headers.append((b"x-forwarded-for", peer))
     return apply_operations(headers, operations)
 
 
@@ -52,8 +63,21 @@ def new_request_id(bits: Callable[[int], int] = random.getrandbits) -> bytes:
 
 def forward_response_headers(response: Response, operations: HeaderOperations) -> Headers:
     """The response's headers as the downstream should see them (the downstream codec adds
-    chunked framing itself when no Content-Length is left)."""
-    return apply_operations(strip_hop_by_hop(response.headers), operations)
+    chunked framing itself when no Content-Length is left). Names are lowercase, as above."""
+    drop = _dropped(response.headers, dict(response.headers), HOP_BY_HOP)
+    return apply_operations([h for h in response.headers if h[0] not in drop], operations)
+
+
+def _dropped(
+    headers: Headers, present: dict[bytes, bytes], hop_by_hop: frozenset[bytes]
+) -> frozenset[bytes]:
+    """The names not to forward: ``hop_by_hop`` and every field any Connection line names
+    (RFC 9110 §7.6.1; ``headers.strip_hop_by_hop`` is the same rule for lists of any case).
+    ``present`` is ``dict(headers)``, to skip the scan when there is no Connection field."""
+    if b"connection" not in present:
+        return hop_by_hop
+    named = [v for n, v in headers if n == b"connection"]
+    return hop_by_hop.union(comma_tokens(named))
 
 
 def apply_operations(headers: Headers, operations: HeaderOperations) -> Headers:
@@ -67,11 +91,11 @@ def apply_operations(headers: Headers, operations: HeaderOperations) -> Headers:
     return result
 
 
-def _append_forwarded_for(headers: Headers, peer: bytes) -> Headers:
-    for index in range(len(headers) - 1, -1, -1):  # the last field line is the list's end
+def _append_forwarded_for(headers: Headers, peer: bytes) -> None:
+    """Append ``peer`` to the last x-forwarded-for field line (the list's end)."""
+    for index in range(len(headers) - 1, -1, -1):
         name, value = headers[index]
         if name == b"x-forwarded-for":
             headers[index] = (name, value + b", " + peer)
-            return headers
+            return
     headers.append((b"x-forwarded-for", peer))
-    return headers

@@ -113,3 +113,25 @@ def test_generated_request_ids_are_distinct_version_4_uuids() -> None:
         parsed = uuid.UUID(value.decode())
         assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
         assert str(parsed).encode() == value
+
+
+def test_every_connection_line_names_fields_to_drop_both_ways() -> None:
+    request = parsed_request(
+        b"GET / HTTP/1.1\r\nHost: svc\r\nConnection: x-a\r\nX-A: 1\r\nX-B: 2\r\n"
+        b"Connection: x-b, X-Request-Id\r\nX-Request-Id: client\r\nX-C: 3\r\n\r\n"
+    )
+    headers = forward_request_headers(request, "10.0.0.1", HeaderOperations(), fixed_id)
+    names = [name for name, _ in headers]
+    assert b"x-a" not in names and b"x-b" not in names and b"x-c" in names
+    # the client's id was addressed to us (Connection named it): the upstream gets a new one
+    assert (b"x-request-id", b"generated-id") in headers
+    upstream = Connection("client")
+    upstream.send(Request(b"GET", b"/", [(b"host", b"svc")]))
+    upstream.send(EndOfMessage())
+    upstream.receive_data(
+        b"HTTP/1.1 200 OK\r\nConnection: x-a\r\nConnection: x-b\r\nX-A: 1\r\nX-B: 2\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    )
+    response = upstream.next_event()
+    assert isinstance(response, Response)
+    assert forward_response_headers(response, HeaderOperations()) == [(b"content-length", b"0")]
