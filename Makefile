@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test demo lint clean images bench bench-quick bench-peers
+.PHONY: setup test test-e2e test-vm demo lint clean images bench bench-quick bench-peers
 
 setup:
 	@./scripts/setup.sh
@@ -10,6 +10,18 @@ setup:
 test: setup bench-peers
 	$(PY) -m ruff check .
 	$(PY) -m pytest
+
+# The lab's end-to-end tests alone (init's rules, the sidecar, iptables and eBPF capture);
+# E2E adds pytest arguments. Inside its VM, make test-vm runs the slice marked `vm` with
+# iptables capture only: E2E='-m vm -k "not ebpf"' (see vagrant/Vagrantfile).
+E2E ?=
+test-e2e: setup
+	$(PY) -m pytest tests/e2e/init tests/e2e/proxy $(E2E)
+
+# A Debian 12 VM under Vagrant + libvirt (TCG, isolated, offline box): make setup, make demo
+# and make test-e2e inside it, then destroyed. See vagrant/README.md.
+test-vm: setup
+	@./vagrant/test-vm.sh
 
 demo: setup
 	@./scripts/demo.sh

@@ -54,6 +54,7 @@ def _apply(ns: Netns, *args: str) -> None:
 
 
 @pytest.mark.parametrize("backend", ["legacy", "nft"])
+@pytest.mark.vm
 def test_outbound_tcp_reaches_the_outbound_port_with_its_original_destination(
     cluster: Cluster, backend: str
 ) -> None:
@@ -115,6 +116,7 @@ def test_inbound_redirect_sends_other_hosts_to_the_inbound_port(cluster: Cluster
 
 
 @pytest.mark.parametrize("backend", ["legacy", "nft"])
+@pytest.mark.vm
 def test_inbound_tproxy_keeps_the_original_destination_as_the_socket_address(
     cluster: Cluster, backend: str
 ) -> None:

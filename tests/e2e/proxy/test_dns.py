@@ -58,6 +58,7 @@ def _dig(pod: Pod, *args: str) -> list[str]:
     return done.stdout.split()
 
 
+@pytest.mark.vm
 def test_unmodified_clients_resolve_mesh_names_to_the_vip_and_reach_the_service(pods) -> None:
     lab, client = pods
     _start(lab, client)

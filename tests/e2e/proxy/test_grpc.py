@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from support.h2_mesh import (
     GRPC_PEERS,
     GRPC_PORT,
@@ -43,6 +44,7 @@ def server_counts(client: Pod, backend: Pod) -> dict:
     return json.loads(reply[0]["reply"])
 
 
+@pytest.mark.vm
 def test_unary_and_server_streaming_calls_with_status_codes(
     mesh_lab: MeshLab, interception: str
 ) -> None:

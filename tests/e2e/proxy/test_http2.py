@@ -13,6 +13,7 @@ import re
 import shutil
 import signal
 
+import pytest
 from support.h2_mesh import H2_PEERS, one_service, start_mesh, start_venv_peer
 from support.http_mesh import URL, VIP
 from support.lab import wait_until
@@ -44,6 +45,7 @@ def curl_h2(client, path: str, *extra: str) -> tuple[dict, str]:
     return json.loads(body), version
 
 
+@pytest.mark.vm
 def test_prior_knowledge_on_an_http_port_reaches_an_http11_backend(
     mesh_lab: MeshLab, interception: str
 ) -> None:

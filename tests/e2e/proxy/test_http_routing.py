@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import pytest
 import yaml
 from support.http_mesh import URL, VIP, curl_json, curl_status, http_service
 from support.lab import wait_until
@@ -60,6 +61,7 @@ def test_requests_reach_the_service_with_forwarding_headers(
 
 
 @interception_agnostic
+@pytest.mark.vm
 def test_route_by_path_and_header_to_subsets(mesh_lab: MeshLab) -> None:
     client, _ = bring_up(
         mesh_lab,
@@ -93,6 +95,7 @@ def test_weighted_split_90_10_over_1000_requests(mesh_lab: MeshLab) -> None:
 
 
 @interception_agnostic
+@pytest.mark.vm
 def test_retries_hide_an_upstream_failing_half_the_requests(mesh_lab: MeshLab) -> None:
     retries = {"attempts": 10, "retry_on": "5xx", "backoff_base": "1ms", "backoff_max": "5ms"}
     client, backends = bring_up(mesh_lab, ["a", "b"], http=[{"retries": retries}])

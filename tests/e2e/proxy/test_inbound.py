@@ -8,10 +8,12 @@ refuses the others.
 
 from __future__ import annotations
 
+import pytest
 import yaml
 from support.mesh_lab import MeshLab, stat
 
 
+@pytest.mark.vm
 def test_inbound_reaches_the_app_from_127_0_0_6_and_undeclared_ports_are_refused(
     mesh_lab: MeshLab,
 ) -> None:

@@ -173,6 +173,7 @@ def stop_caller(caller: Lines) -> list[str]:
 
 
 @pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.vm
 def test_reload_adds_an_endpoint_under_traffic_without_a_failed_call(
     mesh_lab: MeshLab, workers: int
 ) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import yaml
 from support.lab import wait_until
 from support.mesh_lab import MeshLab, Pod, interception_agnostic
@@ -65,6 +66,7 @@ def stat(pod: Pod, name: str) -> int:
     return sum(int(line.rsplit(": ", 1)[1]) for line in body.splitlines() if line)
 
 
+@pytest.mark.vm
 def test_round_robin_spreads_calls_over_three_endpoints(mesh_lab: MeshLab) -> None:
     client, pods = bring_up(mesh_lab, 3)
     replies = [answered_by(client.curl(f"http://{VIP}:8080/")) for _ in range(9)]
@@ -175,6 +177,7 @@ def test_admin_is_local_and_mutations_are_post_only(mesh_lab: MeshLab) -> None:
     assert client.ready_code() == 503
 
 
+@pytest.mark.vm
 def test_metrics_agree_with_what_was_sent(mesh_lab: MeshLab) -> None:
     client, _pods = bring_up(mesh_lab, 1)
     payload = 100_000

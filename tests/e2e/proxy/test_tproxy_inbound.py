@@ -11,6 +11,7 @@ from support.mesh_lab import DETOUR_PROXY, MeshLab
 
 
 @pytest.mark.parametrize("workers", [1, 2])  # in-process, and worker processes
+@pytest.mark.vm
 def test_tproxy_inbound_preserves_the_client_source_address(
     mesh_lab: MeshLab, workers: int
 ) -> None:
