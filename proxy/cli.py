@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from init.host import CAP_NET_ADMIN, effective_capabilities
+from proxy import access_log
 from proxy.config.loader import MeshConfigError, load_mesh
 from proxy.config.model import Mesh
 from proxy.sidecar import Options, Sidecar, bind_listeners, drop_privileges
@@ -90,6 +91,7 @@ def setup_logging(log_format: str, process: str = "main") -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
     root.propagate = False
+    access_log.configure(log_format, process)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

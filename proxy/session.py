@@ -13,17 +13,20 @@ import functools
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from init.config import TPROXY_MARK
 from proxy.config.model import Service, ServicePort
 from proxy.filters.http_proxy import HttpConnectionManager
 from proxy.filters.sniff import DEFAULT_DETECT_TIMEOUT, DEFAULT_SKIP_PORTS, detect
 from proxy.filters.tcp_proxy import RelayHalf, link, reset
-from proxy.http2.server import Http2ConnectionManager, make_manager
 from proxy.platform.sockets import transparent_socket
 from proxy.routing import Passthrough, Refuse, ToCluster
 from proxy.stats import cluster_labels, istio_labels, listener_labels
 from proxy.upstream.cluster import ClusterRuntime
+
+if TYPE_CHECKING:  # imported at run time only by an HTTP/2 connection (proxy/http2)
+    from proxy.http2.server import Http2ConnectionManager
 
 log = logging.getLogger("detour.proxy")
 
@@ -230,6 +233,8 @@ class Session:
 
     async def _serve_http2(self, service: Service, port: ServicePort) -> None:
         """The same for an HTTP/2 connection: its manager is the transport's protocol."""
+        from proxy.http2.server import make_manager  # loads h2 on first use (proxy/http2)
+
         downstream = self.downstream
         early = b"".join(downstream.early)
         downstream.early.clear()

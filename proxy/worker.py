@@ -16,6 +16,7 @@ import socket
 import time
 from dataclasses import dataclass
 
+from proxy.access_log import emit as write_access_line
 from proxy.admin.clusters import Row
 from proxy.config.model import Mesh, Service
 from proxy.filters.http_proxy import Exchange
@@ -28,7 +29,6 @@ from proxy.session import ListenerInfo, Session
 from proxy.stats import Stats, istio_labels, listener_labels
 from proxy.upstream.cluster import ClusterKey, ClusterRuntime, build_clusters, inbound_service
 
-access = logging.getLogger("detour.access")
 log = logging.getLogger("detour.proxy")
 
 OUTBOUND = ListenerInfo("virtualOutbound", "outbound")
@@ -235,9 +235,9 @@ class Worker:
                 "bytes_sent": sent,
                 "duration": duration_ms,
             }
-            _emit_access(json.dumps(entry))
+            write_access_line(json.dumps(entry))
         else:
-            _emit_access(
+            write_access_line(
                 f'[{start_time}] "TCP {session.listener.direction}" {flags} '
                 f"{session.downstream.received} {sent} {duration_ms} "
                 f'"{downstream_remote}" "{original}" {session.cluster_name} {upstream_host}'
@@ -308,10 +308,10 @@ class Worker:
             "retries": exchange.retries,
         }
         if self.access_log_format == "json":
-            _emit_access(json.dumps(fields))
+            write_access_line(json.dumps(fields))
             return
         f = fields
-        _emit_access(
+        write_access_line(
             f'[{f["start_time"]}] "{f["method"]} {f["path"]} {f["protocol"]}" '
             f"{f['response_code']} {flags} {f['bytes_received']} {f['bytes_sent']} "
             f'{f["duration"]} - "{f["x_forwarded_for"]}" "{f["user_agent"]}" '
@@ -343,11 +343,3 @@ def _text(value: bytes | None) -> str:
 def _log_time(second: int) -> str:
     """The access log's start_time; connections of the same second share one strftime."""
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
-
-
-def _emit_access(line: str) -> None:
-    """``access.info(line)`` without the caller lookup (``findCaller`` walks the stack on every
-    record): neither log format prints the source location, and this runs per connection."""
-    if access.isEnabledFor(logging.INFO):
-        record = access.makeRecord(access.name, logging.INFO, "(unknown file)", 0, line, (), None)
-        access.handle(record)

@@ -54,7 +54,7 @@ from proxy.http.router import (
     pick_destination,
     roll_fault,
 )
-from proxy.http2 import bridge
+from proxy.http2 import HTTP2_PORTS
 from proxy.stats import cluster_labels
 from proxy.upstream.cluster import ClusterRuntime
 
@@ -390,7 +390,9 @@ class HttpConnectionManager:
         host.active_requests += 1
         upstream: HttpChannel | None = None
         try:
-            if self.port.protocol in bridge.HTTP2_PORTS:  # the service's port speaks HTTP/2
+            if self.port.protocol in HTTP2_PORTS:  # the service's port speaks HTTP/2
+                from proxy.http2 import bridge  # loads h2 on first use (proxy/http2/__init__)
+
                 await bridge.forward_try(self, exchange, cluster, host, per_try_timeout, may_retry)
                 return
             try:

@@ -22,8 +22,6 @@ from proxy.stats import cluster_labels
 from .messages import wants_trailers
 from .upstream import H2Try, TryFailed, UpstreamCut
 
-HTTP2_PORTS = ("http2", "grpc")
-
 
 class _H1Body:
     """The HTTP/1.1 manager's RequestBody seen as a StreamBody: its kept chunks, then the rest

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
-from proxy.http2.client import Http2Upstream
 from proxy.upstream.hosts import Host
+
+if TYPE_CHECKING:  # h2 loads with the first HTTP/2 upstream, not with the sidecar
+    from proxy.http2.client import Http2Upstream
 
 
 class Http2Pool:
