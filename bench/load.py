@@ -83,7 +83,9 @@ def parse_h2load(stdout: str) -> dict:
     seconds = float(finished[1]) / (1000 if finished[2] == "ms" else 1)
     total, _started, done, succeeded, failed, errored, timeout = map(int, requests.groups())
     status = _STATUS.search(stdout)
-    ok_2xx = int(status[1]) if status else succeeded
+    # In a timed run (-D) a response that lands after the window can be in the status counts
+    # but not in "succeeded": count 2xx among the succeeded only.
+    ok_2xx = min(int(status[1]), succeeded) if status else succeeded
     return {
         "seconds": seconds,
         "rate": float(finished[3]),
