@@ -30,6 +30,7 @@ from proxy.config.loader import MeshConfigError, load_mesh
 from proxy.config.model import Mesh
 from proxy.dns.resolvconf import ResolvConf, read_resolv_conf
 from proxy.dns.server import DnsProxy, serve_dns
+from proxy.platform.heap import freeze_startup_objects
 from proxy.platform.sockets import listening_socket
 from proxy.stats import Merged, Stats, merge
 from proxy.worker import OUTBOUND, ListenSpec, WorkerReport
@@ -145,6 +146,7 @@ class Sidecar:
         tasks = [loop.create_task(self._supervise())]
         if self.options.config:
             tasks.append(loop.create_task(self._watch_config()))
+        freeze_startup_objects()
         self.ready = True
         log.info(
             "ready: %d workers, outbound :%d, inbound :%d (%s), %d services",

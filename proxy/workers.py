@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from proxy.config.model import Mesh
+from proxy.platform.heap import freeze_startup_objects
 from proxy.session import ListenerInfo
 from proxy.worker import (
     INBOUND_TPROXY,
@@ -247,6 +248,7 @@ async def serve(control: socket.socket, listeners: list[ListenSpec], access_log:
     first = await receive(reader)
     worker = Worker(first["mesh"], access_log)
     await worker.start(listeners)
+    freeze_startup_objects()
     await send(writer, {"ok": True, "pid": os.getpid()})
     loop = asyncio.get_running_loop()
     # Ctrl-C or a SIGTERM sent to the whole process group must not cut connections: the

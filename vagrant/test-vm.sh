@@ -122,8 +122,16 @@ for daemon in virtlogd libvirtd; do
 done
 for _ in $(seq 100); do virsh version >/dev/null 2>&1 && break; sleep 0.2; done
 virsh version >/dev/null 2>&1 || die "libvirtd does not answer (virsh version)"
+# libvirt keeps a defined pool across runs (/etc/libvirt/storage): one left by a run of another
+# checkout, or by DETOUR_VM_KEEP=1, points at a folder that may be gone. Ours lives here.
+pool_path=$(virsh pool-dumpxml "$pool" 2>/dev/null | sed -n 's:.*<path>\(.*\)</path>.*:\1:p')
+if [[ -n $pool_path && $pool_path != "$state/pool" ]]; then
+  virsh pool-destroy "$pool" >/dev/null 2>&1 || true
+  virsh pool-undefine "$pool" >/dev/null
+  say "pool $pool pointed at $pool_path (another checkout's): redefined at $state/pool"
+fi
+mkdir -p "$state/pool"  # also when the pool is defined but build/ was removed since
 if ! virsh pool-info "$pool" >/dev/null 2>&1; then
-  mkdir -p "$state/pool"
   virsh pool-define-as "$pool" dir --target "$state/pool" >/dev/null
   defined_pool=1
 fi

@@ -24,9 +24,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, NoReturn, get_args
-
-import yaml
+from typing import TYPE_CHECKING, Any, NoReturn, get_args
 
 from proxy.config.model import (
     LB_POLICIES,
@@ -55,6 +53,9 @@ from proxy.config.model import (
     Workload,
 )
 from proxy.config.vips import VipRangeExhaustedError, allocate_vips
+
+if TYPE_CHECKING:
+    import yaml
 
 DOCUMENT = "<document>"  # the path of errors about the file as a whole
 MAX_DURATION = 86400.0  # one day, in seconds
@@ -129,7 +130,12 @@ def parse_mesh(text: str, source: str) -> Mesh:
 
 
 def _load_yaml(text: str) -> object:
-    """safe_load only: a mesh file must never be able to build arbitrary Python objects."""
+    """safe_load only: a mesh file must never be able to build arbitrary Python objects.
+
+    PyYAML is imported here, by the first mesh file: a sidecar started without one (L4
+    passthrough) never loads it (~1 MiB resident)."""
+    import yaml
+
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -141,6 +147,8 @@ def _load_yaml(text: str) -> object:
 
 def _yaml_problem(exc: yaml.YAMLError, text: str) -> tuple[int, str]:
     """The 1-based line of a YAML error (0 if unknown) and a reason that names it."""
+    import yaml
+
     if isinstance(exc, yaml.MarkedYAMLError) and exc.problem_mark is not None:
         line, column = exc.problem_mark.line + 1, exc.problem_mark.column + 1
         problem = "; ".join(part for part in (exc.context, exc.problem) if part) or "syntax error"
