@@ -21,6 +21,7 @@ from proxy.admin.clusters import Row
 from proxy.config.model import Mesh, Service
 from proxy.filters.http_proxy import Exchange
 from proxy.filters.tcp_proxy import RelayHalf
+from proxy.http.events import Headers
 from proxy.http.router import HttpRouter, header_value
 from proxy.platform.original_dst import original_destination
 from proxy.platform.sockets import is_local_address
@@ -278,45 +279,55 @@ class Worker:
             self._http_access_log(session, exchange, flags)
 
     def _http_access_log(self, session: Session, exchange: Exchange, flags: str) -> None:
+        """One line per request, in Envoy's default format (or its fields as JSON). Built
+        directly rather than through a dict of fields: the log was an eighth of the HTTP
+        router's instructions per request."""
         request = exchange.request
         headers = request.headers
+        present = dict(headers)  # most requests lack some of the logged fields: skip scans
+        forwarded_for = _header_text(headers, present, b"x-forwarded-for")
+        user_agent = _header_text(headers, present, b"user-agent")
+        authority = _header_text(headers, present, b"host")
+        started = exchange.started
+        start_time = f"{_log_time(int(started))}.{int(started * 1000) % 1000:03d}Z"
+        method = request.method.decode("latin-1")
         path = request.target.decode("latin-1")
+        protocol = _PROTOCOL_NAMES.get(request.version, "HTTP/1.0")
+        duration = int(exchange.duration * 1000)
+        request_id = _text(exchange.request_id)
+        upstream_host = host_port(exchange.upstream_host)
+        downstream_remote = host_port(session.peer)
         cluster = exchange.cluster.name if exchange.cluster is not None else "-"
         route = exchange.route.name if exchange.route is not None else "-"
-        start_time = (
-            _log_time(int(exchange.started)) + f".{int(exchange.started * 1000) % 1000:03d}Z"
-        )
-        fields = {
-            "start_time": start_time,
-            "method": request.method.decode("latin-1"),
-            "path": path,
-            "protocol": _PROTOCOL_NAMES.get(request.version, "HTTP/1.0"),
-            "response_code": exchange.status,
-            "response_flags": flags,
-            "bytes_received": exchange.request_bytes,
-            "bytes_sent": exchange.response_bytes,
-            "duration": int(exchange.duration * 1000),
-            "upstream_service_time": None,
-            "x_forwarded_for": _text(header_value(headers, b"x-forwarded-for")),
-            "user_agent": _text(header_value(headers, b"user-agent")),
-            "request_id": _text(exchange.request_id),
-            "authority": _text(header_value(headers, b"host")),
-            "upstream_host": host_port(exchange.upstream_host),
-            "upstream_cluster": cluster,
-            "downstream_remote_address": host_port(session.peer),
-            "route_name": route,
-            "retries": exchange.retries,
-        }
         if self.access_log_format == "json":
+            fields = {
+                "start_time": start_time,
+                "method": method,
+                "path": path,
+                "protocol": protocol,
+                "response_code": exchange.status,
+                "response_flags": flags,
+                "bytes_received": exchange.request_bytes,
+                "bytes_sent": exchange.response_bytes,
+                "duration": duration,
+                "upstream_service_time": None,
+                "x_forwarded_for": forwarded_for,
+                "user_agent": user_agent,
+                "request_id": request_id,
+                "authority": authority,
+                "upstream_host": upstream_host,
+                "upstream_cluster": cluster,
+                "downstream_remote_address": downstream_remote,
+                "route_name": route,
+                "retries": exchange.retries,
+            }
             write_access_line(json.dumps(fields))
             return
-        f = fields
         write_access_line(
-            f'[{f["start_time"]}] "{f["method"]} {f["path"]} {f["protocol"]}" '
-            f"{f['response_code']} {flags} {f['bytes_received']} {f['bytes_sent']} "
-            f'{f["duration"]} - "{f["x_forwarded_for"]}" "{f["user_agent"]}" '
-            f'"{f["request_id"]}" "{f["authority"]}" "{f["upstream_host"]}" {cluster} '
-            f"{f['downstream_remote_address']} {route}"
+            f'[{start_time}] "{method} {path} {protocol}" {exchange.status} {flags} '
+            f"{exchange.request_bytes} {exchange.response_bytes} {duration} - "
+            f'"{forwarded_for}" "{user_agent}" "{request_id}" "{authority}" "{upstream_host}" '
+            f"{cluster} {downstream_remote} {route}"
         )
 
 
@@ -331,12 +342,25 @@ _STATUS_CLASS = {
 }
 
 
+# Bytes a header value may show in the log as they are: printable ASCII but the quote that
+# delimits it and the backslash that escapes.
+_LOG_VERBATIM = bytes(c for c in range(0x20, 0x7F) if c not in b'"\\')
+
+
 def _text(value: bytes | None) -> str:
     """A header value for the access log: "-" when absent, control bytes escaped (a log line
     must stay one line whatever the client sends)."""
     if value is None:
         return "-"
+    if not value.translate(None, _LOG_VERBATIM):  # the usual case: nothing to escape
+        return value.decode("ascii")
     return value.decode("latin-1").encode("unicode_escape").decode("ascii").replace('"', '\\"')
+
+
+def _header_text(headers: Headers, present: dict[bytes, bytes], name: bytes) -> str:
+    """``name``'s values for the log (all of them, comma-joined); ``present`` is
+    ``dict(headers)``, so an absent field costs one lookup instead of a scan."""
+    return _text(header_value(headers, name)) if name in present else "-"
 
 
 @functools.lru_cache(maxsize=4)
