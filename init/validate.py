@@ -164,6 +164,10 @@ def _await_redirect(
             )
         if report in ready:
             line = os.read(report, 512).decode(errors="replace").strip()
+            if line.startswith("error TimeoutError"):
+                # The client's connect timed out on the same clock as this wait: whichever
+                # fires first, it means the SYN left for the network instead of our listener.
+                raise _not_redirected(probe, timeout)
             if line.startswith("error"):
                 kind = NoRoute if "unreachable" in line.lower() else ValidationFailed
                 raise kind(
@@ -171,7 +175,11 @@ def _await_redirect(
                     f"({line.removeprefix('error ')}) instead of being redirected"
                 )
             watched.remove(report)  # "connected" (or EOF): only the listener can tell us more
-    raise ValidationFailed(
+    raise _not_redirected(probe, timeout)
+
+
+def _not_redirected(probe: Probe, timeout: float) -> ValidationFailed:
+    return ValidationFailed(
         f"IPv{probe.family}: no connection to {probe.address}:{probe.port} reached the outbound "
         f"port within {timeout:g}s: traffic is not being redirected"
     )

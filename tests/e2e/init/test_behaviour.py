@@ -13,7 +13,7 @@ import shutil
 from dataclasses import dataclass
 
 import pytest
-from support.lab import Netns, veth
+from support.lab import VENV_BIN, Netns, veth
 from support.prereq import require
 
 PROXY_UID = 1337
@@ -153,3 +153,26 @@ def test_validate_exits_0_with_rules_and_126_without(cluster: Cluster) -> None:
     assert "not being redirected" in without.stderr
     _apply(cluster.pod)
     assert cluster.pod.detour_init("validate").returncode == 0
+
+
+# The probe's client and validate's wait share one timeout; here the client gives up first.
+CLIENT_TIMES_OUT_FIRST = """
+import socket
+from init.config import parse_config
+from init.validate import Probe, ValidationFailed, _await_redirect, _dial_as_app
+config = parse_config({}, {})
+probe = Probe(4, "192.0.2.1", 15999)
+listener = socket.create_server(("0.0.0.0", config.outbound_port))
+child = _dial_as_app(config, probe, 0.3)
+try:
+    _await_redirect(listener, probe, child, 30)
+except ValidationFailed as failed:
+    print(failed)
+"""
+
+
+def test_a_probe_whose_connect_times_out_was_not_redirected(cluster: Cluster) -> None:
+    """Without rules the probe's SYN goes unanswered: whichever timeout fires first, the
+    verdict is the same (it once depended on the race, and so did this suite)."""
+    done = cluster.pod.run(str(VENV_BIN / "python"), "-c", CLIENT_TIMES_OUT_FIRST, timeout=20)
+    assert "traffic is not being redirected" in done.stdout, done.stdout + done.stderr
