@@ -24,6 +24,7 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 from proxy.config.model import HttpRoute, Service, ServicePort
@@ -31,6 +32,7 @@ from proxy.filters.tcp_proxy import RelayHalf, link
 from proxy.http import local_reply
 from proxy.http.channel import ChannelClosed, HttpChannel
 from proxy.http.codec import (
+    NEED_DATA,
     Connection,
     Data,
     EndOfMessage,
@@ -142,6 +144,10 @@ class RequestBody:
             raise DownstreamGone(local_reply.bad_request(exc.status_hint, exc.reason)) from None
         except ChannelClosed:
             raise DownstreamGone() from None
+        return self._accept(event)
+
+    def _accept(self, event) -> bytes:
+        """A body event's bytes (kept for a replay while small enough), b"" at the end."""
         if type(event) is Data:
             data = event.data
             self.size += len(data)
@@ -342,9 +348,18 @@ class HttpConnectionManager:
     async def _forward_with_timeout(
         self, exchange: Exchange, route: HttpRoute, cluster: ClusterRuntime, body: RequestBody
     ) -> LocalReply | None:
+        """Tries until one is forwarded or the policy gives up, within the route's timeout;
+        returns the local reply to send when nothing was forwarded."""
+        per_try_timeout = route.retries.per_try_timeout
+
+        def one_try(tried: set, may_retry) -> Awaitable[None]:
+            return self._try(exchange, cluster, tried, body, per_try_timeout, may_retry)
+
         try:
             async with _deadline(route.timeout):
-                return await self._forward(exchange, route, cluster, body)
+                return await forward_with_retries(
+                    exchange, route.retries, cluster, body, self.worker.stats, self.rng, one_try
+                )
         except TimeoutError:
             self.worker.stats.inc("upstream_rq_timeout", cluster_labels(cluster.name))
             if self.upstream is not None:
@@ -353,20 +368,6 @@ class HttpConnectionManager:
                 exchange.flags.append("UT")
                 raise DownstreamGone() from None
             return local_reply.TIMEOUT
-
-    async def _forward(
-        self, exchange: Exchange, route: HttpRoute, cluster: ClusterRuntime, body: RequestBody
-    ) -> LocalReply | None:
-        """Tries until one is forwarded or the policy gives up; returns the local reply to send
-        when nothing was forwarded."""
-        per_try_timeout = route.retries.per_try_timeout
-
-        async def one_try(tried: set, may_retry) -> None:
-            await self._try(exchange, cluster, tried, body, per_try_timeout, may_retry)
-
-        return await forward_with_retries(
-            exchange, route.retries, cluster, body, self.worker.stats, self.rng, one_try
-        )
 
     async def _try(
         self,
@@ -397,7 +398,7 @@ class HttpConnectionManager:
                 return
             try:
                 async with _deadline(per_try_timeout):
-                    upstream = await self._upstream_for(cluster, host)
+                    upstream = self._pooled(cluster, host) or await self._connect(cluster, host)
                     self.upstream = upstream
                     response = await self._send_request(exchange, upstream, body)
             except TimeoutError:
@@ -415,13 +416,16 @@ class HttpConnectionManager:
         finally:
             host.active_requests -= 1
 
-    async def _upstream_for(self, cluster: ClusterRuntime, host) -> HttpChannel:
-        pool = cluster.http_pool(self.worker.loop)
-        stats = self.worker.stats
-        channel = pool.take(host)
+    def _pooled(self, cluster: ClusterRuntime, host) -> HttpChannel | None:
+        """An idle keep-alive connection to ``host``, if the pool has one."""
+        channel = cluster.http_pool(self.worker.loop).take(host)
         if channel is not None:
-            stats.inc("upstream_cx_pool_reuse", cluster_labels(cluster.name))
-            return channel
+            self.worker.stats.inc("upstream_cx_pool_reuse", cluster_labels(cluster.name))
+        return channel
+
+    async def _connect(self, cluster: ClusterRuntime, host) -> HttpChannel:
+        """A new connection to ``host`` (connect timeout, outlier and breaker accounting)."""
+        stats = self.worker.stats
         loop = self.worker.loop
         channel = HttpChannel(Connection("client"), loop)
         source = self.session.listener.source_address  # inbound: 127.0.0.6 / ::6
@@ -573,9 +577,14 @@ class HttpConnectionManager:
         start = downstream.sent
         downstream.write(dcodec.send(head, trusted=True))
         exchange.head_sent = True
+        ucodec = upstream.codec
         try:
             while True:
-                event = await upstream.next_event()
+                # A small response's body and end arrive with its head: take what is already
+                # parsed without a coroutine round trip, wait only when more must come.
+                event = ucodec.next_event()
+                if event is NEED_DATA:
+                    event = await upstream.next_event()
                 if type(event) is Data:
                     downstream.write(dcodec.send(event))
                     await downstream.drain()
