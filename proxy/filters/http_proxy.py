@@ -144,10 +144,6 @@ class RequestBody:
             raise DownstreamGone(local_reply.bad_request(exc.status_hint, exc.reason)) from None
         except ChannelClosed:
             raise DownstreamGone() from None
-        return self._accept(event)
-
-    def _accept(self, event) -> bytes:
-        """A body event's bytes (kept for a replay while small enough), b"" at the end."""
         if type(event) is Data:
             data = event.data
             self.size += len(data)
@@ -398,7 +394,9 @@ class HttpConnectionManager:
                 return
             try:
                 async with _deadline(per_try_timeout):
-                    upstream = self._pooled(cluster, host) or await self._connect(cluster, host)
+                    upstream = self._pooled(cluster, host)
+                    if upstream is None:
+                        upstream = await self._connect(cluster, host)
                     self.upstream = upstream
                     response = await self._send_request(exchange, upstream, body)
             except TimeoutError:
