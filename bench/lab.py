@@ -59,6 +59,11 @@ class BenchLab:
     logdir: Path
     venv: VenvPaths
     detour_extra: tuple[str, ...] = ()
+    # A command the proxy runs under (bench/instructions.py: callgrind), and the start and
+    # stop allowances it needs (an emulated start takes tens of seconds).
+    proxy_wrapper: tuple[str, ...] = ()
+    start_timeout: float = 60.0
+    stop_timeout: float = 10.0
     mesh: MeshLab | None = None
     origin_pod: Pod | None = None
     origin_http: subprocess.Popen | None = None
@@ -200,14 +205,14 @@ class BenchLab:
             path = workdir / launch.config_name
             path.write_text(launch.config.replace("{workdir}", str(workdir)))
             path.chmod(0o644)
-        argv = ["env", f"HOME={workdir}", "taskset", "-c", str(SERVER_CPU)]
+        argv = ["env", f"HOME={workdir}", "taskset", "-c", str(SERVER_CPU), *self.proxy_wrapper]
         argv += launch.resolved_argv(workdir)
         client.log = self.logdir / f"{row.name}.log"
         with client.log.open("wb") as log:  # a file, never a pipe nobody reads during a load
             client.proc = self.spawn(client.pod, argv, launch.uid, out=log, err=log)
         wait_for(
             lambda: self.http_ok(client.pod, client.target),
-            60,
+            self.start_timeout,
             f"{row.name} to carry a request to the origin",
             client.proc,
         )
@@ -239,7 +244,7 @@ class BenchLab:
         if proc.poll() is None:
             proc.terminate()
             try:
-                proc.wait(10)
+                proc.wait(self.stop_timeout)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
