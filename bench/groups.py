@@ -33,6 +33,7 @@ class Settings:
     bulk_mib: int = 256
     hold_steps: tuple[int, ...] = (1000, 10000)
     settle: float = 0.5
+    quiet_timeout: float = 60.0  # after the memory step, for the proxy to go idle
 
 
 def _window(lab: BenchLab, client: Client) -> measure.Window:
@@ -243,6 +244,12 @@ def memory_group(lab: BenchLab, client: Client, s: Settings, number: int) -> dic
             holder.stdin.flush()
     finally:
         with_timeout_close(holder)
+    # The connections are closed: the proxy must be idle again before the next sample shares
+    # its core, or it starts afresh (it is restarted before every memory step anyway).
+    if not measure.wait_quiet(pid, s.quiet_timeout):
+        name, waited = client.row.name, s.quiet_timeout
+        print(f"  {name} still busy {waited:g} s after the memory step: restarted", flush=True)
+        lab.restart_proxy(client)
     many = s.hold_steps[-1]
     top = values.get("rss_many_kb")
     values["kb_per_conn"] = (top - idle) / many if top is not None else None

@@ -7,6 +7,7 @@ would not.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,21 @@ def rss_kb(pid: int) -> int:
 
 def tree_cpu_seconds(pid: int) -> float:
     return sum(cpu_seconds(member) for member in tree(pid))
+
+
+def wait_quiet(pid: int, timeout: float, busy_share: float = 0.02, window: float = 0.5) -> bool:
+    """Wait until the process tree uses less than ``busy_share`` of a core over ``window``
+    seconds; False when it is still busy at ``timeout``. A proxy tearing down thousands of
+    connections (mitmproxy after the memory step: minutes) would otherwise load the server
+    core under the next rows' samples."""
+    deadline = time.monotonic() + timeout
+    while True:
+        before = tree_cpu_seconds(pid)
+        time.sleep(window)
+        if (tree_cpu_seconds(pid) - before) / window < busy_share:
+            return True
+        if time.monotonic() > deadline:
+            return False
 
 
 def tree_rss_kb(pid: int) -> int:
