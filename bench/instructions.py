@@ -82,13 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if shutil.which("valgrind") is None:
         parser.error("valgrind is not installed (apt-get install valgrind)")
-    rows = [r for r in scenarios.ROWS if r.name in args.rows.split(",")]
-    unknown = set(args.rows.split(",")) - {r.name for r in rows} | (
-        {r.name for r in rows} - set(DETOUR_ROWS)
-    )
+    wanted = args.rows.split(",")
+    unknown = [name for name in wanted if name not in DETOUR_ROWS]
     if unknown:
-        parser.error(f"--rows: {sorted(unknown)} are not among {DETOUR_ROWS}")
-    n1, n2 = (int(n) for n in args.requests.split(","))
+        parser.error(f"--rows: {unknown} are not among {DETOUR_ROWS}")
+    rows = [r for r in scenarios.ROWS if r.name in wanted]
+    counts = args.requests.split(",")
+    if len(counts) != 2 or not all(c.isdigit() for c in counts) or int(counts[1]) <= int(counts[0]):
+        parser.error(f"--requests: {args.requests!r} is not N1,N2 with N2 > N1")
+    n1, n2 = int(counts[0]), int(counts[1])
     logdir = Path(tempfile.mkdtemp(prefix="detour-instructions-"))
     logdir.chmod(0o755)
     lab = BenchLab(logdir, VenvPaths(REPO / "build" / "bench-venv"))
