@@ -46,8 +46,8 @@ if [[ -e $moddir/build ]]; then
   say "kernel headers: $moddir/build present"
 else
   [[ $EUID -eq 0 ]] || die "$moddir/build is missing and not root: run 'sudo make setup'"
-  arch_dir=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1)
-  common_dir=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n 1)
+  arch_dir=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1 || true)
+  common_dir=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n 1 || true)
   [[ -n $arch_dir && -n $common_dir ]] || die "linux-headers-amd64 is installed but /usr/src has no headers"
   mkdir -p "$moddir"
   ln -sfn "$arch_dir" "$moddir/build"

@@ -124,7 +124,9 @@ for _ in $(seq 100); do virsh version >/dev/null 2>&1 && break; sleep 0.2; done
 virsh version >/dev/null 2>&1 || die "libvirtd does not answer (virsh version)"
 # libvirt keeps a defined pool across runs (/etc/libvirt/storage): one left by a run of another
 # checkout, or by DETOUR_VM_KEEP=1, points at a folder that may be gone. Ours lives here.
-pool_path=$(virsh pool-dumpxml "$pool" 2>/dev/null | sed -n 's:.*<path>\(.*\)</path>.*:\1:p')
+# On a fresh host there is no pool: pool-dumpxml fails, and under pipefail that must not end
+# the script (it did, silently, in CI).
+pool_path=$(virsh pool-dumpxml "$pool" 2>/dev/null | sed -n 's:.*<path>\(.*\)</path>.*:\1:p' || true)
 if [[ -n $pool_path && $pool_path != "$state/pool" ]]; then
   virsh pool-destroy "$pool" >/dev/null 2>&1 || true
   virsh pool-undefine "$pool" >/dev/null
