@@ -7,7 +7,14 @@ implement flow control: when one side's write buffer passes its high-water mark,
 per connection is bounded by the two write buffers, whatever the speeds of the two peers.
 
 Half-close is passed through (EOF from one side becomes ``write_eof`` on the other, and the
-reverse direction keeps flowing); a reset on one side aborts the other.
+reverse direction keeps flowing); a reset on one side closes the other once what was relayed
+is delivered.
+
+A side whose reading is paused is not watched by the event loop (neither uvloop nor asyncio
+poll a paused socket), so a peer that resets while the other side stalls would go unnoticed
+until the stalled side reads again or the idle timeout: the paused side's TCP state is looked
+at every ``PAUSED_PEER_CHECK`` seconds instead, and a reset found there is reported the usual
+way (reading resumes, the loop sees the error).
 """
 
 from __future__ import annotations
@@ -23,12 +30,26 @@ from collections.abc import Callable
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
 _LINGER_RESET = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger = 0}
+# How often a side paused by backpressure is checked for a reset (one getsockopt each time,
+# only while it stays paused).
+PAUSED_PEER_CHECK = 0.5
+_TCP_CLOSE = 7  # tcp_states.h: where a socket goes when a RST arrives
 
 
 class RelayHalf(asyncio.Protocol):
     """One end of a relayed connection: what it reads is written to ``peer``."""
 
-    __slots__ = ("early", "eof", "lost", "on_early", "on_lost", "peer", "received", "transport")
+    __slots__ = (
+        "early",
+        "eof",
+        "lost",
+        "on_early",
+        "on_lost",
+        "paused_peer_check",
+        "peer",
+        "received",
+        "transport",
+    )
 
     def __init__(self, on_lost: Callable[[RelayHalf, Exception | None], None]) -> None:
         self.transport: asyncio.Transport | None = None
@@ -43,6 +64,8 @@ class RelayHalf(asyncio.Protocol):
         self.early: list[bytes] = []
         # Told when early bytes or the EOF arrive (protocol sniffing waits on it).
         self.on_early: Callable[[], object] | None = None
+        # While our write buffer is full and the peer's reading paused: the next look at it.
+        self.paused_peer_check: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -78,19 +101,61 @@ class RelayHalf(asyncio.Protocol):
         # Our outgoing buffer is full: stop reading the side that fills it.
         if self.peer is not None and not self.peer.lost:
             self.peer.transport.pause_reading()
+            if self.paused_peer_check is None:
+                self._schedule_peer_check()
 
     def resume_writing(self) -> None:
+        self._stop_checking_peer()
         if self.peer is not None and not self.peer.lost:
             self.peer.transport.resume_reading()
 
+    def _check_paused_peer(self) -> None:
+        """The peer's reading is paused, so the loop would not see it reset: look at its TCP
+        state; on a reset, let it read again, and the loop reads what is left and reports
+        the reset (``connection_lost`` with ConnectionResetError) as for any other side."""
+        self.paused_peer_check = None
+        peer = self.peer
+        if peer is None or peer.lost or self.lost:
+            return
+        if was_reset(peer.transport):
+            peer.transport.resume_reading()
+            return
+        self._schedule_peer_check()
+
+    def _schedule_peer_check(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # a half driven by hand, outside any loop (unit tests of the flow control)
+        self.paused_peer_check = loop.call_later(PAUSED_PEER_CHECK, self._check_paused_peer)
+
+    def _stop_checking_peer(self) -> None:
+        if self.paused_peer_check is not None:
+            self.paused_peer_check.cancel()
+            self.paused_peer_check = None
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self._stop_checking_peer()
         peer = self.peer
         if peer is not None and not peer.lost:
             # Even after a reset, deliver what was relayed, then close (Envoy's FlushWrite):
             # a RST would make the peer's kernel drop a reply it has not read yet.
             peer.transport.close()
         self.on_lost(self, exc)
+
+
+def was_reset(transport: asyncio.BaseTransport) -> bool:
+    """True when the transport's TCP socket is in state CLOSE: the peer reset it (a socket we
+    have not closed gets there by a RST, or by a timeout that the loop has not read yet)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)
+    except OSError:
+        return False  # not TCP (a Unix socket in a test), or already closed by us
+    return info[0] == _TCP_CLOSE
 
 
 def reset(transport: asyncio.BaseTransport) -> None:

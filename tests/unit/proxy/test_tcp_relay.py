@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 import uvloop
 
-from proxy.filters.tcp_proxy import HIGH_WATER, LOW_WATER, RelayHalf, link
+from proxy.filters.tcp_proxy import HIGH_WATER, LOW_WATER, PAUSED_PEER_CHECK, RelayHalf, link
 
 TIMEOUT = 10.0
 ONE_READ = 256 * 1024  # the largest single read of uvloop (256000) and asyncio (262144)
@@ -599,25 +599,62 @@ def test_reset_while_paused_aborts_the_upstream_once_reading_resumes(run) -> Non
     run(main())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a RelayHalf paused by backpressure (transport.pause_reading) does not notice "
-    "its peer's RST: neither uvloop nor asyncio watch a paused socket, so while the other side "
-    "stalls, the reset is not passed on and both sockets plus the relay buffer stay held (up to "
-    "the idle timeout)",
-)
 def test_reset_while_paused_is_noticed_without_the_upstream_reading(run) -> None:
+    """The downstream half is paused (the upstream reads nothing) when the client resets: the
+    loop does not watch a paused socket, yet the relay learns of the reset within a few
+    checks, and the upstream then gets what was relayed followed by the end of the stream."""
+    size = 16 * 1024 * 1024
+
     async def main() -> None:
+        loop = asyncio.get_running_loop()
         server = listener(rcvbuf=16 * 1024)
         proxy = Proxy(server.getsockname(), upstream_sndbuf=16 * 1024)
-        client, upstream, _down, sender = await paused_by_a_stalled_upstream(
-            proxy, server, 16 * 1024 * 1024
-        )
+        client, upstream, down, sender = await paused_by_a_stalled_upstream(proxy, server, size)
         sender.cancel()
         reset(client)
         try:
-            await until(lambda: len(proxy.lost) == 2, "both halves to be lost", timeout=1.0)
+            await until(
+                lambda: down.lost, "the paused client half to see the reset", 6 * PAUSED_PEER_CHECK
+            )
+            assert isinstance(proxy.exc_of(down), ConnectionResetError)
+            assert not down.upstream.lost  # what it relayed is still on its way
+            got = 0
+            while chunk := await asyncio.wait_for(loop.sock_recv(upstream, 1 << 20), TIMEOUT):
+                got += len(chunk)
+            assert 0 < got < size
+            await until(lambda: len(proxy.lost) == 2, "the upstream half to close too")
         finally:
+            upstream.close()
+            server.close()
+            await proxy.close()
+
+    run(main())
+
+
+def test_a_paused_half_that_is_not_reset_stays_paused(run) -> None:
+    """The checks of a paused side change nothing while its peer is merely slow."""
+
+    async def main() -> None:
+        server = listener(rcvbuf=16 * 1024)
+        proxy = Proxy(server.getsockname(), upstream_sndbuf=16 * 1024)
+        client, upstream, down, sender = await paused_by_a_stalled_upstream(
+            proxy, server, 16 * 1024 * 1024
+        )
+        checks: set[float] = set()  # each check schedules the next, for a later time
+
+        def checked_three_times() -> bool:
+            handle = down.upstream.paused_peer_check
+            if handle is not None:
+                checks.add(handle.when())
+            return len(checks) > 3
+
+        try:
+            await until(checked_three_times, "three checks of the paused client half")
+            assert not down.transport.is_reading()
+            assert proxy.lost == []
+        finally:
+            sender.cancel()
+            client.close()
             upstream.close()
             server.close()
             await proxy.close()
