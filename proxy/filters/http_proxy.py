@@ -187,6 +187,7 @@ class HttpConnectionManager:
         self.upstream: HttpChannel | None = None  # the try in progress, for the idle watchdog
         self.tunnel: tuple[RelayHalf, RelayHalf] | None = None  # after an upgrade
         self.requests = 0
+        downstream.on_lost = self._downstream_lost
 
     @staticmethod
     def channel(loop: asyncio.AbstractEventLoop) -> HttpChannel:
@@ -218,6 +219,17 @@ class HttpConnectionManager:
                     half.transport.abort()
         self.downstream.abort()
         self.abort_upstream()
+
+    def _downstream_lost(self, _channel: HttpChannel) -> None:
+        """The client reset (or its connection ended after ours) in the middle of a request:
+        the upstream try in flight is for nobody now. Envoy resets the upstream request and
+        logs DC; so do we, and no retry follows (``_try`` checks first)."""
+        upstream = self.upstream
+        if upstream is not None and not self.between_requests:
+            # A reset, not a close: a FIN would wait behind whatever request bytes the
+            # upstream has not read yet, and the upstream would never learn.
+            upstream.reset()
+            self.upstream = None
 
     def abort_upstream(self) -> None:
         """An upstream connection in the middle of an exchange cannot go back to the pool."""
@@ -375,6 +387,8 @@ class HttpConnectionManager:
         may_retry,
     ) -> None:
         """One try on one host: forwards the response, or raises _TryFailed."""
+        if self.downstream.lost:  # the client left during the previous try or its back-off
+            raise DownstreamGone()
         host = cluster.pick(self.session.peer[0].encode(), avoid=tried)
         if host is None:
             self.worker.stats.inc("upstream_cx_none_healthy", cluster_labels(cluster.name))
@@ -476,14 +490,15 @@ class HttpConnectionManager:
         except DownstreamGone:
             upstream.abort()
             raise
-        except ProtocolError as exc:
+        except (ProtocolError, ChannelClosed, OSError) as exc:
             upstream.abort()
+            if self.downstream.lost:  # _downstream_lost reset it: not the upstream's doing
+                raise DownstreamGone() from None
+            if not isinstance(exc, ProtocolError):
+                raise _TryFailed(RESET, local_reply.UPSTREAM_RESET) from None
             if exc.status_hint == 502:
                 raise _TryFailed(RESET, local_reply.BAD_UPSTREAM_RESPONSE) from None
             raise
-        except (ChannelClosed, OSError):
-            upstream.abort()
-            raise _TryFailed(RESET, local_reply.UPSTREAM_RESET) from None
 
     async def _tunnel(
         self, exchange: Exchange, upstream: HttpChannel, switching: InformationalResponse
@@ -593,7 +608,8 @@ class HttpConnectionManager:
                     raise ChannelClosed("upstream closed mid-response")
         except (ProtocolError, ChannelClosed, OSError):
             upstream.abort()
-            exchange.flags.append("UC")
+            if not downstream.lost:  # else the client left first: DC, added by _serve
+                exchange.flags.append("UC")
             raise DownstreamGone() from None
         finally:
             exchange.response_bytes = downstream.sent - start

@@ -19,16 +19,22 @@
         echoes until the client's EOF.
     peers.py whoami PORT LABEL
         An HTTP/1.0 server answering "LABEL peer=IP:PORT": the client address it saw.
+    peers.py hang PORT
+        A stuck HTTP server: reads a request head and never answers (nor reads a body to
+        POST /upload); prints "request" when the head arrived, "closed" when the connection
+        ended.
 
 Each prints "ready" once its sockets are bound.
 """
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import sys
 import threading
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -173,6 +179,29 @@ def _count(conn: socket.socket, _peer) -> None:
         conn.sendall(b"%d\n" % total)
 
 
+def _hang(conn: socket.socket, _peer) -> None:
+    """A stuck HTTP upstream: reads the request head and never answers. For ``/upload`` it
+    also reads none of the body, so the sender's buffers fill. Prints ``request`` once the
+    head is in and ``closed`` once the proxy has ended the connection, for a test to wait on."""
+    with conn:
+        head = _read_request_head(conn)
+        conn.settimeout(None)
+        print("request", flush=True)
+        if head.startswith(b"POST /upload "):
+            while not _closed(conn):  # its own state: the unread body must stay unread
+                time.sleep(0.05)
+        else:
+            with contextlib.suppress(OSError):
+                while conn.recv(65536):
+                    pass
+        print("closed", flush=True)
+
+
+def _closed(conn: socket.socket) -> bool:
+    """The other end closed or reset ``conn``: TCP state CLOSE_WAIT or CLOSE."""
+    return conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] in (7, 8)
+
+
 def _whoami(label: str):
     def answer(conn: socket.socket, peer) -> None:
         with conn:
@@ -200,6 +229,8 @@ def main(argv: list[str]) -> None:
         _tcp_server(int(argv[1]), _banner)
     elif argv[0] == "count":
         _tcp_server(int(argv[1]), _count)
+    elif argv[0] == "hang":
+        _tcp_server(int(argv[1]), _hang)
     elif argv[0] == "whoami":
         _tcp_server(int(argv[1]), _whoami(argv[2]))
     else:

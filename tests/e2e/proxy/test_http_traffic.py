@@ -11,9 +11,9 @@ import os
 import time
 
 import yaml
-from support.http_mesh import URL, curl_json, curl_status, http_service
+from support.http_mesh import URL, VIP, curl_json, curl_status, http_service
 from support.lab import SYSTEM_PYTHON, wait_until
-from support.mesh_lab import HTTP_PEERS, MeshLab, Pod, interception_agnostic, stat
+from support.mesh_lab import HTTP_PEERS, Lines, MeshLab, Pod, interception_agnostic, stat
 
 # Outbound interception: the tests that exercise how a connection reaches the sidecar run
 # under iptables and eBPF (conftest.py); those about what the router does after that, once.
@@ -172,3 +172,87 @@ def test_requests_over_the_circuit_breaker_get_503_uo(mesh_lab: MeshLab) -> None
     assert statuses == [200, 200, 503, 503, 503, 503], statuses
     assert stat(client, "upstream_rq_pending_overflow") == 4
     wait_until(lambda: client.read_sidecar_log().count(" 503 UO ") == 4, 5, "4 UO log lines")
+
+
+# --- a client that leaves in the middle of a request ------------------------------------------
+
+ASK_THEN_RESET = """
+import socket, struct, sys
+s = socket.create_connection((sys.argv[1], 8080))
+s.sendall(b"GET /slow HTTP/1.1\\r\\nHost: backend\\r\\n\\r\\n")
+sys.stdin.readline()  # the test says when the upstream holds the request
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+s.close()  # a reset, as from a client that gives up
+print("reset", flush=True)
+"""
+
+UPLOAD_THEN_RESET = """
+import socket, struct, sys
+s = socket.create_connection((sys.argv[1], 8080))
+s.sendall(b"POST /upload HTTP/1.1\\r\\nHost: backend\\r\\nContent-Length: 1073741824\\r\\n\\r\\n")
+s.settimeout(2)
+chunk = bytes(65536)
+try:
+    while True:
+        s.send(chunk)
+except TimeoutError:
+    pass  # no room for 2 s: the sidecar stopped reading us (the upstream reads nothing)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+s.close()
+print("reset", flush=True)
+"""
+
+
+def stuck_upstream(lab: MeshLab) -> tuple[Pod, Lines]:
+    """A client pod whose sidecar routes to an upstream that never answers, with a retry
+    policy that would retry a reset try, and the JSON access log."""
+    client, backend = lab.add_pod("client", 10), lab.add_pod("v1", 11)
+    stuck = Lines(backend.serve_peer("hang", "8080"))
+    retries = {"attempts": 3, "retry_on": "reset,5xx"}
+    config = http_service([backend], http=[{"retries": retries}])
+    lab.intercept(client)
+    lab.start_sidecar(
+        client, lab.write_config("mesh.yaml", yaml.safe_dump(config)), "--access-log", "json"
+    )
+    return client, stuck
+
+
+def access_entries(client: Pod) -> list[dict]:
+    lines = client.read_sidecar_log().splitlines()
+    return [json.loads(line.split(": ", 2)[2]) for line in lines if "detour.access" in line]
+
+
+def assert_cancelled_once(client: Pod, stuck: Lines) -> None:
+    """The upstream connection closed at once (no timeout was going to), one try only, DC."""
+    wait_until(lambda: "closed" in stuck.snapshot(), 5, "the upstream connection to close")
+    assert stuck.snapshot().count("request") == 1, "a retry was sent for a client that left"
+    logged = wait_until(lambda: access_entries(client), 5, "the access log entry")
+    assert logged[0]["response_flags"] == "DC", logged
+    assert stat(client, "upstream_rq_retry.cluster=") == 0
+
+
+@interception_agnostic
+def test_a_client_that_resets_while_waiting_cancels_the_upstream_request(
+    mesh_lab: MeshLab,
+) -> None:
+    """As Envoy: the client gives up (a reset) before the upstream answered, so the upstream
+    request is reset too (DC) rather than held until some timeout, and it is not retried."""
+    client, stuck = stuck_upstream(mesh_lab)
+    caller = client.spawn_piped(SYSTEM_PYTHON, "-c", ASK_THEN_RESET, VIP)
+    wait_until(lambda: "request" in stuck.snapshot(), 10, "the request at the upstream")
+    caller.stdin.write("go\n")
+    caller.stdin.flush()
+    assert caller.stdout.readline().strip() == "reset"
+    assert_cancelled_once(client, stuck)
+
+
+@interception_agnostic
+def test_a_client_that_resets_mid_upload_to_a_stalled_upstream_cancels_it(
+    mesh_lab: MeshLab,
+) -> None:
+    """The upstream reads no body, so the sidecar stops reading the client (backpressure) and
+    the event loop no longer watches that socket: the client's reset is still noticed."""
+    client, stuck = stuck_upstream(mesh_lab)
+    done = client.run(SYSTEM_PYTHON, "-c", UPLOAD_THEN_RESET, VIP, timeout=60)
+    assert done.stdout.strip() == "reset", done.stderr
+    assert_cancelled_once(client, stuck)
