@@ -185,6 +185,7 @@ class HttpConnectionManager:
         self.between_requests = False  # waiting for the next request head
         self.draining = False
         self.upstream: HttpChannel | None = None  # the try in progress, for the idle watchdog
+        self.h2_try = None  # the try in progress on an HTTP/2 upstream (http2.upstream.H2Try)
         self.tunnel: tuple[RelayHalf, RelayHalf] | None = None  # after an upgrade
         self.requests = 0
         downstream.on_lost = self._downstream_lost
@@ -224,12 +225,16 @@ class HttpConnectionManager:
         """The client reset (or its connection ended after ours) in the middle of a request:
         the upstream try in flight is for nobody now. Envoy resets the upstream request and
         logs DC; so do we, and no retry follows (``_try`` checks first)."""
+        if self.between_requests:
+            return
         upstream = self.upstream
-        if upstream is not None and not self.between_requests:
+        if upstream is not None:
             # A reset, not a close: a FIN would wait behind whatever request bytes the
             # upstream has not read yet, and the upstream would never learn.
             upstream.reset()
             self.upstream = None
+        if self.h2_try is not None:
+            self.h2_try.abort()  # RST_STREAM CANCEL; the connection's other streams go on
 
     def abort_upstream(self) -> None:
         """An upstream connection in the middle of an exchange cannot go back to the pool."""
@@ -404,13 +409,23 @@ class HttpConnectionManager:
             if self.port.protocol in HTTP2_PORTS:  # the service's port speaks HTTP/2
                 from proxy.http2 import bridge  # loads h2 on first use (proxy/http2/__init__)
 
-                await bridge.forward_try(self, exchange, cluster, host, per_try_timeout, may_retry)
+                try:
+                    await bridge.forward_try(
+                        self, exchange, cluster, host, per_try_timeout, may_retry
+                    )
+                except _TryFailed:
+                    if self.downstream.lost:  # _downstream_lost cancelled the stream
+                        raise DownstreamGone() from None
+                    raise
                 return
             try:
                 async with _deadline(per_try_timeout):
                     upstream = self._pooled(cluster, host)
                     if upstream is None:
                         upstream = await self._connect(cluster, host)
+                        if self.downstream.lost:  # the client left while we connected
+                            upstream.close()
+                            raise DownstreamGone()
                     self.upstream = upstream
                     response = await self._send_request(exchange, upstream, body)
             except TimeoutError:

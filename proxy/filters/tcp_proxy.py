@@ -163,7 +163,9 @@ def reset(transport: asyncio.BaseTransport) -> None:
     downstream connection (no route, no upstream): the client learns at once, as from Envoy."""
     sock = transport.get_extra_info("socket")
     if sock is not None:
-        with contextlib.suppress(OSError):
+        # ValueError: a transport already closed (uvloop's socket then has fd -1), e.g. a
+        # session cut at the drain deadline whose client had gone: nothing left to reset.
+        with contextlib.suppress(OSError, ValueError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
     transport.abort()
 

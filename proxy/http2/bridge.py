@@ -67,12 +67,16 @@ async def forward_try(manager, exchange, cluster, host, per_try_timeout, may_ret
         manager._request_id_for(exchange),
     )
     source = _H1Body(body, request)
-    attempt = H2Try(worker, cluster, host)
+    attempt = manager.h2_try = H2Try(worker, cluster, host)  # for the client leaving
     done = False
     try:
         try:
             async with asyncio.timeout(per_try_timeout):
                 await attempt.open()
+                if manager.downstream.lost:  # the client left while we connected
+                    from proxy.filters.http_proxy import DownstreamGone
+
+                    raise DownstreamGone()
                 if source.empty:
                     await body.discard()  # the request's end, so the codec can go on
                 forwarded = Request(request.method, request.target, headers)
@@ -87,6 +91,7 @@ async def forward_try(manager, exchange, cluster, host, per_try_timeout, may_ret
         attempt.finish()
         done = True
     finally:
+        manager.h2_try = None
         if not done:
             attempt.abort()
 
@@ -115,7 +120,8 @@ async def _relay(manager, exchange, attempt: H2Try, response: Response) -> None:
     except UpstreamCut as cut:
         from proxy.filters.http_proxy import DownstreamGone  # that module imports this one
 
-        exchange.flags.append(cut.flag)
+        if not downstream.lost:  # else the client left first: DC, added by the manager
+            exchange.flags.append(cut.flag)
         raise DownstreamGone() from None
     finally:
         exchange.response_bytes = downstream.sent - start

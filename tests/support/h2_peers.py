@@ -6,7 +6,9 @@ library: it knows nothing of a mesh. Run with the project's .venv python.
         "body_bytes", "protocol": "HTTP/2", "connections"} once its body ended. Prints "ready".
         The path steers it: "/reset" resets the stream (RST_STREAM) instead of answering,
         "/reset-mid" resets it after the head and part of the body, "/delay/S" answers after S
-        seconds.
+        seconds, "/hang" never answers: it prints "request /hang" when the request ended and
+        "cancelled /hang" when the client resets that stream (the only lines it prints, so
+        the pipe of a peer nobody reads never fills).
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ class _Server(asyncio.Protocol):
                 self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             elif isinstance(event, h2.events.StreamEnded):
                 self._steer(event.stream_id)
+            elif isinstance(event, h2.events.StreamReset):
+                request = self.requests.pop(event.stream_id, None)
+                if request is not None and dict(request["headers"])[":path"] == "/hang":
+                    print("cancelled /hang", flush=True)
         self.transport.write(self.conn.data_to_send())
 
     def _steer(self, stream_id: int) -> None:
@@ -64,6 +70,8 @@ class _Server(asyncio.Protocol):
             self.conn.send_headers(stream_id, [(":status", "200"), ("content-length", "1000")])
             self.conn.send_data(stream_id, b"x" * 100)
             self.conn.reset_stream(stream_id, h2.errors.ErrorCodes.INTERNAL_ERROR)
+        elif path == "/hang":
+            print("request /hang", flush=True)
         elif path.startswith("/delay/"):
             asyncio.get_running_loop().call_later(
                 float(path.split("/")[2]), self._answer_later, stream_id

@@ -15,9 +15,9 @@ import signal
 
 import pytest
 from support.h2_mesh import H2_PEERS, one_service, start_mesh, start_venv_peer
-from support.http_mesh import URL, VIP
-from support.lab import wait_until
-from support.mesh_lab import MeshLab, Pod, interception_agnostic, stat
+from support.http_mesh import ASK_THEN_RESET, URL, VIP, access_entries
+from support.lab import SYSTEM_PYTHON, wait_until
+from support.mesh_lab import Lines, MeshLab, Pod, interception_agnostic, stat
 from support.prereq import require
 
 # Outbound interception: how an HTTP/2 connection reaches the router runs under iptables and
@@ -177,3 +177,28 @@ def test_drain_sends_goaway_and_lets_the_stream_in_flight_finish(mesh_lab: MeshL
     assert status is not None and goaway < status.start(), out  # GOAWAY first, then the answer
     assert '"label": "v1"' in out
     assert client.sidecar.wait(10) == 0
+
+
+@interception_agnostic
+def test_an_http11_client_that_resets_cancels_its_http2_upstream_stream(mesh_lab: MeshLab) -> None:
+    """HTTP/1.1 to an http2 port: a client that gives up while the upstream has not answered
+    resets its upstream stream (RST_STREAM), not the shared connection, and is not retried."""
+    client = mesh_lab.add_pod("client", 10)
+    backend = mesh_lab.add_pod("v1", 11)
+    peer = Lines(start_venv_peer(backend, H2_PEERS, "serve", "8080", "v1"))
+    retries = {"attempts": 3, "retry_on": "reset,5xx"}  # would retry a reset stream
+    config = one_service([backend], 8080, "http2", http=[{"retries": retries}])
+    start_mesh(mesh_lab, client, config, "--access-log", "json")
+    caller = client.spawn_piped(SYSTEM_PYTHON, "-c", ASK_THEN_RESET, VIP, "/hang")
+    wait_until(lambda: "request /hang" in peer.snapshot(), 10, "the request at the upstream")
+    caller.stdin.write("go\n")
+    caller.stdin.flush()
+    assert caller.stdout.readline().strip() == "reset"
+    wait_until(lambda: "cancelled /hang" in peer.snapshot(), 5, "the upstream stream's reset")
+    assert peer.snapshot().count("request /hang") == 1, "retried for a client that left"
+    logged = wait_until(lambda: access_entries(client), 5, "the access log entry")
+    assert logged[0]["response_flags"] == "DC", logged
+    assert stat(client, "upstream_rq_retry.cluster=") == 0
+    answer = json.loads(client.curl(URL + "/after"))  # on the same upstream connection
+    assert (answer["label"], answer["connections"]) == ("v1", 1)
+    assert stat(client, "upstream_cx_http2_total") == 1

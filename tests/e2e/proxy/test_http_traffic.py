@@ -11,7 +11,15 @@ import os
 import time
 
 import yaml
-from support.http_mesh import URL, VIP, curl_json, curl_status, http_service
+from support.http_mesh import (
+    ASK_THEN_RESET,
+    URL,
+    VIP,
+    access_entries,
+    curl_json,
+    curl_status,
+    http_service,
+)
 from support.lab import SYSTEM_PYTHON, wait_until
 from support.mesh_lab import HTTP_PEERS, Lines, MeshLab, Pod, interception_agnostic, stat
 
@@ -176,16 +184,6 @@ def test_requests_over_the_circuit_breaker_get_503_uo(mesh_lab: MeshLab) -> None
 
 # --- a client that leaves in the middle of a request ------------------------------------------
 
-ASK_THEN_RESET = """
-import socket, struct, sys
-s = socket.create_connection((sys.argv[1], 8080))
-s.sendall(b"GET /slow HTTP/1.1\\r\\nHost: backend\\r\\n\\r\\n")
-sys.stdin.readline()  # the test says when the upstream holds the request
-s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-s.close()  # a reset, as from a client that gives up
-print("reset", flush=True)
-"""
-
 UPLOAD_THEN_RESET = """
 import socket, struct, sys
 s = socket.create_connection((sys.argv[1], 8080))
@@ -217,11 +215,6 @@ def stuck_upstream(lab: MeshLab) -> tuple[Pod, Lines]:
     return client, stuck
 
 
-def access_entries(client: Pod) -> list[dict]:
-    lines = client.read_sidecar_log().splitlines()
-    return [json.loads(line.split(": ", 2)[2]) for line in lines if "detour.access" in line]
-
-
 def assert_cancelled_once(client: Pod, stuck: Lines) -> None:
     """The upstream connection closed at once (no timeout was going to), one try only, DC."""
     wait_until(lambda: "closed" in stuck.snapshot(), 5, "the upstream connection to close")
@@ -238,7 +231,7 @@ def test_a_client_that_resets_while_waiting_cancels_the_upstream_request(
     """As Envoy: the client gives up (a reset) before the upstream answered, so the upstream
     request is reset too (DC) rather than held until some timeout, and it is not retried."""
     client, stuck = stuck_upstream(mesh_lab)
-    caller = client.spawn_piped(SYSTEM_PYTHON, "-c", ASK_THEN_RESET, VIP)
+    caller = client.spawn_piped(SYSTEM_PYTHON, "-c", ASK_THEN_RESET, VIP, "/slow")
     wait_until(lambda: "request" in stuck.snapshot(), 10, "the request at the upstream")
     caller.stdin.write("go\n")
     caller.stdin.flush()

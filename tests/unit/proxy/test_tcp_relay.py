@@ -19,6 +19,7 @@ import pytest
 import uvloop
 
 from proxy.filters.tcp_proxy import HIGH_WATER, LOW_WATER, PAUSED_PEER_CHECK, RelayHalf, link
+from proxy.filters.tcp_proxy import reset as reset_transport
 
 TIMEOUT = 10.0
 ONE_READ = 256 * 1024  # the largest single read of uvloop (256000) and asyncio (262144)
@@ -869,3 +870,23 @@ def test_link_keeps_the_downstream_paused_when_the_early_bytes_fill_the_upstream
     link(down, up)
     assert up.transport.written == [b"x" * 1000]
     assert not down.transport.is_reading()
+
+
+def test_resetting_a_transport_that_is_already_closed_does_nothing(run) -> None:
+    """A session cut at the drain deadline resets its client's transport, which the HTTP
+    router may have closed already (the client had gone): that must not raise."""
+
+    async def main() -> None:
+        server = listener()
+        proxy = Proxy(server.getsockname())
+        client, upstream, down = await linked_pair(proxy, server)
+        down.transport.get_extra_info("socket")  # as on accept (SO_ORIGINAL_DST): uvloop keeps it
+        reset(client)
+        await until(lambda: down.lost, "the client half to see the reset")
+        reset_transport(down.transport)  # raised ValueError on uvloop (its socket's fd is -1)
+        assert down.transport.is_closing()
+        upstream.close()
+        server.close()
+        await proxy.close()
+
+    run(main())
