@@ -15,6 +15,12 @@ module is the I/O between them, and every wait in it has a deadline:
 
 A request is never retried once its body outgrew ``REPLAY_LIMIT`` (the bytes are gone, so a
 second try could not send the same request), nor once any of the response was forwarded.
+
+A client that leaves mid-request is noticed by its connection being lost (a reset, or the
+socket closing after ours): the upstream try is reset and the exchange logged ``DC``. A FIN
+alone is not taken as leaving: a client may half-close after its request and still read the
+answer (BusyBox wget does). Envoy closes on it (``downstream_remote_disconnect``, reported as
+envoyproxy/envoy#17160); Detour answers such clients.
 """
 
 from __future__ import annotations

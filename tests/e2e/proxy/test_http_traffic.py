@@ -249,3 +249,31 @@ def test_a_client_that_resets_mid_upload_to_a_stalled_upstream_cancels_it(
     done = client.run(SYSTEM_PYTHON, "-c", UPLOAD_THEN_RESET, VIP, timeout=60)
     assert done.stdout.strip() == "reset", done.stderr
     assert_cancelled_once(client, stuck)
+
+
+# A client that half-closes (shutdown SHUT_WR) once its request is sent, as BusyBox wget does,
+# then reads the answer to the end.
+ASK_THEN_HALF_CLOSE = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], 8080), timeout=10)
+s.sendall(b"GET /?delay=0.3 HTTP/1.1\\r\\nHost: backend\\r\\n\\r\\n")
+s.shutdown(socket.SHUT_WR)
+answer = b""
+while chunk := s.recv(65536):
+    answer += chunk
+print(answer.split(b"\\r\\n", 1)[0].decode())
+"""
+
+
+@interception_agnostic
+def test_a_client_that_half_closes_after_its_request_still_gets_the_answer(
+    mesh_lab: MeshLab,
+) -> None:
+    """A FIN is not a client leaving (unlike a reset): the answer, which the upstream sends
+    after the FIN arrived, still reaches it, and nothing is logged as DC."""
+    client, _ = bring_up(mesh_lab)
+    done = client.run(SYSTEM_PYTHON, "-c", ASK_THEN_HALF_CLOSE, VIP, timeout=30)
+    assert done.stdout.strip() == "HTTP/1.1 200 OK", done.stdout + done.stderr
+    wait_until(
+        lambda: '"GET /?delay=0.3 HTTP/1.1" 200 - ' in client.read_sidecar_log(), 5, "the log"
+    )
