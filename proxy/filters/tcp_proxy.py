@@ -64,8 +64,8 @@ class RelayHalf(asyncio.Protocol):
         self.early: list[bytes] = []
         # Told when early bytes or the EOF arrive (protocol sniffing waits on it).
         self.on_early: Callable[[], object] | None = None
-        # While our write buffer is full and the peer's reading paused: the next look at it.
-        self.paused_peer_check: asyncio.TimerHandle | None = None
+        # While our write buffer is full and the peer's reading is paused: its reset watch.
+        self.paused_peer_check: ResetWatch | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -99,35 +99,20 @@ class RelayHalf(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # Our outgoing buffer is full: stop reading the side that fills it.
-        if self.peer is not None and not self.peer.lost:
-            self.peer.transport.pause_reading()
+        peer = self.peer
+        if peer is not None and not peer.lost:
+            peer.transport.pause_reading()
             if self.paused_peer_check is None:
-                self._schedule_peer_check()
+                # On a reset, let it read again: the loop reads what is left and reports the
+                # reset (connection_lost with ConnectionResetError) as for any other side.
+                self.paused_peer_check = ResetWatch.start(
+                    peer.transport, peer.transport.resume_reading
+                )
 
     def resume_writing(self) -> None:
         self._stop_checking_peer()
         if self.peer is not None and not self.peer.lost:
             self.peer.transport.resume_reading()
-
-    def _check_paused_peer(self) -> None:
-        """The peer's reading is paused, so the loop would not see it reset: look at its TCP
-        state; on a reset, let it read again, and the loop reads what is left and reports
-        the reset (``connection_lost`` with ConnectionResetError) as for any other side."""
-        self.paused_peer_check = None
-        peer = self.peer
-        if peer is None or peer.lost or self.lost:
-            return
-        if was_reset(peer.transport):
-            peer.transport.resume_reading()
-            return
-        self._schedule_peer_check()
-
-    def _schedule_peer_check(self) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return  # a half driven by hand, outside any loop (unit tests of the flow control)
-        self.paused_peer_check = loop.call_later(PAUSED_PEER_CHECK, self._check_paused_peer)
 
     def _stop_checking_peer(self) -> None:
         if self.paused_peer_check is not None:
@@ -145,6 +130,54 @@ class RelayHalf(asyncio.Protocol):
         self.on_lost(self, exc)
 
 
+class ResetWatch:
+    """Looks every ``PAUSED_PEER_CHECK`` seconds whether a transport whose reading is paused
+    was reset (the event loop does not watch a paused socket) and calls ``on_reset`` once if
+    so. Its owner cancels it when reading resumes or the connection ends; it also stops by
+    itself once the transport is closing."""
+
+    __slots__ = ("_loop", "_on_reset", "_timer", "_transport", "checks")
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        transport: asyncio.BaseTransport,
+        on_reset: Callable[[], object],
+    ) -> None:
+        self._loop = loop
+        self._transport = transport
+        self._on_reset = on_reset
+        self.checks = 0  # looks taken so far
+        self._timer: asyncio.TimerHandle | None = loop.call_later(PAUSED_PEER_CHECK, self._check)
+
+    @classmethod
+    def start(
+        cls, transport: asyncio.BaseTransport, on_reset: Callable[[], object]
+    ) -> ResetWatch | None:
+        """A watch on the running loop; None outside any loop (a half driven by hand in the
+        unit tests of the flow control)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+        return cls(loop, transport, on_reset)
+
+    def _check(self) -> None:
+        self.checks += 1
+        self._timer = None
+        if self._transport.is_closing():
+            return
+        if was_reset(self._transport):
+            self._on_reset()
+            return
+        self._timer = self._loop.call_later(PAUSED_PEER_CHECK, self._check)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
 def was_reset(transport: asyncio.BaseTransport) -> bool:
     """True when the transport's TCP socket is in state CLOSE: the peer reset it (a socket we
     have not closed gets there by a RST, or by a timeout that the loop has not read yet)."""
@@ -153,8 +186,8 @@ def was_reset(transport: asyncio.BaseTransport) -> bool:
         return False
     try:
         info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)
-    except OSError:
-        return False  # not TCP (a Unix socket in a test), or already closed by us
+    except (OSError, ValueError):
+        return False  # not TCP (a Unix socket in a test), or closed by us (uvloop: fd -1)
     return info[0] == _TCP_CLOSE
 
 

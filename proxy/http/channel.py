@@ -6,9 +6,9 @@ only moves them and applies backpressure:
 
 * reading: at most ``READ_AHEAD`` unparsed bytes are buffered; beyond that the transport stops
   reading until somebody awaits the next event (a pipelining or fast-uploading peer cannot
-  grow our memory). The loop does not watch a paused socket, so while paused its TCP state is
-  looked at every ``PAUSED_PEER_CHECK`` seconds: a peer that reset is noticed and the
-  connection is lost (``on_lost``) as if the loop had seen it;
+  grow our memory). The loop does not watch a paused socket, so while paused a ``ResetWatch``
+  looks at its TCP state: a peer that reset is noticed and the connection is lost
+  (``on_lost``) as if the loop had seen it;
 * writing: ``drain`` waits while the transport's buffer is above its high-water mark (the
   same marks as the L4 relay), so a slow reader slows the writer down instead of filling RAM.
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from proxy.filters.tcp_proxy import HIGH_WATER, LOW_WATER, PAUSED_PEER_CHECK, reset, was_reset
+from proxy.filters.tcp_proxy import HIGH_WATER, LOW_WATER, ResetWatch, reset
 
 from .codec import NEED_DATA, Connection
 from .events import Event, _Sentinel
@@ -51,7 +51,7 @@ class HttpChannel(asyncio.Protocol):
         self.idle_since = 0.0  # loop time it went back to its pool (upstream connections)
         self._buffered = 0
         self._reading_paused = False
-        self._paused_check: asyncio.TimerHandle | None = None  # see _check_paused
+        self._paused_check: ResetWatch | None = None  # while reading is paused
         self._data_waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self._write_paused = False
@@ -74,7 +74,7 @@ class HttpChannel(asyncio.Protocol):
         if self._buffered > READ_AHEAD and not self._reading_paused:
             self._reading_paused = True
             self.transport.pause_reading()  # type: ignore[union-attr]
-            self._paused_check = self.loop.call_later(PAUSED_PEER_CHECK, self._check_paused)
+            self._paused_check = ResetWatch(self.loop, self.transport, self._reset_while_paused)
         self._wake()
 
     def eof_received(self) -> bool:
@@ -87,7 +87,7 @@ class HttpChannel(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        if exc is not None:  # else keep what _check_paused found
+        if exc is not None:  # else keep what _reset_while_paused found
             self.lost_error = exc
         self._stop_paused_check()
         if not self.eof:
@@ -189,18 +189,13 @@ class HttpChannel(asyncio.Protocol):
         if self.transport is not None and not self.lost:
             reset(self.transport)
 
-    def _check_paused(self) -> None:
-        """Reading is paused, so the loop would not see the peer reset: look at the socket's
-        TCP state, and treat a reset as the loop would (the connection is lost with a
-        ConnectionResetError); what the kernel still held from that peer is dropped."""
+    def _reset_while_paused(self) -> None:
+        """The peer reset while our reading was paused (the loop could not see it): the
+        connection is lost as the loop would have reported it, with a ConnectionResetError;
+        what the kernel still held from that peer is dropped."""
         self._paused_check = None
-        if self.lost or not self._reading_paused:
-            return
-        if was_reset(self.transport):  # type: ignore[arg-type]
-            self.lost_error = ConnectionResetError("reset by the peer while reading was paused")
-            self.abort()
-            return
-        self._paused_check = self.loop.call_later(PAUSED_PEER_CHECK, self._check_paused)
+        self.lost_error = ConnectionResetError("reset by the peer while reading was paused")
+        self.abort()
 
     def _stop_paused_check(self) -> None:
         if self._paused_check is not None:

@@ -641,16 +641,10 @@ def test_a_paused_half_that_is_not_reset_stays_paused(run) -> None:
         client, upstream, down, sender = await paused_by_a_stalled_upstream(
             proxy, server, 16 * 1024 * 1024
         )
-        checks: set[float] = set()  # each check schedules the next, for a later time
-
-        def checked_three_times() -> bool:
-            handle = down.upstream.paused_peer_check
-            if handle is not None:
-                checks.add(handle.when())
-            return len(checks) > 3
-
+        watch = down.upstream.paused_peer_check
+        assert watch is not None
         try:
-            await until(checked_three_times, "three checks of the paused client half")
+            await until(lambda: watch.checks >= 3, "three checks of the paused client half")
             assert not down.transport.is_reading()
             assert proxy.lost == []
         finally:
