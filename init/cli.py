@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from detour_common.conventions import TPROXY_MARK, TPROXY_ROUTE_TABLE
 from init import logs
 from init.backend import (
     KINDS,
@@ -172,8 +173,6 @@ def _show(backend: IptablesBackend, present: tuple[int, ...]) -> int:
                     f"{count.packets} packets, {count.bytes} bytes"
                 )
     with PolicyRouting() as routing:
-        from init.config import TPROXY_MARK, TPROXY_ROUTE_TABLE
-
         for route in sorted(
             routing.installed(present, TPROXY_MARK, TPROXY_ROUTE_TABLE), key=lambda r: r.family
         ):

@@ -30,10 +30,6 @@ SIDECAR_OWN_PORTS: tuple[int, ...] = (15000, 15020, 15021, 15090)
 INBOUND_PASSTHROUGH_V4 = ipaddress.ip_address("127.0.0.6")
 INBOUND_PASSTHROUGH_V6 = ipaddress.ip_address("::6")
 
-# TPROXY: packets diverted to the proxy carry this mark, and policy routing sends marked
-# packets to table 133, whose only route is "local default dev lo".
-TPROXY_MARK = 1337
-TPROXY_ROUTE_TABLE = 133
 
 _IFNAME = re.compile(r"^[^/:\s]{1,15}$")
 _TRUE = {"1", "true", "yes", "on"}

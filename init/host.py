@@ -4,24 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-CAP_NET_ADMIN = 12
+from detour_common.capabilities import CAP_NET_ADMIN, has_capability
 
 
 class PrivilegeError(RuntimeError):
     """The caller lacks a capability the command needs."""
 
 
-def effective_capabilities(status: str | None = None) -> int:
-    """The CapEff bitmask from /proc/self/status (or the given text)."""
-    text = status if status is not None else Path("/proc/self/status").read_text()
-    for line in text.splitlines():
-        if line.startswith("CapEff:"):
-            return int(line.split()[1], 16)
-    return 0
-
-
 def require_net_admin(command: str) -> None:
-    if not effective_capabilities() >> CAP_NET_ADMIN & 1:
+    if not has_capability(CAP_NET_ADMIN):
         raise PrivilegeError(
             f"detour-init {command} needs CAP_NET_ADMIN: run it as root, or as a container "
             "with --cap-add NET_ADMIN,NET_RAW"

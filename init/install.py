@@ -13,8 +13,9 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from detour_common.conventions import TPROXY_MARK, TPROXY_ROUTE_TABLE
 from init.backend import Backend, BackendError
-from init.config import INBOUND_PASSTHROUGH_V6, TPROXY_MARK, TPROXY_ROUTE_TABLE
+from init.config import INBOUND_PASSTHROUGH_V6
 from init.render import transition
 from init.routing import PolicyRouting, RoutingError
 from init.rules import BUILTIN_CHAINS, RuleSet

@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
-import time
 
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        return json.dumps(entry, ensure_ascii=False)
+from detour_common.logs import JsonFormatter
 
 
 def setup(log_format: str, stream=None) -> None:

@@ -16,11 +16,10 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from detour_common.conventions import TPROXY_MARK, TPROXY_ROUTE_TABLE
 from init.config import (
     INBOUND_PASSTHROUGH_V4,
     INBOUND_PASSTHROUGH_V6,
-    TPROXY_MARK,
-    TPROXY_ROUTE_TABLE,
     CaptureConfig,
     IPNetwork,
 )

@@ -16,8 +16,8 @@ import socket
 import time
 from dataclasses import dataclass
 
+from detour_common.original_dst import original_destination
 from init.config import CaptureConfig
-from proxy.platform.original_dst import original_destination
 
 # Documentation ranges: never routed on a real network, so a reply can only come from us.
 _PROBE_ADDRESSES = {

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote, unquote
 
+from detour_common.capabilities import CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN, effective_capabilities
 from interceptor import kernel
 from interceptor.errors import InterceptorError
 from interceptor.settings import EbpfConfig, decode_counters, describe_settings, map_contents
@@ -126,17 +127,6 @@ def cgroup_from_pin_name(mount: Path, name: str) -> Path:
     return mount if relative == "/" else mount / relative
 
 
-CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_BPF = 12, 21, 39
-
-
-def effective_capabilities(status_text: str) -> int:
-    """The CapEff mask from /proc/self/status text."""
-    for line in status_text.splitlines():
-        if line.startswith("CapEff:"):
-            return int(line.split()[1], 16)
-    return 0
-
-
 def preflight(caps: int, kernel_release: str, bcc_importable: bool, modules: Path) -> None:
     """Refuse early, with what to do, when loading cannot work. ``caps``: the effective
     capability mask. CAP_SYS_ADMIN alone is enough; else CAP_BPF (load, pin, read maps) and
@@ -214,7 +204,7 @@ def _is_bpffs(path: Path) -> bool:
 
 
 def _preflight_here() -> None:
-    caps = effective_capabilities(Path("/proc/self/status").read_text())
+    caps = effective_capabilities()
     preflight(caps, os.uname().release, _bcc_importable(), Path("/lib/modules"))
 
 

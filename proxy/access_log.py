@@ -10,12 +10,14 @@ turn late and nothing waits in a buffer while the loop idles. A burst never hold
 The lines look exactly as the ``detour.access`` logger printed them (the text prefix with the
 process name, or the JSON envelope of ``--log-format json``), and they go through the same
 ``sys.stderr`` object as every other log line, so their order relative to those is kept.
+
+Each process owns one ``AccessLog`` (the supervisor's for its in-process worker, each worker
+process its own) and flushes it when it ends; there is no module-level sink.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
 import json
 import sys
 import time
@@ -74,22 +76,3 @@ class AccessLog:
             stream.flush()
         except (OSError, ValueError):
             pass  # stderr gone (closed pipe, closed file): as logging, the line is lost
-
-
-_sink = AccessLog()
-atexit.register(lambda: _sink.flush())
-
-
-def configure(log_format: str, process: str) -> None:
-    """Called where logging is set up (``proxy.cli.setup_logging``), once per process."""
-    global _sink
-    _sink.flush()
-    _sink = AccessLog(log_format, process)
-
-
-def emit(line: str) -> None:
-    _sink.emit(line)
-
-
-def flush() -> None:
-    _sink.flush()

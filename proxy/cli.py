@@ -14,10 +14,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from init.host import CAP_NET_ADMIN, effective_capabilities
-from proxy import access_log
+from detour_common.capabilities import CAP_NET_ADMIN, has_capability
 from proxy.config.loader import MeshConfigError, load_mesh
 from proxy.config.model import Mesh
+from proxy.logs import setup_logging
 from proxy.sidecar import Options, Sidecar, bind_listeners, drop_privileges
 
 log = logging.getLogger("detour.proxy")
@@ -78,22 +78,6 @@ def _run_as(value: str | None) -> tuple[int, int] | None:
     return int(uid_text), int(gid_text or uid_text)
 
 
-def setup_logging(log_format: str, process: str = "main") -> None:
-    """Text (``detour-proxy[main]: ...``) or JSON lines on stderr, for every process."""
-    from init.logs import JsonFormatter
-
-    handler = logging.StreamHandler(sys.stderr)
-    if log_format == "json":
-        handler.setFormatter(JsonFormatter())
-    else:
-        handler.setFormatter(logging.Formatter(f"detour-proxy[{process}]: %(name)s: %(message)s"))
-    root = logging.getLogger("detour")
-    root.handlers[:] = [handler]
-    root.setLevel(logging.INFO)
-    root.propagate = False
-    access_log.configure(log_format, process)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_format)
@@ -133,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except OSError as err:
             log.error("--run-as %d:%d: %s", *run_as, err)
             return EXIT_USAGE
-    if options.inbound_mode == "TPROXY" and not effective_capabilities() >> CAP_NET_ADMIN & 1:
+    if options.inbound_mode == "TPROXY" and not has_capability(CAP_NET_ADMIN):
         log.error(
             "--inbound-mode TPROXY connects to the app from each client's own address, which "
             "needs CAP_NET_ADMIN for the life of the process: run as uid 1337 with the "

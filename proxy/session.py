@@ -15,14 +15,15 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from init.config import TPROXY_MARK
+from detour_common.conventions import TPROXY_MARK
 from proxy.config.model import Service, ServicePort
 from proxy.filters.http_proxy import HttpConnectionManager
 from proxy.filters.sniff import DEFAULT_DETECT_TIMEOUT, DEFAULT_SKIP_PORTS, detect
-from proxy.filters.tcp_proxy import RelayHalf, link, reset
 from proxy.platform.sockets import transparent_socket
+from proxy.platform.transport import reset
 from proxy.routing import Passthrough, Refuse, ToCluster
 from proxy.stats import cluster_labels, istio_labels, listener_labels
+from proxy.transport.relay import RelayHalf, link
 from proxy.upstream.cluster import ClusterRuntime
 
 if TYPE_CHECKING:  # imported at run time only by an HTTP/2 connection (proxy/http2)

@@ -23,6 +23,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
+from proxy.access_log import AccessLog
 from proxy.admin.clusters import merge_rows, render_rows
 from proxy.admin.http import AdminServer, Request, Response, Route, serve, text
 from proxy.admin.prometheus import render
@@ -82,12 +83,13 @@ def bind_listeners(options: Options) -> list[tuple[ListenSpec, str]]:
 
 
 def new_workers(
-    options: Options, listener_sets: list[list[tuple[ListenSpec, str]]]
+    options: Options, listener_sets: list[list[tuple[ListenSpec, str]]], sink: AccessLog
 ) -> list[WorkerHandle]:
     """One worker per listener set: in this process when there is one (no second interpreter
-    to pay for, as Envoy's ``--concurrency 1`` is one process), else a process each."""
+    to pay for, as Envoy's ``--concurrency 1`` is one process; it writes to ``sink``, this
+    process's access log), else a process each."""
     if len(listener_sets) == 1:
-        return [InProcessWorker(0, listener_sets[0], options.access_log)]
+        return [InProcessWorker(0, listener_sets[0], options.access_log, sink)]
     return [
         WorkerProcess(index, listeners, options.access_log, options.log_format)
         for index, listeners in enumerate(listener_sets)
@@ -117,13 +119,14 @@ class Sidecar:
         self._stop = asyncio.Event()
         self._config_stat: tuple | None = None
         self.stats = Stats()  # the supervisor's own: the DNS proxy counts here
+        self.access_log = AccessLog(options.log_format, "main")
         self.dns: DnsProxy | None = None
 
     # --- running ------------------------------------------------------------------------
 
     async def run(self, listener_sets: list[list[tuple[ListenSpec, str]]]) -> int:
         loop = asyncio.get_running_loop()
-        for worker in new_workers(self.options, listener_sets):
+        for worker in new_workers(self.options, listener_sets, self.access_log):
             await worker.start(self.mesh)
             self.workers.append(worker)
         dns_closers = await self._start_dns()
@@ -174,6 +177,7 @@ class Sidecar:
             server.close()
         for close in dns_closers:
             close()
+        self.access_log.flush()
         log.info("stopped (%d connections cut at the drain deadline)", aborted)
         return 0
 

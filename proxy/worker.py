@@ -16,18 +16,18 @@ import socket
 import time
 from dataclasses import dataclass
 
-from proxy.access_log import emit as write_access_line
+from detour_common.original_dst import original_destination
+from proxy.access_log import AccessLog
 from proxy.admin.clusters import Row
 from proxy.config.model import Mesh, Service
 from proxy.filters.http_proxy import Exchange
-from proxy.filters.tcp_proxy import RelayHalf
 from proxy.http.events import Headers
 from proxy.http.router import HttpRouter, header_value
-from proxy.platform.original_dst import original_destination
 from proxy.platform.sockets import is_local_address
 from proxy.routing import RouteTable
 from proxy.session import ListenerInfo, Session
 from proxy.stats import Stats, istio_labels, listener_labels
+from proxy.transport.relay import RelayHalf
 from proxy.upstream.cluster import ClusterKey, ClusterRuntime, build_clusters, inbound_service
 
 log = logging.getLogger("detour.proxy")
@@ -111,8 +111,11 @@ def _unattached(half: RelayHalf, exc: Exception | None) -> None:
 
 
 class Worker:
-    def __init__(self, mesh: Mesh, access_log_format: str = "text") -> None:
+    def __init__(
+        self, mesh: Mesh, access_log_format: str = "text", access_log: AccessLog | None = None
+    ) -> None:
         self.stats = Stats()
+        self.access_sink = access_log if access_log is not None else AccessLog()
         self.sessions: set[Session] = set()
         self.servers: list[asyncio.AbstractServer] = []
         self.access_log_format = access_log_format
@@ -236,9 +239,9 @@ class Worker:
                 "bytes_sent": sent,
                 "duration": duration_ms,
             }
-            write_access_line(json.dumps(entry))
+            self.access_sink.emit(json.dumps(entry))
         else:
-            write_access_line(
+            self.access_sink.emit(
                 f'[{start_time}] "TCP {session.listener.direction}" {flags} '
                 f"{session.downstream.received} {sent} {duration_ms} "
                 f'"{downstream_remote}" "{original}" {session.cluster_name} {upstream_host}'
@@ -321,9 +324,9 @@ class Worker:
                 "route_name": route,
                 "retries": exchange.retries,
             }
-            write_access_line(json.dumps(fields))
+            self.access_sink.emit(json.dumps(fields))
             return
-        write_access_line(
+        self.access_sink.emit(
             f'[{start_time}] "{method} {path} {protocol}" {exchange.status} {flags} '
             f"{exchange.request_bytes} {exchange.response_bytes} {duration} - "
             f'"{forwarded_for}" "{user_agent}" "{request_id}" "{authority}" "{upstream_host}" '

@@ -38,7 +38,9 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from proxy.access_log import AccessLog
 from proxy.config.model import Mesh
+from proxy.logs import setup_logging
 from proxy.platform.heap import freeze_startup_objects
 from proxy.session import ListenerInfo
 from proxy.worker import (
@@ -123,11 +125,16 @@ class InProcessWorker:
     """
 
     def __init__(
-        self, index: int, listeners: list[tuple[ListenSpec, str]], access_log: str
+        self,
+        index: int,
+        listeners: list[tuple[ListenSpec, str]],
+        access_log: str,
+        sink: AccessLog | None = None,
     ) -> None:
         self.index = index
         self.listeners = listeners
         self.access_log = access_log
+        self.sink = sink  # the supervisor's access log: this worker runs in its process
         self.worker: Worker | None = None
 
     @property
@@ -139,7 +146,7 @@ class InProcessWorker:
         return None
 
     async def start(self, mesh: Mesh) -> None:
-        self.worker = Worker(mesh, self.access_log)
+        self.worker = Worker(mesh, self.access_log, self.sink)
         await self.worker.start([spec for spec, _kind in self.listeners])
 
     async def apply_mesh(self, mesh: Mesh) -> None:
@@ -243,10 +250,12 @@ class WorkerProcess:
 # --- worker side --------------------------------------------------------------------------
 
 
-async def serve(control: socket.socket, listeners: list[ListenSpec], access_log: str) -> int:
+async def serve(
+    control: socket.socket, listeners: list[ListenSpec], access_log: str, sink: AccessLog
+) -> int:
     reader, writer = await asyncio.open_connection(sock=control)
     first = await receive(reader)
-    worker = Worker(first["mesh"], access_log)
+    worker = Worker(first["mesh"], access_log, sink)
     await worker.start(listeners)
     freeze_startup_objects()
     await send(writer, {"ok": True, "pid": os.getpid()})
@@ -294,14 +303,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--access-log", default="text")
     parser.add_argument("--log-format", default="text")
     args = parser.parse_args(argv)
-    from proxy.cli import setup_logging
-
-    setup_logging(args.log_format, f"worker {args.index}")
+    process = f"worker {args.index}"
+    setup_logging(args.log_format, process)
     import uvloop
 
     control = socket.socket(fileno=args.control_fd)
     listeners = [_parse_listen(value) for value in args.listen]
-    return uvloop.run(serve(control, listeners, args.access_log))
+    sink = AccessLog(args.log_format, process)
+    try:
+        return uvloop.run(serve(control, listeners, args.access_log, sink))
+    finally:
+        sink.flush()
 
 
 if __name__ == "__main__":

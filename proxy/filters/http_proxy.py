@@ -34,7 +34,6 @@ from collections.abc import Awaitable
 from dataclasses import dataclass, field
 
 from proxy.config.model import HttpRoute, Service, ServicePort
-from proxy.filters.tcp_proxy import RelayHalf, link
 from proxy.http import local_reply
 from proxy.http.channel import ChannelClosed, HttpChannel
 from proxy.http.codec import (
@@ -64,6 +63,7 @@ from proxy.http.router import (
 )
 from proxy.http2 import HTTP2_PORTS
 from proxy.stats import cluster_labels
+from proxy.transport.relay import RelayHalf, link
 from proxy.upstream.cluster import ClusterRuntime
 
 log = logging.getLogger("detour.proxy")

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from proxy.filters.tcp_proxy import HIGH_WATER, LOW_WATER, ResetWatch, reset
+from proxy.platform.transport import HIGH_WATER, LOW_WATER, ResetWatch, reset
 
 from .codec import NEED_DATA, Connection
 from .events import Event, _Sentinel

@@ -30,7 +30,7 @@ import h2.exceptions
 import h2.settings
 from h2.errors import ErrorCodes
 
-from proxy.filters.tcp_proxy import HIGH_WATER, LOW_WATER
+from proxy.platform.transport import HIGH_WATER, LOW_WATER
 
 Headers = list[tuple[bytes, bytes]]
 

@@ -38,7 +38,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from proxy.platform.original_dst import original_destination
+from detour_common.original_dst import original_destination
 
 
 def _http(port: int, label: str, transparent: bool, family: int) -> None:

@@ -56,12 +56,6 @@ def test_preflight_names_what_is_missing_and_the_fix(tmp_path):
         loader.preflight(ROOT_CAPS, "6.2.0", True, tmp_path)
 
 
-def test_effective_capabilities_come_from_proc_status():
-    status = "Name:\tpython3\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n"
-    assert loader.effective_capabilities(status) == (1 << 41) - 1
-    assert loader.effective_capabilities("Name:\tx\n") == 0
-
-
 def test_every_program_has_its_source_and_is_commented():
     for program in loader.PROGRAMS:
         text = (loader.BPF_DIR / f"{program.key}.c").read_text()

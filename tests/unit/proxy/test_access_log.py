@@ -7,7 +7,7 @@ import io
 import json
 import logging
 
-from init.logs import JsonFormatter
+from detour_common.logs import JsonFormatter
 from proxy.access_log import MAX_BUFFERED, AccessLog
 
 

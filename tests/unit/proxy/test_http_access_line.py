@@ -7,11 +7,10 @@ import json
 import time
 from types import SimpleNamespace
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from proxy import access_log
+from proxy.access_log import AccessLog
 from proxy.config.loader import parse_mesh
 from proxy.filters.http_proxy import Exchange
 from proxy.http.events import Request
@@ -24,7 +23,6 @@ HOSTILE_AGENT = b'evil" \x01 caf\xe9 \\'
 
 def logged(capsys, log_format: str, headers: list[tuple[bytes, bytes]]) -> str:
     """What the worker prints for one finished GET with ``headers``."""
-    access_log.configure(log_format, "main")  # no loop running here: each line is written at once
     request = Request(b"GET", b"/p?q=1", headers, b"1.1", True, False, None, None, False)
     exchange = Exchange(request, STARTED)
     exchange.status, exchange.request_bytes, exchange.response_bytes = 200, 12, 1024
@@ -32,7 +30,8 @@ def logged(capsys, log_format: str, headers: list[tuple[bytes, bytes]]) -> str:
     exchange.upstream_host = ("10.0.0.20", 8080)
     # The only thing the line takes from the connection is the peer's address.
     session = SimpleNamespace(peer=("fd00::30", 40000))
-    Worker(MESH, log_format)._http_access_log(session, exchange, "-")
+    sink = AccessLog(log_format, "main")  # no loop running here: each line is written at once
+    Worker(MESH, log_format, sink)._http_access_log(session, exchange, "-")
     out = capsys.readouterr().err
     assert out.endswith("\n") and out.count("\n") == 1
     if log_format == "json":  # the message inside --log-format json's envelope
@@ -95,9 +94,3 @@ def test_any_header_value_logs_as_printable_ascii_that_reads_back(value):
     assert text.replace('\\"', '"').encode("ascii").decode("unicode_escape") == value.decode(
         "latin-1"
     )
-
-
-@pytest.fixture(autouse=True)
-def _restore_access_log():
-    yield
-    access_log.configure("text", "main")

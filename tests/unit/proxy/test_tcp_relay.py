@@ -18,8 +18,9 @@ from collections.abc import Awaitable, Callable
 import pytest
 import uvloop
 
-from proxy.filters.tcp_proxy import HIGH_WATER, LOW_WATER, PAUSED_PEER_CHECK, RelayHalf, link
-from proxy.filters.tcp_proxy import reset as reset_transport
+from proxy.platform.transport import HIGH_WATER, LOW_WATER, PAUSED_PEER_CHECK
+from proxy.platform.transport import reset as reset_transport
+from proxy.transport.relay import RelayHalf, link
 
 TIMEOUT = 10.0
 ONE_READ = 256 * 1024  # the largest single read of uvloop (256000) and asyncio (262144)

@@ -18,7 +18,7 @@ import struct
 import pytest
 from support.prereq import in_ci
 
-from proxy.platform.original_dst import (
+from detour_common.original_dst import (
     IP6T_SO_ORIGINAL_DST,
     SO_ORIGINAL_DST,
     original_destination,

@@ -1,4 +1,5 @@
-"""host: reading the effective capabilities, and refusing commands without CAP_NET_ADMIN."""
+"""Reading the effective capabilities (shared by init, the interceptor and the sidecar), and
+init refusing its commands without CAP_NET_ADMIN."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from init import host
-from init.host import CAP_NET_ADMIN, PrivilegeError, effective_capabilities, require_net_admin
+from detour_common import capabilities
+from detour_common.capabilities import CAP_NET_ADMIN, effective_capabilities, has_capability
+from init.host import PrivilegeError, require_net_admin
 
 ROOT_STATUS = """\
 Name:\tpython3
@@ -56,6 +58,11 @@ def test_container_with_net_admin_and_net_raw() -> None:
     assert caps >> CAP_NET_ADMIN & 1
 
 
+def test_has_capability_tests_one_bit() -> None:
+    assert has_capability(CAP_NET_ADMIN, ROOT_STATUS)
+    assert not has_capability(CAP_NET_ADMIN, USER_STATUS)
+
+
 def test_missing_capeff_line_means_no_capabilities() -> None:
     assert effective_capabilities("Name:\tx\nCapPrm:\tffffffff\n") == 0
     assert effective_capabilities("") == 0
@@ -68,7 +75,7 @@ def test_reads_proc_self_status_by_default() -> None:
 
 @pytest.mark.parametrize("caps", [0, 1 << 13, (1 << 12) - 1, 1 << 21])
 def test_require_net_admin_refuses_without_the_bit(monkeypatch, caps: int) -> None:
-    monkeypatch.setattr(host, "effective_capabilities", lambda status=None: caps)
+    monkeypatch.setattr(capabilities, "effective_capabilities", lambda status=None: caps)
     with pytest.raises(PrivilegeError) as caught:
         require_net_admin("apply")
     assert "detour-init apply" in str(caught.value)
@@ -77,5 +84,5 @@ def test_require_net_admin_refuses_without_the_bit(monkeypatch, caps: int) -> No
 
 @pytest.mark.parametrize("caps", [1 << 12, 0x1FFFFFFFFFF])
 def test_require_net_admin_accepts_with_the_bit(monkeypatch, caps: int) -> None:
-    monkeypatch.setattr(host, "effective_capabilities", lambda status=None: caps)
+    monkeypatch.setattr(capabilities, "effective_capabilities", lambda status=None: caps)
     require_net_admin("cleanup")
