@@ -9,6 +9,7 @@ setup:
 
 test: setup bench-peers
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest
 
 # The lab's end-to-end tests alone (init's rules, the sidecar, iptables and eBPF capture);
@@ -46,6 +47,7 @@ bench-quick: setup bench-peers
 lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,9 +1,11 @@
 """One intercepted connection, from accept to the access-log line.
 
-The listener hands over the accepted downstream half (paused); the session decides the route,
-connects upstream (with timeout, circuit breaker, outlier reporting and a retry on another
-endpoint), links the two halves into a relay, and accounts for the connection when both halves
-are gone: stats, Istio TCP metrics, access log.
+The listener hands over the accepted downstream half (paused); the session decides the route
+and either relays TCP (connect upstream through the worker's connector, with the circuit
+breaker, outlier reporting and a retry on another endpoint, then link the two halves) or hands
+the connection to the HTTP connection manager of its codec (``filters.http_connection``). It
+accounts for the connection when both halves are gone: stats, Istio TCP metrics, access log
+(an HTTP connection is accounted per request instead).
 """
 
 from __future__ import annotations
@@ -17,25 +19,37 @@ from typing import TYPE_CHECKING
 
 from detour_common.conventions import TPROXY_MARK
 from proxy.config.model import Service, ServicePort
-from proxy.filters.http_proxy import HttpConnectionManager
-from proxy.filters.sniff import DEFAULT_DETECT_TIMEOUT, DEFAULT_SKIP_PORTS, detect
-from proxy.platform.sockets import transparent_socket
+from proxy.filters import http_connection
+from proxy.outcomes import Flag
+from proxy.pipeline.forward import Pipeline
 from proxy.platform.transport import reset
 from proxy.routing import Passthrough, Refuse, ToCluster
-from proxy.stats import cluster_labels, istio_labels, listener_labels
+from proxy.stats import Counter, Gauge, cluster_labels, listener_labels
+from proxy.transport.idle import IdleWatch
 from proxy.transport.relay import RelayHalf, link
-from proxy.upstream.cluster import ClusterRuntime
+from proxy.upstream.cluster import UPSTREAM_CX_NONE_HEALTHY, ClusterRuntime
+from proxy.upstream.connector import ANY_SOURCE, ConnectFailed, Source
 
-if TYPE_CHECKING:  # imported at run time only by an HTTP/2 connection (proxy/http2)
-    from proxy.http2.server import Http2ConnectionManager
+if TYPE_CHECKING:
+    from proxy.filters.http_connection import HttpManager
 
 log = logging.getLogger("detour.proxy")
 
+DOWNSTREAM_CX_TOTAL = Counter("downstream_cx_total", "Connections accepted by a listener")
+DOWNSTREAM_CX_ACTIVE = Gauge("downstream_cx_active", "Connections open on a listener")
+DOWNSTREAM_CX_REFUSED = Counter(
+    "downstream_cx_refused", "Connections refused: not redirected, a loop, or not in the mesh"
+)
+DOWNSTREAM_CX_IDLE_TIMEOUT = Counter(
+    "downstream_cx_idle_timeout", "Connections closed by the idle timeout"
+)
+UPSTREAM_CX_ACTIVE = Gauge("upstream_cx_active", "Upstream connections open in a cluster")
+UPSTREAM_CX_OVERFLOW = Counter("upstream_cx_overflow", "Connections refused by the circuit breaker")
+UPSTREAM_CX_CONNECT_ATTEMPTS_EXCEEDED = Counter(
+    "upstream_cx_connect_attempts_exceeded", "Connections that ran out of connect attempts"
+)
+
 PASSTHROUGH_CONNECT_TIMEOUT = 10.0  # Envoy's default for its PassthroughCluster
-# A declared HTTP port's client speaks first: wait longer for its first bytes than a sniffer of
-# undeclared ports may (they only choose between HTTP/1.1 and HTTP/2), but not forever.
-DECLARED_HTTP_DETECT_TIMEOUT = 5.0
-_DECLARED_HTTP = ("http", "http2", "grpc")
 
 
 @dataclass(frozen=True)
@@ -50,9 +64,23 @@ class ListenerInfo:
     preserve_source: bool = False
     idle_timeout: float = 3600.0
 
+    def upstream_source(self, client_address: str) -> Source:
+        """Where this connection's upstream connections come from."""
+        if self.preserve_source:
+            return Source(client_address, transparent=True, mark=TPROXY_MARK)
+        if self.source_address is not None:
+            return Source(self.source_address)
+        return ANY_SOURCE
+
 
 class Session:
-    """Lifecycle and accounting of one relayed connection."""
+    """Lifecycle and accounting of one relayed connection.
+
+    Over the project's ~200 lines per class: the route dispatch, the TCP connect (breaker,
+    attempts, outlier reports), the hand-over to HTTP and the accounting all read and write
+    the same per-connection state (halves, flags, cluster, host, breaker slot), which is what
+    the access log reports; the parts that stand alone are elsewhere (the connector, the
+    relay, the idle watch, protocol detection, telemetry)."""
 
     def __init__(
         self,
@@ -67,39 +95,41 @@ class Session:
         self.downstream = downstream
         self.destination = destination
         self.peer = peer
+        self.source = listener.upstream_source(peer[0])
         self.upstream: RelayHalf | None = None
         self.started = time.time()
         self.flags: list[str] = []
-        self.cluster = None
+        self.cluster: ClusterRuntime | None = None
         self.host = None
         self.upstream_address: tuple[str, int] | None = None
-        self.service = None
-        self.task: asyncio.Task | None = None
+        self.service: Service | None = None
+        self.service_fqdn = ""  # the service's name in Istio's labels, once it is known
+        self.task: asyncio.Task[None] | None = None
         self.cluster_name = "unknown"
         self._open_halves = 1
         self._holds_breaker = False
         self._finished = False
-        self._idle_handle: asyncio.TimerHandle | None = None
-        self._idle_ticks = 0
-        self._seen = -1
-        self._dial_expired = False
+        self._idle: IdleWatch | None = None
         # set when the connection speaks HTTP (HTTP/1.1 or HTTP/2)
-        self.http: HttpConnectionManager | Http2ConnectionManager | None = None
+        self.http: HttpManager | None = None
 
     # --- lifecycle -------------------------------------------------------------------
 
     def start(self) -> None:
+        stats, listener = self.worker.stats, listener_labels(self.listener.name)
         self.worker.sessions.add(self)
-        self.worker.stats.inc("downstream_cx_total", listener_labels(self.listener.name))
-        self.worker.stats.gauge_add("downstream_cx_active", listener_labels(self.listener.name), 1)
+        stats.inc(DOWNSTREAM_CX_TOTAL, listener)
+        stats.gauge_add(DOWNSTREAM_CX_ACTIVE, listener, 1)
         self.task = self.worker.loop.create_task(self._connect())
 
     def half_lost(self, half: RelayHalf, exc: Exception | None) -> None:
+        if half is not self.downstream and half is not self.upstream:
+            return  # an upstream connection the connector dropped before it was ours
         if exc is not None:
             if half is self.downstream:
-                self.flags.append("DC")  # downstream connection terminated (reset)
-            elif half is self.upstream:
-                self.flags.append("UC")  # upstream connection terminated (reset)
+                self.flags.append(Flag.DOWNSTREAM_CONNECTION_TERMINATION)  # reset
+            else:
+                self.flags.append(Flag.UPSTREAM_CONNECTION_TERMINATION)  # reset
         self._open_halves -= 1
         if half is self.downstream and self.task is not None and not self.task.done():
             self.task.cancel()
@@ -132,14 +162,14 @@ class Session:
             connected = False
         except Exception:  # a bug must cost one connection, never a stuck or leaked one
             log.exception("connection from %s failed unexpectedly", self.peer)
-            self.flags.append("UF")
+            self.flags.append(Flag.UPSTREAM_CONNECTION_FAILURE)
             connected = False
         if not connected:
             self._close_downstream()
             if self._open_halves <= 0 or self.downstream.lost:
                 self._finish()
             return
-        link(self.downstream, self.upstream)
+        link(self.downstream, self.upstream)  # type: ignore[arg-type]
         self._arm_idle_timer()
 
     # --- HTTP ---------------------------------------------------------------------------
@@ -155,46 +185,7 @@ class Session:
         return await self._speaks_http(protocol, decision.port) == "http1"
 
     async def _speaks_http(self, protocol: str, port: int) -> str | None:
-        """ "http1", "http2" or None (TCP), from the port's declared protocol and the first
-        bytes. A port declared ``http``, ``http2`` or ``grpc`` is HTTP: the client speaks first
-        and its HTTP/2 preface (prior knowledge) makes the connection HTTP/2, anything else
-        HTTP/1.1 (Envoy's downstream codec "AUTO", as Istio configures it), but a TLS hello is
-        relayed as TCP. An ``auto`` port is sniffed: HTTP/1.x or HTTP/2 go to the router,
-        anything else, or a client silent for the detection timeout (a server-first
-        protocol), is TCP. Well-known server-first ports are never sniffed."""
-        if protocol in _DECLARED_HTTP:
-            detected = await self._sniff(DECLARED_HTTP_DETECT_TIMEOUT)
-            if detected == "tls":
-                return None
-            return "http2" if detected == "http2" else "http1"
-        if protocol != "auto" or port in DEFAULT_SKIP_PORTS:
-            return None
-        detected = await self._sniff(DEFAULT_DETECT_TIMEOUT)
-        return detected if detected in ("http1", "http2") else None
-
-    async def _sniff(self, timeout: float) -> str | None:
-        """What the client's first bytes are (sniff.py's names), or None when it sent none
-        before ``timeout`` (or closed)."""
-        downstream = self.downstream
-        loop = self.worker.loop
-        deadline = loop.time() + timeout
-        while True:
-            detected = detect(b"".join(downstream.early))
-            if detected is not None:
-                return detected.protocol
-            remaining = deadline - loop.time()
-            if downstream.eof or downstream.lost or remaining <= 0:
-                return None
-            arrived = loop.create_future()
-            downstream.on_early = functools.partial(_wake, arrived)
-            downstream.transport.resume_reading()
-            try:
-                async with asyncio.timeout(remaining):
-                    await arrived
-            except TimeoutError:
-                return None
-            finally:
-                downstream.on_early = None
+        return await http_connection.detect(self.downstream, self.worker.loop, protocol, port)
 
     async def _serve_http(
         self,
@@ -203,131 +194,123 @@ class Session:
         cluster: ClusterRuntime | None = None,
         protocol: str = "http1",
     ) -> None:
-        """Hand the downstream transport to the HTTP connection manager until it is done;
-        ``cluster`` is the one upstream of an inbound port (else routes pick clusters)."""
+        """Hand the downstream transport to the connection manager of ``protocol`` until it is
+        done; ``cluster`` is the one upstream of an inbound port (else routes pick clusters)."""
         downstream, worker = self.downstream, self.worker
         self.service, self.cluster_name = service, "-"
-        if protocol == "http2":
-            await self._serve_http2(service, port)
-            return
-        channel = HttpConnectionManager.channel(worker.loop)
-        manager = HttpConnectionManager(
-            self, service, port, worker.http_router(service), channel, worker.rng, cluster
+        self.service_fqdn = service.fqdn(worker.mesh.cluster_domain)
+        client_http2 = protocol == "http2"
+        new_try = http_connection.new_try_factory(
+            worker.connector,
+            self.source,
+            http_connection.upstream_speaks_http2(port.protocol, client_http2),
         )
-        self.http = manager
+        pipeline = Pipeline(
+            worker,
+            service,
+            port,
+            worker.http_router(service),
+            self.peer[0],
+            new_try,
+            cluster,
+            count_attempts=self.listener.direction == "outbound",
+        )
+        done = functools.partial(worker.telemetry.request_done, self)
         transport = downstream.transport
         early = b"".join(downstream.early)
         downstream.early.clear()
-        transport.set_protocol(channel)
-        channel.connection_made(transport)
-        channel.feed(early, downstream.eof)
+        if client_http2:
+            listener = listener_labels(self.listener.name)
+            self.http = http_connection.http2_manager(
+                pipeline,
+                transport,
+                early,
+                downstream.eof,
+                worker.loop,
+                done,
+                worker.stats,
+                listener,
+            )
+        else:
+            self.http = http_connection.http1_manager(
+                pipeline, transport, early, downstream.eof, worker.loop, done
+            )
         if not downstream.eof:
-            transport.resume_reading()
+            transport.resume_reading()  # type: ignore[union-attr]
         self._arm_idle_timer()
         try:
-            await manager.run()
+            await self.http.run()
         finally:
-            manager.abort_upstream()
-            channel.close()
-            self._open_halves = 0
-            self._finish()
-
-    async def _serve_http2(self, service: Service, port: ServicePort) -> None:
-        """The same for an HTTP/2 connection: its manager is the transport's protocol."""
-        from proxy.http2.server import make_manager  # loads h2 on first use (proxy/http2)
-
-        downstream = self.downstream
-        early = b"".join(downstream.early)
-        downstream.early.clear()
-        manager = make_manager(self, service, port, downstream.transport, early, downstream.eof)
-        self.http = manager
-        if not downstream.eof:
-            downstream.transport.resume_reading()
-        self._arm_idle_timer()
-        try:
-            await manager.run()
-        finally:
-            manager.abort()
+            self.http.finish()
             self._open_halves = 0
             self._finish()
 
     def _refuse(self, flag: str) -> None:
         self.flags.append(flag)
-        self.worker.stats.inc("downstream_cx_refused", listener_labels(self.listener.name))
+        self.worker.stats.inc(DOWNSTREAM_CX_REFUSED, listener_labels(self.listener.name))
         self._close_downstream()
         self._finish()
 
     def _close_downstream(self) -> None:
         if not self.downstream.lost:
-            reset(self.downstream.transport)
+            reset(self.downstream.transport)  # type: ignore[arg-type]
 
-    # --- upstream connect ---------------------------------------------------------------
+    # --- TCP: upstream connect ----------------------------------------------------------
 
-    async def _open(self, address: str, port: int, timeout: float) -> str | None:
+    async def _open(
+        self,
+        address: str,
+        port: int,
+        timeout: float,
+        cluster_name: str,
+        cluster: ClusterRuntime | None = None,
+        host=None,
+    ) -> str | None:
         """Connect the upstream half; returns None on success, else a response flag."""
         half = RelayHalf(self.half_lost)
         half.peer = self.downstream  # upstream bytes may arrive before link() runs
-        # A timer that cancels this task, rather than asyncio.wait_for (one more task per
-        # connection) or asyncio.timeout (two get_running_loop() calls, each a getpid()).
-        self._dial_expired = False
-        timer = self.worker.loop.call_later(timeout, self._expire_dial)
         try:
-            await self._dial(half, address, port)
-        except asyncio.CancelledError:
-            # As asyncio.timeout decides: ours only if nobody else asked to cancel the task
-            # (half_lost does when the downstream goes away).
-            if half.transport is not None:  # connected just as the timer fired: do not leak it
-                half.on_lost = _ignore_lost
-                half.transport.abort()
-            if self._dial_expired and self.task.uncancel() == 0:
-                return "UT"
-            raise
-        except OSError:
-            return "UF"
-        finally:
-            timer.cancel()
+            await self.worker.connector.connect(
+                half,
+                address,
+                port,
+                timeout=timeout,
+                source=self.source,
+                cluster_name=cluster_name,
+                cluster=cluster,
+                host=host,
+            )
+        except ConnectFailed as failed:
+            return (
+                Flag.UPSTREAM_REQUEST_TIMEOUT
+                if failed.timed_out
+                else Flag.UPSTREAM_CONNECTION_FAILURE
+            )
+        if half.lost:  # connected and gone again before this task resumed
+            return Flag.UPSTREAM_CONNECTION_TERMINATION
         self.upstream = half
         self.upstream_address = (address, port)
         self._open_halves += 1
+        self.worker.stats.gauge_add(UPSTREAM_CX_ACTIVE, cluster_labels(cluster_name), 1)
         return None
 
-    def _expire_dial(self) -> None:
-        self._dial_expired = True
-        self.task.cancel()
-
-    async def _dial(self, half: RelayHalf, address: str, port: int) -> None:
-        loop = self.worker.loop
-        if self.listener.preserve_source:
-            sock = transparent_socket(self.peer[0], TPROXY_MARK)
-            try:
-                await loop.sock_connect(sock, (address, port))
-                await loop.create_connection(lambda: half, sock=sock)
-            except BaseException:
-                sock.close()
-                raise
-            return
-        source = self.listener.source_address
-        await loop.create_connection(
-            lambda: half, address, port, local_addr=(source, 0) if source else None
-        )
-
     async def _connect_passthrough(self, decision: Passthrough) -> bool:
-        cluster = (
-            "InboundPassthroughCluster"
-            if self.listener.direction == "inbound"
-            else "PassthroughCluster"
+        inbound = self.listener.direction == "inbound"
+        self.cluster_name = "InboundPassthroughCluster" if inbound else "PassthroughCluster"
+        flag = await self._open(
+            decision.address, decision.port, PASSTHROUGH_CONNECT_TIMEOUT, self.cluster_name
         )
-        self.cluster_name = cluster
-        flag = await self._open(decision.address, decision.port, PASSTHROUGH_CONNECT_TIMEOUT)
-        return self._account_connect(cluster, flag)
+        return self._connected(flag)
 
     async def _connect_cluster(self, decision: ToCluster) -> bool:
         cluster = self.worker.clusters[(decision.service.key, decision.port.port, "")]
         self.cluster, self.service = cluster, decision.service
+        self.cluster_name = cluster.name
+        stats, labels = self.worker.stats, cluster_labels(cluster.name)
         policy = decision.service.policy
         if not cluster.breaker.try_open_connection():
-            self.flags.append("UO")
-            self.worker.stats.inc("upstream_cx_overflow", cluster_labels(cluster.name))
+            self.flags.append(Flag.UPSTREAM_OVERFLOW)
+            stats.inc(UPSTREAM_CX_OVERFLOW, labels)
             return False
         self._holds_breaker = True
         hash_key = self.peer[0].encode()
@@ -335,37 +318,31 @@ class Session:
         for _attempt in range(policy.connect_attempts):
             host = cluster.pick(hash_key, avoid=tried)
             if host is None:
-                self.flags.append("UH")
-                self.worker.stats.inc("upstream_cx_none_healthy", cluster_labels(cluster.name))
+                self.flags.append(Flag.NO_HEALTHY_UPSTREAM)
+                stats.inc(UPSTREAM_CX_NONE_HEALTHY, labels)
                 return False
             tried.add(host)
             if not cluster.breaker.try_start_pending():
-                self.flags.append("UO")
-                self.worker.stats.inc("upstream_cx_overflow", cluster_labels(cluster.name))
+                self.flags.append(Flag.UPSTREAM_OVERFLOW)
+                stats.inc(UPSTREAM_CX_OVERFLOW, labels)
                 return False
             host.active_requests += 1
             try:
-                flag = await self._open(host.address, host.port, policy.connect_timeout)
+                flag = await self._open(
+                    host.address, host.port, policy.connect_timeout, cluster.name, cluster, host
+                )
             finally:
                 cluster.breaker.pending_done()
-            cluster.report_connect(host, flag is None)
-            if self._account_connect(cluster.name, flag):
+            if self._connected(flag):
                 self.host = host
                 return True
             host.active_requests -= 1
-        self.worker.stats.inc("upstream_cx_connect_attempts_exceeded", cluster_labels(cluster.name))
+        stats.inc(UPSTREAM_CX_CONNECT_ATTEMPTS_EXCEEDED, labels)
         return False
 
-    def _account_connect(self, cluster_name: str, flag: str | None) -> bool:
-        stats = self.worker.stats
-        self.cluster_name = cluster_name
+    def _connected(self, flag: str | None) -> bool:
         if flag is None:
-            stats.inc("upstream_cx_total", cluster_labels(cluster_name))
-            stats.gauge_add("upstream_cx_active", cluster_labels(cluster_name), 1)
             return True
-        stats.inc("upstream_cx_connect_fail", cluster_labels(cluster_name))
-        if flag == "UT":
-            stats.inc("upstream_cx_connect_timeout", cluster_labels(cluster_name))
         if flag not in self.flags:
             self.flags.append(flag)
         return False
@@ -376,31 +353,22 @@ class Session:
         timeout = self.listener.idle_timeout
         if self.service is not None:
             timeout = self.service.policy.idle_timeout
-        self._idle_handle = self.worker.loop.call_later(timeout / 2, self._check_idle, timeout / 2)
+        self._idle = IdleWatch(self.worker.loop, timeout, self._progress, self._idle_timeout)
 
-    def _check_idle(self, period: float) -> None:
-        # Progress is measured by byte counts, so the hot path never touches a timer.
+    def _progress(self) -> int:
         if self.http is not None:
-            progress = self.http.progress()
-        else:
-            progress = self.downstream.received + (self.upstream.received if self.upstream else 0)
-        if progress == self._seen:
-            self._idle_ticks += 1
-            if self._idle_ticks >= 2:  # no byte for a whole idle_timeout
-                self.flags.append("IT")  # Envoy's stream idle timeout flag
-                self.worker.stats.inc(
-                    "downstream_cx_idle_timeout", listener_labels(self.listener.name)
-                )
-                if self.http is not None:
-                    self.http.abort()
-                for half in (self.downstream, self.upstream):
-                    if half is not None and not half.lost:
-                        half.transport.abort()
-                return
-        else:
-            self._idle_ticks = 0
-        self._seen = progress
-        self._idle_handle = self.worker.loop.call_later(period, self._check_idle, period)
+            return self.http.progress()
+        return self.downstream.received + (self.upstream.received if self.upstream else 0)
+
+    def _idle_timeout(self) -> None:
+        """Nothing moved for a whole idle_timeout: cut the connection (Envoy's IT)."""
+        self.flags.append(Flag.STREAM_IDLE_TIMEOUT)
+        self.worker.stats.inc(DOWNSTREAM_CX_IDLE_TIMEOUT, listener_labels(self.listener.name))
+        if self.http is not None:
+            self.http.abort()
+        for half in (self.downstream, self.upstream):
+            if half is not None and not half.lost:
+                half.transport.abort()  # type: ignore[union-attr]
 
     # --- accounting -------------------------------------------------------------------
 
@@ -408,54 +376,16 @@ class Session:
         if self._finished:
             return
         self._finished = True
-        if self._idle_handle is not None:
-            self._idle_handle.cancel()
+        if self._idle is not None:
+            self._idle.cancel()
         worker, stats = self.worker, self.worker.stats
         worker.sessions.discard(self)
-        stats.gauge_add("downstream_cx_active", listener_labels(self.listener.name), -1)
+        stats.gauge_add(DOWNSTREAM_CX_ACTIVE, listener_labels(self.listener.name), -1)
         if self.upstream is not None:
-            stats.gauge_add("upstream_cx_active", cluster_labels(self.cluster_name), -1)
+            stats.gauge_add(UPSTREAM_CX_ACTIVE, cluster_labels(self.cluster_name), -1)
         if self.host is not None:
             self.host.active_requests -= 1
-        if self._holds_breaker:
+        if self._holds_breaker and self.cluster is not None:
             self.cluster.breaker.connection_closed()
-        if self.http is not None:
-            return  # HTTP connections are accounted per request (Worker.http_exchange_done)
-        if self.upstream is not None:
-            self._istio_tcp_metrics()
-        worker.access_log(self)
-
-    def _istio_tcp_metrics(self) -> None:
-        workload = self.worker.mesh.workload
-        if self.service is not None:
-            service_name, service_ns = self.service.name, self.service.namespace
-            service = self.service.fqdn(self.worker.mesh.cluster_domain)
-        else:
-            service_name, service_ns = self.cluster_name, "unknown"
-            service = (
-                f"{self.destination[0]}:{self.destination[1]}" if self.destination else "unknown"
-            )
-        metric_labels = istio_labels(
-            self.listener.direction == "outbound",
-            workload.name,
-            workload.namespace,
-            service,
-            service_name,
-            service_ns,
-            "tcp",
-            ",".join(self.flags) or "-",
-        )
-        stats = self.worker.stats
-        stats.inc("istio_tcp_connections_opened_total", metric_labels)
-        stats.inc("istio_tcp_connections_closed_total", metric_labels)
-        stats.inc("istio_tcp_received_bytes_total", metric_labels, self.downstream.received)
-        stats.inc("istio_tcp_sent_bytes_total", metric_labels, self.upstream.received)
-
-
-def _wake(waiter: asyncio.Future) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
-def _ignore_lost(half: RelayHalf, exc: Exception | None) -> None:
-    """For an upstream half dropped before it was counted as part of the session."""
+        if self.http is None:  # HTTP connections are accounted per request instead
+            worker.telemetry.connection_done(self)

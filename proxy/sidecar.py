@@ -33,7 +33,7 @@ from proxy.dns.resolvconf import ResolvConf, read_resolv_conf
 from proxy.dns.server import DnsProxy, serve_dns
 from proxy.platform.heap import freeze_startup_objects
 from proxy.platform.sockets import listening_socket
-from proxy.stats import Merged, Stats, merge
+from proxy.stats import Counter, Gauge, Merged, Stats, merge
 from proxy.worker import OUTBOUND, ListenSpec, WorkerReport
 from proxy.workers import InProcessWorker, WorkerHandle, WorkerProcess, listener_info
 
@@ -41,6 +41,16 @@ log = logging.getLogger("detour.proxy")
 
 CONFIG_POLL_INTERVAL = 0.25
 WORKER_CHECK_INTERVAL = 0.2
+
+# The supervisor's own metrics, reported at each scrape from the counts it keeps (_snapshot).
+CONFIG_RELOAD_TOTAL = Counter("config_reload_total", "Mesh config versions applied")
+CONFIG_RELOAD_REJECTED = Counter(
+    "config_reload_rejected", "Mesh config versions refused (the running config stayed)"
+)
+WORKER_RESTARTS_TOTAL = Counter(
+    "worker_restarts_total", "Worker processes started again after one exited"
+)
+WORKERS_ALIVE = Gauge("workers_alive", "Worker processes running")
 
 
 @dataclass(frozen=True)
@@ -103,7 +113,11 @@ def drop_privileges(uid: int, gid: int) -> None:
 
 
 class Sidecar:
-    """The supervisor: workers, admin ports, config reload and the drain on SIGTERM."""
+    """The supervisor: workers, admin ports, config reload and the drain on SIGTERM.
+
+    Over ~200 lines for its admin handlers, each a few lines reading the supervisor's state
+    (ready, stopping, the workers' reports); moving them out would only pass that state
+    around."""
 
     def __init__(self, options: Options, mesh: Mesh) -> None:
         self.options = options
@@ -291,12 +305,19 @@ class Sidecar:
 
     async def _snapshot(self) -> Merged:
         reports = await self._reports()
-        merged = merge([self.stats.snapshot(), *(report.stats for report in reports)])
-        merged.counters[("config_reload_total", ())] = self.reloads
-        merged.counters[("config_reload_rejected", ())] = self.rejected
-        merged.counters[("worker_restarts_total", ())] = self.worker_restarts
-        merged.gauges[("workers_alive", ())] = sum(w.alive for w in self.workers)
-        return merged
+        own = [self.stats.snapshot(), self._supervisor_snapshot()]
+        return merge([*own, *(report.stats for report in reports)])
+
+    def _supervisor_snapshot(self) -> dict[str, list]:
+        """The supervisor's counts as a snapshot of their own, so they merge and render as
+        any declared metric does; taken fresh at each scrape because the counts live as plain
+        attributes (/config_dump shows them too), and always present, zeros included."""
+        own = Stats()
+        own.inc(CONFIG_RELOAD_TOTAL, (), self.reloads)
+        own.inc(CONFIG_RELOAD_REJECTED, (), self.rejected)
+        own.inc(WORKER_RESTARTS_TOTAL, (), self.worker_restarts)
+        own.gauge_set(WORKERS_ALIVE, (), sum(w.alive for w in self.workers))
+        return own.snapshot()
 
     async def _ready(self, _request: Request) -> Response:
         if self.ready and not self.health_failed:
@@ -312,14 +333,14 @@ class Sidecar:
         )
 
     async def _stats(self, request: Request) -> Response:
-        counters, gauges, _histograms = await self._snapshot()
+        merged = await self._snapshot()
         pattern = request.query.get("filter", [""])[0]
         try:
             matcher = re.compile(pattern)
         except re.error as err:
             return text(f"bad filter {pattern!r}: {err}\n", 400)
         rows = []
-        for (name, label_values), value in sorted({**counters, **gauges}.items()):
+        for (name, label_values), value in sorted({**merged.counters, **merged.gauges}.items()):
             shown = name + "".join(f".{k}={v}" for k, v in label_values)
             if matcher.search(shown):
                 rows.append((shown, value))

@@ -1,26 +1,39 @@
-"""Per-worker statistics: plain integer counters and gauges keyed by name and label values.
+"""Per-worker statistics: metrics declared by the modules that record them, counted in plain
+dictionaries.
 
-The hot path only does dictionary increments (no locks, no prometheus-client objects), and a
-histogram observation one bisect and two list updates: each worker owns its Stats, and the
-supervisor asks every worker for a snapshot when someone scrapes, sums them, and renders
-Prometheus text through prometheus-client on an explicit registry.
+Each module declares, at its top, the metrics it records (``Counter``, ``Gauge``,
+``Histogram``: name, help text, histogram bounds); a metric several modules record is
+declared once, in the lowest-level module that owns it, and imported by the others. There is
+no central table: the declaration objects are the dictionary keys, and a snapshot carries each
+metric's name, kind and help text to the supervisor, which renders Prometheus text from that.
 
-Names follow DESIGN.md: Istio's standard metrics with Istio's labels (``istio_tcp_*``), and
-Envoy-style proxy stats (``downstream_cx_total``, ``upstream_cx_connect_fail``, ...) labelled
-by listener or cluster.
+The hot path only does dictionary increments (no locks, no prometheus-client objects, no type
+check), and a histogram observation one bisect and two list updates: each worker owns its
+Stats, and the supervisor asks every worker for a snapshot when someone scrapes, sums them, and
+renders Prometheus text through prometheus-client on an explicit registry. A metric recorded
+through the wrong method (a Histogram given to ``inc``) is refused when the snapshot is taken,
+so the check costs at scrape time only.
+
+Names follow Istio's standard metrics with Istio's labels (``istio_tcp_*``), and Envoy-style
+proxy stats (``downstream_cx_total``, ``upstream_cx_connect_fail``, ...) labelled by listener
+or cluster.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
+import math
+import re
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 Labels = tuple[tuple[str, str], ...]
-Key = tuple[str, Labels]
+Key = tuple["Metric", Labels]  # a worker's live series: the declaration object, label values
+SeriesKey = tuple[str, Labels]  # a merged series: the Prometheus name, label values
 
 # Istio's TCP metric labels, in Istio's order; "unknown" where the sidecar cannot know.
 ISTIO_TCP_LABELS = (
@@ -37,51 +50,6 @@ ISTIO_TCP_LABELS = (
     "connection_security_policy",
 )
 
-COUNTER_HELP: dict[str, str] = {
-    "istio_tcp_connections_opened_total": "TCP connections opened (Istio standard metric)",
-    "istio_tcp_connections_closed_total": "TCP connections closed (Istio standard metric)",
-    "istio_tcp_sent_bytes_total": "Bytes sent to the downstream during TCP connections",
-    "istio_tcp_received_bytes_total": "Bytes received from the downstream during TCP connections",
-    "downstream_cx_total": "Connections accepted by a listener",
-    "downstream_cx_refused": "Connections refused: not redirected, a loop, or not in the mesh",
-    "downstream_cx_idle_timeout": "Connections closed by the idle timeout",
-    "upstream_cx_total": "Upstream connections established",
-    "upstream_cx_connect_fail": "Upstream connect attempts that failed",
-    "upstream_cx_connect_timeout": "Upstream connect attempts that timed out",
-    "upstream_cx_overflow": "Connections refused by the circuit breaker",
-    "upstream_cx_none_healthy": "Connections with no usable endpoint",
-    "upstream_cx_connect_attempts_exceeded": "Connections that ran out of connect attempts",
-    "outlier_detection_ejections_total": "Endpoints ejected by outlier detection",
-    "config_reload_total": "Mesh config versions applied",
-    "config_reload_rejected": "Mesh config versions refused (the running config stayed)",
-    "istio_requests_total": "Requests (Istio standard metric)",
-    "upstream_rq_total": "Requests sent upstream, retries included",
-    "upstream_rq_retry": "Retries sent upstream",
-    "upstream_rq_retry_success": "Retries that got a response that was not retried again",
-    "upstream_rq_retry_overflow": "Retries not sent because the retry budget was exhausted",
-    "upstream_rq_timeout": "Requests that hit their overall timeout",
-    "upstream_rq_per_try_timeout": "Upstream attempts that hit their per-try timeout",
-    "upstream_rq_pending_overflow": "Requests refused because the pending queue was full",
-    "downstream_rq_total": "Requests received from downstream clients",
-    "downstream_rq_1xx": "Responses with a 1xx status sent downstream",
-    "downstream_rq_2xx": "Responses with a 2xx status sent downstream",
-    "downstream_rq_3xx": "Responses with a 3xx status sent downstream",
-    "downstream_rq_4xx": "Responses with a 4xx status sent downstream",
-    "downstream_rq_5xx": "Responses with a 5xx status sent downstream",
-    "upstream_cx_http1_total": "HTTP/1.1 upstream connections established",
-    "upstream_cx_http2_total": "HTTP/2 upstream connections established",
-    "downstream_cx_http2_total": "Downstream connections served as HTTP/2",
-    "upstream_cx_pool_reuse": "Requests sent on a pooled upstream connection instead of a new one",
-}
-GAUGE_HELP: dict[str, str] = {
-    "downstream_cx_active": "Connections open on a listener",
-    "upstream_cx_active": "Upstream connections open in a cluster",
-    "outlier_detection_ejections_active": "Endpoints currently ejected",
-    "membership_healthy": "Usable endpoints in a cluster",
-    "membership_total": "Endpoints in a cluster",
-}
-
-
 # Envoy's default histogram bounds (HistogramStatisticsImpl::supportedBuckets), which Istio's
 # telemetry v2 uses for every standard histogram: the byte ones too, as a scrape of a real sidecar
 # shows (istio/istio#22007: ``istio_request_bytes_bucket{...,le="600000"}``). The decade byte
@@ -91,26 +59,92 @@ ENVOY_DEFAULT_BUCKETS: tuple[float, ...] = (
     60000, 300000, 600000, 1800000, 3600000,
 )  # fmt: skip
 
+_PROMETHEUS_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 
-@dataclass(frozen=True)
-class HistogramSpec:
-    """A histogram's help text and its finite upper bounds (ascending; +Inf is implicit)."""
+# How the supervisor combines one gauge series reported by several workers.
+_ACROSS_WORKERS: dict[str, Callable[[int, int], int]] = {"sum": int.__add__, "max": max, "min": min}
 
+
+class MetricInfo(NamedTuple):
+    """A metric as a snapshot describes it: all the supervisor knows of a metric whose module
+    it may never have imported (a worker's HTTP/2 code, say)."""
+
+    name: str
+    kind: str  # "counter", "gauge" or "histogram"
     help: str
-    bounds: tuple[float, ...]
+    bounds: tuple[float, ...] | None = None  # histograms: finite upper bounds, ascending
+    across_workers: str | None = None  # gauges: "sum", "max" or "min"
 
 
-HISTOGRAMS: dict[str, HistogramSpec] = {
-    "istio_request_duration_milliseconds": HistogramSpec(
-        "Request duration in milliseconds (Istio standard metric)", ENVOY_DEFAULT_BUCKETS
-    ),
-    "istio_request_bytes": HistogramSpec(
-        "Request body sizes in bytes (Istio standard metric)", ENVOY_DEFAULT_BUCKETS
-    ),
-    "istio_response_bytes": HistogramSpec(
-        "Response body sizes in bytes (Istio standard metric)", ENVOY_DEFAULT_BUCKETS
-    ),
-}
+class Metric:
+    """A declared metric: its Prometheus name and help text. The object itself is the key of
+    its series in ``Stats``: no ``__eq__``, so it hashes by identity, in C, on the hot path."""
+
+    __slots__ = ("help", "name")
+    kind: ClassVar[str] = ""
+    recorded_with: ClassVar[str] = ""  # the Stats method(s) for this kind, for error messages
+
+    def __init__(self, name: str, help: str) -> None:
+        if not _PROMETHEUS_NAME.fullmatch(name):
+            raise ValueError(f"{name!r} is not a Prometheus metric name")
+        self.name = name
+        self.help = help
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"
+
+    def info(self) -> MetricInfo:
+        return MetricInfo(self.name, self.kind, self.help)
+
+
+class Counter(Metric):
+    """Only goes up; ``Stats.inc``. Rendered as ``<name without _total>_total``, as
+    prometheus-client writes every counter."""
+
+    __slots__ = ()
+    kind = "counter"
+    recorded_with = "inc"
+
+
+class Gauge(Metric):
+    """Goes up and down; ``Stats.gauge_add`` / ``Stats.gauge_set``. ``across_workers`` says how
+    the supervisor combines workers' values: "sum" for what each worker holds (its
+    connections), "max" or "min" for what describes the cluster itself, which every worker
+    sees whole (summing would count each endpoint once per worker)."""
+
+    __slots__ = ("across_workers",)
+    kind = "gauge"
+    recorded_with = "gauge_add or gauge_set"
+
+    def __init__(self, name: str, help: str, across_workers: str = "sum") -> None:
+        super().__init__(name, help)
+        if across_workers not in _ACROSS_WORKERS:
+            raise ValueError(f"{name}: across_workers must be one of {sorted(_ACROSS_WORKERS)}")
+        self.across_workers = across_workers
+
+    def info(self) -> MetricInfo:
+        return MetricInfo(self.name, self.kind, self.help, across_workers=self.across_workers)
+
+
+class Histogram(Metric):
+    """A distribution over fixed buckets; ``Stats.observe``. ``bounds`` are the finite upper
+    bounds, ascending (+Inf is implicit), checked here because bisect on unsorted bounds would
+    count silently wrong."""
+
+    __slots__ = ("bounds",)
+    kind = "histogram"
+    recorded_with = "observe"
+
+    def __init__(self, name: str, help: str, bounds: Iterable[float]) -> None:
+        super().__init__(name, help)
+        self.bounds = tuple(bounds)
+        finite = all(math.isfinite(bound) for bound in self.bounds)
+        ascending = all(a < b for a, b in itertools.pairwise(self.bounds))
+        if not self.bounds or not finite or not ascending:
+            raise ValueError(f"{name}: bounds must be finite and strictly ascending")
+
+    def info(self) -> MetricInfo:
+        return MetricInfo(self.name, self.kind, self.help, bounds=self.bounds)
 
 
 def labels(**values: str) -> Labels:
@@ -130,58 +164,111 @@ def cluster_labels(cluster: str) -> Labels:
 
 
 class Stats:
-    """One worker's counters, gauges and histograms."""
+    """One worker's counters, gauges and histograms, keyed by (declared metric, label values)."""
 
     def __init__(self) -> None:
         self.counters: defaultdict[Key, int] = defaultdict(int)
         self.gauges: defaultdict[Key, int] = defaultdict(int)
-        # Per series: (bounds, row). row[i] counts observations in bucket i, NOT cumulative
-        # (row[len(bounds)] is the +Inf bucket), and row[-1] is the sum of the values: one
-        # flat list, so an observation is one bisect and two in-place additions.
-        self.histograms: dict[Key, tuple[tuple[float, ...], list]] = {}
+        # Per series one flat row: row[i] counts observations in bucket i, NOT cumulative
+        # (row[len(bounds)] is the +Inf bucket), and row[-1] is the sum of the values, so an
+        # observation is one bisect and two in-place additions.
+        self.histograms: dict[Key, list] = {}
 
-    def inc(self, name: str, label_values: Labels = (), amount: int = 1) -> None:
-        self.counters[(name, label_values)] += amount
+    # The recording methods trust their caller's types: a check per call would cost on every
+    # connection and request; snapshot() refuses a mis-recorded series instead.
 
-    def gauge_add(self, name: str, label_values: Labels, amount: int) -> None:
-        self.gauges[(name, label_values)] += amount
+    def inc(self, metric: Counter, label_values: Labels = (), amount: int = 1) -> None:
+        self.counters[(metric, label_values)] += amount
 
-    def gauge_set(self, name: str, label_values: Labels, value: int) -> None:
-        self.gauges[(name, label_values)] = value
+    def gauge_add(self, metric: Gauge, label_values: Labels, amount: int) -> None:
+        self.gauges[(metric, label_values)] += amount
 
-    def observe(self, name: str, label_values: Labels, value: float) -> None:
+    def gauge_set(self, metric: Gauge, label_values: Labels, value: int) -> None:
+        self.gauges[(metric, label_values)] = value
+
+    def observe(self, metric: Histogram, label_values: Labels, value: float) -> None:
         """Count ``value`` in the bucket of the smallest bound >= value (Prometheus ``le``: a
         value exactly on a bound belongs to that bucket), or in +Inf above the last bound."""
-        series = self.histograms.get((name, label_values))
-        if series is None:
-            series = self._new_histogram(name, label_values)
-        bounds, row = series
-        row[bisect_left(bounds, value)] += 1
+        row = self.histograms.get((metric, label_values))
+        if row is None:
+            row = self._new_histogram(metric, label_values)
+        row[bisect_left(metric.bounds, value)] += 1
         row[-1] += value
 
-    def _new_histogram(self, name: str, label_values: Labels) -> tuple[tuple[float, ...], list]:
-        """First observation of a series: its bounds come from HISTOGRAMS, so an undeclared
-        name fails loudly here rather than rendering with made-up buckets."""
-        try:
-            bounds = HISTOGRAMS[name].bounds
-        except KeyError:
-            raise KeyError(f"histogram {name!r} is not declared in HISTOGRAMS") from None
-        series = (bounds, [0] * (len(bounds) + 2))
-        self.histograms[(name, label_values)] = series
-        return series
+    def _new_histogram(self, metric: Histogram, label_values: Labels) -> list:
+        """First observation of a series (once per series, so the type check is free): a
+        metric without bounds cannot be bucketed at all, so it fails here, loudly."""
+        if not isinstance(metric, Histogram):
+            raise TypeError(_misrecorded(metric, "observe"))
+        row = [0] * (len(metric.bounds) + 2)
+        self.histograms[(metric, label_values)] = row
+        return row
 
     def snapshot(self) -> dict[str, list]:
-        """A JSON-able copy, for the supervisor. A histogram travels as
-        ``[name, labels, bounds, per-bucket counts (+Inf last, not cumulative), sum, count]``:
-        the bounds go along so the supervisor never has to trust its own table to match."""
+        """A JSON-able copy, for the supervisor: plain lists, since it crosses processes.
+
+        ``metrics``: ``[name, kind, help, bounds, across_workers]`` per metric recorded, so the
+        supervisor renders without importing (or trusting) any table of its own; then
+        ``counters`` and ``gauges`` as ``[name, labels, value]``, ``histograms`` as
+        ``[name, labels, per-bucket counts (+Inf last, not cumulative), sum, count]``.
+        Raises TypeError for a series recorded through the wrong method (a Histogram given to
+        ``inc``), ValueError for two declarations of one name."""
+        described: dict[str, Metric] = {}
+        counters = [
+            [_describe(metric, Counter, "inc", described), _wire(label_values), value]
+            for (metric, label_values), value in self.counters.items()
+        ]
+        gauges = [
+            [_describe(metric, Gauge, "gauge_add or gauge_set", described), _wire(lv), value]
+            for (metric, lv), value in self.gauges.items()
+        ]
+        histograms = [
+            [_describe(metric, Histogram, "observe", described), _wire(lv), *_histogram_wire(row)]
+            for (metric, lv), row in self.histograms.items()
+        ]
         return {
-            "counters": [[n, list(map(list, lv)), v] for (n, lv), v in self.counters.items()],
-            "gauges": [[n, list(map(list, lv)), v] for (n, lv), v in self.gauges.items()],
-            "histograms": [
-                [n, list(map(list, lv)), list(bounds), row[:-1], row[-1], sum(row[:-1])]
-                for (n, lv), (bounds, row) in self.histograms.items()
-            ],
+            "metrics": [_info_wire(metric.info()) for metric in described.values()],
+            "counters": counters,
+            "gauges": gauges,
+            "histograms": histograms,
         }
+
+
+def _describe(metric: object, kind: type[Metric], method: str, described: dict) -> str:
+    """The name a series of ``metric`` travels under, once ``metric`` is known to be a ``kind``
+    and the only declaration of its name among those ``described`` so far (it is added)."""
+    if not isinstance(metric, kind):
+        raise TypeError(_misrecorded(metric, method))
+    seen = described.setdefault(metric.name, metric)
+    if seen is not metric:
+        raise ValueError(f"metric {metric.name!r} is declared twice: {seen!r} and {metric!r}")
+    return metric.name
+
+
+def _misrecorded(metric: object, method: str) -> str:
+    if isinstance(metric, Metric):
+        return (
+            f"{metric.kind} {metric.name!r} was recorded with Stats.{method}; "
+            f"a {metric.kind} is recorded with Stats.{metric.recorded_with}"
+        )
+    return (
+        f"{metric!r} was recorded with Stats.{method} but is not a declared metric "
+        "(a Counter, Gauge or Histogram from proxy.stats)"
+    )
+
+
+def _wire(label_values: Labels) -> list:
+    return list(map(list, label_values))
+
+
+def _histogram_wire(row: list) -> list:
+    """A live row as it travels: per-bucket counts (+Inf last), sum, count."""
+    return [row[:-1], row[-1], sum(row[:-1])]
+
+
+def _info_wire(info: MetricInfo) -> list:
+    name, kind, help_text, bounds, across_workers = info
+    return [name, kind, help_text, None if bounds is None else list(bounds), across_workers]
 
 
 @dataclass
@@ -203,62 +290,74 @@ class HistogramData:
 
 
 class Merged(NamedTuple):
-    """Every worker's stats combined, ready to render."""
+    """Every worker's stats combined, ready to render: series keyed by (name, labels), and
+    each name's kind and help text."""
 
-    counters: dict[Key, int]
-    gauges: dict[Key, int]
-    histograms: dict[Key, HistogramData]
-
-
-# Gauges that describe the cluster rather than the worker: every worker reports the same
-# endpoints, so adding them up would count each endpoint once per worker.
-_SHARED_GAUGES: dict[str, Callable[[int, int], int]] = {
-    "membership_total": max,
-    "membership_healthy": min,  # the most pessimistic worker's view
-    "outlier_detection_ejections_active": max,
-}
+    counters: dict[SeriesKey, int]
+    gauges: dict[SeriesKey, int]
+    histograms: dict[SeriesKey, HistogramData]
+    metrics: dict[str, MetricInfo]
 
 
-def _key(name: str, label_values: list) -> Key:
+def _key(name: str, label_values: list) -> SeriesKey:
     return (name, tuple(tuple(pair) for pair in label_values))
 
 
 def merge(snapshots: Iterable[dict[str, list]]) -> Merged:
-    """Combine worker snapshots: counters, per-worker gauges and histograms add up; gauges
-    about the cluster itself take one worker's value."""
-    counters: defaultdict[Key, int] = defaultdict(int)
-    gauges: dict[Key, int] = {}
-    histograms: dict[Key, HistogramData] = {}
+    """Combine snapshots: counters, per-worker gauges and histograms add up; gauges about the
+    cluster itself take one worker's value (``Gauge.across_workers``). The first description
+    of a name is kept; a snapshot that describes it otherwise (another kind, other bounds: a
+    worker restarted on newer code) has its series of that name left out rather than mixed
+    into a wrong sum."""
+    merged = Merged({}, {}, {}, {})
     for snap in snapshots:
+        kinds = _agreeing_kinds(merged.metrics, snap.get("metrics", []))
         for name, label_values, value in snap.get("counters", []):
-            counters[_key(name, label_values)] += value
+            if kinds.get(name) == "counter":
+                key = _key(name, label_values)
+                merged.counters[key] = merged.counters.get(key, 0) + value
         for name, label_values, value in snap.get("gauges", []):
-            key = _key(name, label_values)
-            if key not in gauges:
-                gauges[key] = value
-            else:
-                gauges[key] = _SHARED_GAUGES.get(name, int.__add__)(gauges[key], value)
-        for name, label_values, bounds, buckets, total, count in snap.get("histograms", []):
-            _add_histogram(histograms, _key(name, label_values), bounds, buckets, total, count)
-    return Merged(dict(counters), gauges, histograms)
+            if kinds.get(name) == "gauge":
+                _add_gauge(merged, _key(name, label_values), value)
+        for name, label_values, buckets, total, count in snap.get("histograms", []):
+            if kinds.get(name) == "histogram":
+                _add_histogram(merged, _key(name, label_values), buckets, total, count)
+    return merged
+
+
+def _agreeing_kinds(known: dict[str, MetricInfo], descriptions: list) -> dict[str, str]:
+    """name -> kind for the metrics one snapshot describes as ``known`` does (new names are
+    added to ``known``). Help texts may differ between versions: that is no reason to drop."""
+    kinds = {}
+    for name, kind, help_text, bounds, across_workers in descriptions:
+        bounds = None if bounds is None else tuple(bounds)
+        info = MetricInfo(name, kind, help_text, bounds, across_workers)
+        if known.setdefault(name, info)._replace(help=help_text) == info:
+            kinds[name] = kind
+    return kinds
+
+
+def _add_gauge(into: Merged, key: SeriesKey, value: int) -> None:
+    current = into.gauges.get(key)
+    if current is None:
+        into.gauges[key] = value
+        return
+    across_workers = into.metrics[key[0]].across_workers or "sum"
+    into.gauges[key] = _ACROSS_WORKERS[across_workers](current, value)
 
 
 def _add_histogram(
-    into: dict[Key, HistogramData],
-    key: Key,
-    bounds: list[float],
-    buckets: list[int],
-    total: float,
-    count: int,
+    into: Merged, key: SeriesKey, buckets: list[int], total: float, count: int
 ) -> None:
-    """Add one worker's series bucket by bucket. A series whose bounds differ from the ones
-    already merged (a worker restarted on newer code with a changed table) cannot be added
-    bucket-wise; it is left out rather than rendered as a wrong distribution."""
-    merged = into.get(key)
-    if merged is None:
-        into[key] = HistogramData(tuple(bounds), list(buckets), total, count)
+    """Add one worker's series bucket by bucket, with the bounds its snapshot described (the
+    same as every other snapshot's, or the series would not get here); a row of the wrong
+    length is a corrupt snapshot and left out."""
+    bounds = into.metrics[key[0]].bounds or ()
+    if len(buckets) != len(bounds) + 1:
         return
-    if merged.bounds != tuple(bounds) or len(merged.buckets) != len(buckets):
+    merged = into.histograms.get(key)
+    if merged is None:
+        into.histograms[key] = HistogramData(bounds, list(buckets), total, count)
         return
     merged.buckets = [a + b for a, b in zip(merged.buckets, buckets, strict=True)]
     merged.sum += total

@@ -8,8 +8,6 @@ connections already open keep the objects they started with, so none is dropped.
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
 import logging
 import random
 import socket
@@ -20,15 +18,15 @@ from detour_common.original_dst import original_destination
 from proxy.access_log import AccessLog
 from proxy.admin.clusters import Row
 from proxy.config.model import Mesh, Service
-from proxy.filters.http_proxy import Exchange
-from proxy.http.events import Headers
-from proxy.http.router import HttpRouter, header_value
+from proxy.pipeline.router import HttpRouter
 from proxy.platform.sockets import is_local_address
 from proxy.routing import RouteTable
 from proxy.session import ListenerInfo, Session
-from proxy.stats import Stats, istio_labels, listener_labels
+from proxy.stats import Stats
+from proxy.telemetry import Telemetry
 from proxy.transport.relay import RelayHalf
 from proxy.upstream.cluster import ClusterKey, ClusterRuntime, build_clusters, inbound_service
+from proxy.upstream.connector import Connector
 
 log = logging.getLogger("detour.proxy")
 
@@ -98,14 +96,6 @@ class Downstream(RelayHalf):
             transport.abort()
 
 
-def host_port(address: tuple[str, int] | None) -> str:
-    """``1.2.3.4:80`` / ``[fd00::1]:80`` / ``-``, as Envoy's access log writes addresses."""
-    if address is None:
-        return "-"
-    host, port = address[0], address[1]
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _unattached(half: RelayHalf, exc: Exception | None) -> None:
     """A half lost before its session existed has nothing to account for."""
 
@@ -115,13 +105,15 @@ class Worker:
         self, mesh: Mesh, access_log_format: str = "text", access_log: AccessLog | None = None
     ) -> None:
         self.stats = Stats()
-        self.access_sink = access_log if access_log is not None else AccessLog()
+        sink = access_log if access_log is not None else AccessLog()
+        self.telemetry = Telemetry(self.stats, sink, mesh, access_log_format)
         self.sessions: set[Session] = set()
         self.servers: list[asyncio.AbstractServer] = []
         self.access_log_format = access_log_format
         # Set by start(). Sessions use it instead of asyncio.get_running_loop(), which costs a
         # getpid() system call per call on CPython 3.11 (several per connection).
         self.loop: asyncio.AbstractEventLoop | None = None
+        self.connector: Connector | None = None  # every upstream connection; made by start()
         self._local_cache: dict[str, bool] = {}
         self.mesh = mesh
         self.routes = RouteTable.build(mesh, self._is_local)
@@ -135,7 +127,7 @@ class Worker:
         old = self.clusters
         self.clusters = build_clusters(mesh, old, self.stats)
         self.routes = RouteTable.build(mesh, self._is_local)
-        self.mesh = mesh
+        self.mesh = self.telemetry.mesh = mesh
         self._http_routers = {}
         for _service, cluster in self._inbound_http.values():
             cluster.retire()
@@ -172,6 +164,7 @@ class Worker:
 
     async def start(self, listeners: list[ListenSpec]) -> None:
         self.loop = loop = asyncio.get_running_loop()
+        self.connector = Connector(loop, self.stats)
         for spec in listeners:
             server = await loop.create_server(
                 lambda spec=spec: Downstream(self, spec), sock=spec.sock
@@ -213,160 +206,3 @@ class Worker:
             [row for cluster in self.clusters.values() for row in cluster.rows()],
             len(self.sessions),
         )
-
-    def access_log(self, session: Session) -> None:
-        if self.access_log_format == "off":
-            return
-        duration_ms = int((time.time() - session.started) * 1000)
-        upstream = session.upstream_address
-        start_time = _log_time(int(session.started))
-        peer, destination = session.peer, session.destination
-        downstream_remote = host_port(peer)
-        original = host_port(destination)
-        upstream_host = host_port(upstream)
-        flags = ",".join(session.flags) or "-"
-        sent = session.upstream.received if session.upstream else 0
-        if self.access_log_format == "json":
-            entry = {
-                "start_time": start_time,
-                "direction": session.listener.direction,
-                "downstream_remote_address": downstream_remote,
-                "original_destination": original,
-                "upstream_cluster": session.cluster_name,
-                "upstream_host": upstream_host,
-                "response_flags": flags,
-                "bytes_received": session.downstream.received,
-                "bytes_sent": sent,
-                "duration": duration_ms,
-            }
-            self.access_sink.emit(json.dumps(entry))
-        else:
-            self.access_sink.emit(
-                f'[{start_time}] "TCP {session.listener.direction}" {flags} '
-                f"{session.downstream.received} {sent} {duration_ms} "
-                f'"{downstream_remote}" "{original}" {session.cluster_name} {upstream_host}'
-            )
-
-    # --- HTTP requests ----------------------------------------------------------------------
-
-    def http_exchange_done(self, session: Session, exchange: Exchange) -> None:
-        """Count and log one HTTP request (Envoy's downstream_rq_*, Istio's request metrics)."""
-        stats = self.stats
-        listener = listener_labels(session.listener.name)
-        stats.inc("downstream_rq_total", listener)
-        status = exchange.status
-        if status:
-            stats.inc(_STATUS_CLASS.get(status // 100, "downstream_rq_5xx"), listener)
-        flags = ",".join(exchange.flags) or "-"
-        service = session.service
-        workload = self.mesh.workload
-        metric_labels = istio_labels(
-            session.listener.direction == "outbound",
-            workload.name,
-            workload.namespace,
-            service.fqdn(self.mesh.cluster_domain),
-            service.name,
-            service.namespace,
-            exchange.request_protocol,
-            flags,
-            str(status) if status else "0",
-            exchange.grpc_status,
-        )
-        stats.inc("istio_requests_total", metric_labels)
-        stats.observe(
-            "istio_request_duration_milliseconds", metric_labels, exchange.duration * 1000
-        )
-        stats.observe("istio_request_bytes", metric_labels, exchange.request_bytes)
-        stats.observe("istio_response_bytes", metric_labels, exchange.response_bytes)
-        if self.access_log_format != "off":
-            self._http_access_log(session, exchange, flags)
-
-    def _http_access_log(self, session: Session, exchange: Exchange, flags: str) -> None:
-        """One line per request, in Envoy's default format (or its fields as JSON). Built
-        directly rather than through a dict of fields: the log was an eighth of the HTTP
-        router's instructions per request."""
-        request = exchange.request
-        headers = request.headers
-        present = dict(headers)  # most requests lack some of the logged fields: skip scans
-        forwarded_for = _header_text(headers, present, b"x-forwarded-for")
-        user_agent = _header_text(headers, present, b"user-agent")
-        authority = _header_text(headers, present, b"host")
-        started = exchange.started
-        start_time = f"{_log_time(int(started))}.{int(started * 1000) % 1000:03d}Z"
-        method = request.method.decode("latin-1")
-        path = request.target.decode("latin-1")
-        protocol = _PROTOCOL_NAMES.get(request.version, "HTTP/1.0")
-        duration = int(exchange.duration * 1000)
-        request_id = _text(exchange.request_id)
-        upstream_host = host_port(exchange.upstream_host)
-        downstream_remote = host_port(session.peer)
-        cluster = exchange.cluster.name if exchange.cluster is not None else "-"
-        route = exchange.route.name if exchange.route is not None else "-"
-        if self.access_log_format == "json":
-            fields = {
-                "start_time": start_time,
-                "method": method,
-                "path": path,
-                "protocol": protocol,
-                "response_code": exchange.status,
-                "response_flags": flags,
-                "bytes_received": exchange.request_bytes,
-                "bytes_sent": exchange.response_bytes,
-                "duration": duration,
-                "upstream_service_time": None,
-                "x_forwarded_for": forwarded_for,
-                "user_agent": user_agent,
-                "request_id": request_id,
-                "authority": authority,
-                "upstream_host": upstream_host,
-                "upstream_cluster": cluster,
-                "downstream_remote_address": downstream_remote,
-                "route_name": route,
-                "retries": exchange.retries,
-            }
-            self.access_sink.emit(json.dumps(fields))
-            return
-        self.access_sink.emit(
-            f'[{start_time}] "{method} {path} {protocol}" {exchange.status} {flags} '
-            f"{exchange.request_bytes} {exchange.response_bytes} {duration} - "
-            f'"{forwarded_for}" "{user_agent}" "{request_id}" "{authority}" "{upstream_host}" '
-            f"{cluster} {downstream_remote} {route}"
-        )
-
-
-_PROTOCOL_NAMES = {b"1.1": "HTTP/1.1", b"2": "HTTP/2"}  # Envoy's %PROTOCOL% values
-
-_STATUS_CLASS = {
-    1: "downstream_rq_1xx",
-    2: "downstream_rq_2xx",
-    3: "downstream_rq_3xx",
-    4: "downstream_rq_4xx",
-    5: "downstream_rq_5xx",
-}
-
-
-# Bytes a header value may show in the log as they are: printable ASCII but the quote that
-# delimits it and the backslash that escapes.
-_LOG_VERBATIM = bytes(c for c in range(0x20, 0x7F) if c not in b'"\\')
-
-
-def _text(value: bytes | None) -> str:
-    """A header value for the access log: "-" when absent, control bytes escaped (a log line
-    must stay one line whatever the client sends)."""
-    if value is None:
-        return "-"
-    if not value.translate(None, _LOG_VERBATIM):  # the usual case: nothing to escape
-        return value.decode("ascii")
-    return value.decode("latin-1").encode("unicode_escape").decode("ascii").replace('"', '\\"')
-
-
-def _header_text(headers: Headers, present: dict[bytes, bytes], name: bytes) -> str:
-    """``name``'s values for the log (all of them, comma-joined); ``present`` is
-    ``dict(headers)``, so an absent field costs one lookup instead of a scan."""
-    return _text(header_value(headers, name)) if name in present else "-"
-
-
-@functools.lru_cache(maxsize=4)
-def _log_time(second: int) -> str:
-    """The access log's start_time; connections of the same second share one strftime."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))

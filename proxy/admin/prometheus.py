@@ -1,7 +1,9 @@
 """Prometheus text for the merged worker stats, through prometheus-client's own renderer.
 
 An explicit CollectorRegistry (never the global one) holds one custom collector that turns
-the summed counters, gauges and histograms into metric families at scrape time.
+the summed counters, gauges and histograms into metric families at scrape time. Help texts
+come with the merged stats (each worker's snapshot describes the metrics it recorded), not
+from a table here: a metric is declared once, by the module that records it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.utils import floatToGoString
 
-from proxy.stats import COUNTER_HELP, GAUGE_HELP, HISTOGRAMS, HistogramData, Key, Labels, Merged
+from proxy.stats import HistogramData, Labels, Merged, MetricInfo, SeriesKey
 
 Snapshot = Merged
 
@@ -27,13 +29,20 @@ class MergedStatsCollector:
         self._current = current
 
     def collect(self) -> Iterator[Metric]:
-        counters, gauges, histograms = self._current()
-        yield from _families(counters, CounterMetricFamily, COUNTER_HELP)
-        yield from _families(gauges, GaugeMetricFamily, GAUGE_HELP)
-        yield from _histogram_families(histograms)
+        merged = self._current()
+        yield from _families(merged.counters, CounterMetricFamily, merged.metrics)
+        yield from _families(merged.gauges, GaugeMetricFamily, merged.metrics)
+        yield from _histogram_families(merged.histograms, merged.metrics)
 
 
-def _by_name(values: dict[Key, object]) -> dict[str, list[tuple[Labels, object]]]:
+def _help(metrics: dict[str, MetricInfo], name: str) -> str:
+    """The declared help text; a series nothing described (a hand-built Merged) shows its
+    name rather than no HELP line."""
+    info = metrics.get(name)
+    return info.help if info is not None else name
+
+
+def _by_name(values: dict[SeriesKey, object]) -> dict[str, list[tuple[Labels, object]]]:
     by_name: dict[str, list[tuple[Labels, object]]] = {}
     for (name, label_values), value in values.items():
         by_name.setdefault(name, []).append((label_values, value))
@@ -52,26 +61,28 @@ def _family(kind, name: str, help_text: str, series: list, add: Callable) -> Met
     return family
 
 
-def _families(values: dict[Key, int], kind, helps: dict[str, str]) -> Iterator[Metric]:
+def _families(
+    values: dict[SeriesKey, int], kind, metrics: dict[str, MetricInfo]
+) -> Iterator[Metric]:
     by_name = _by_name(values)
     for name in sorted(by_name):
         series = sorted(by_name[name])
-        yield _family(kind, name, helps.get(name, name), series, _add_value)
+        yield _family(kind, name, _help(metrics, name), series, _add_value)
 
 
 def _add_value(family: Metric, label_values: list[str], value: int) -> None:
     family.add_metric(label_values, value)
 
 
-def _histogram_families(histograms: dict[Key, HistogramData]) -> Iterator[Metric]:
+def _histogram_families(
+    histograms: dict[SeriesKey, HistogramData], metrics: dict[str, MetricInfo]
+) -> Iterator[Metric]:
     """One family per name: cumulative ``_bucket{le}`` (ending in +Inf), ``_sum`` and
     ``_count`` per label set, with the bounds the workers actually counted with."""
     by_name = _by_name(histograms)
     for name in sorted(by_name):
         series = sorted(by_name[name], key=lambda item: item[0])
-        spec = HISTOGRAMS.get(name)
-        help_text = spec.help if spec else name
-        yield _family(HistogramMetricFamily, name, help_text, series, _add_histogram)
+        yield _family(HistogramMetricFamily, name, _help(metrics, name), series, _add_histogram)
 
 
 def _add_histogram(family: Metric, label_values: list[str], data: HistogramData) -> None:

@@ -10,6 +10,10 @@ spirit as ``init/config.py``'s ``ConfigError``. Unknown keys are errors too: a t
 HTTP routing (``subsets``, ``http`` routes) uses Istio's DestinationRule / VirtualService
 vocabulary in snake_case, and a route may only name subsets of its own service.
 
+One module for the whole schema (over the project's ~400 lines): each section is a table of
+field parsers next to the small functions it needs, and the tables refer to one another
+(a service holds ports, subsets, routes, a policy), so the document reads top to bottom.
+
 Durations are a number of seconds or a string with a unit (``250ms``, ``1.5s``, ``2m``,
 ``1h``). Every duration must be greater than zero and at most one day: anything longer is far
 more likely a unit mistake than a wish, and a zero timeout would fail every connection.

@@ -40,7 +40,7 @@ from proxy.dns.codec import (
 )
 from proxy.dns.names import Found, MeshNames, NoSuchName
 from proxy.dns.resolvconf import ResolvConf
-from proxy.stats import Stats, labels
+from proxy.stats import Counter, Histogram, Stats, labels
 
 log = logging.getLogger("detour.dns")
 
@@ -50,6 +50,25 @@ TCP_IDLE_TIMEOUT = 10.0
 MAX_TCP_MESSAGE = 65535
 MAX_TCP_CLIENTS = 256
 LATENCY_BUCKETS_MS = (1, 5, 10, 50, 100, 500, 1000, 2000)
+
+DNS_QUERIES_TOTAL = Counter(
+    "dns_queries_total", "DNS queries received from apps, by transport (udp, tcp)"
+)
+DNS_MALFORMED_TOTAL = Counter(
+    "dns_malformed_total", "DNS queries that could not be parsed (answered an error or dropped)"
+)
+DNS_ANSWERS_TOTAL = Counter(
+    "dns_answers_total", "DNS answers sent, by source: mesh, mesh_nxdomain, cache or upstream"
+)
+DNS_FAILURES_TOTAL = Counter(
+    "dns_failures_total",
+    "DNS queries answered SERVFAIL: no upstream, none reachable, or an unusable upstream answer",
+)
+DNS_UPSTREAM_LATENCY_MS = Histogram(
+    "dns_upstream_latency_ms",
+    "Time one upstream resolver took to answer (or to be given up on), in milliseconds",
+    LATENCY_BUCKETS_MS,
+)
 
 
 class DnsProxy:
@@ -74,11 +93,11 @@ class DnsProxy:
 
     async def answer(self, data: bytes, transport: str) -> bytes | None:
         """The reply to one query (None = drop it)."""
-        self.stats.inc("dns_queries_total", labels(transport=transport))
+        self.stats.inc(DNS_QUERIES_TOTAL, labels(transport=transport))
         try:
             query = parse_query(data)
         except DnsError as err:
-            self.stats.inc("dns_malformed_total", labels(reason=err.reason))
+            self.stats.inc(DNS_MALFORMED_TOTAL, labels(reason=err.reason))
             return build_error(data, err.rcode) if err.rcode is not None else None
         limit = None if transport == "udp" else MAX_TCP_MESSAGE
         local = self._answer_locally(query, limit)
@@ -95,10 +114,10 @@ class DnsProxy:
                 records = [a_record(question.name, ip, MESH_TTL) for ip in found.v4]
             elif question.qtype == TYPE_AAAA:
                 records = [aaaa_record(question.name, ip, MESH_TTL) for ip in found.v6]
-            self.stats.inc("dns_answers_total", labels(source="mesh"))
+            self.stats.inc(DNS_ANSWERS_TOTAL, labels(source="mesh"))
             return build_answer(query, Rcode.NOERROR, records, max_size=limit)
         if isinstance(found, NoSuchName):
-            self.stats.inc("dns_answers_total", labels(source="mesh_nxdomain"))
+            self.stats.inc(DNS_ANSWERS_TOTAL, labels(source="mesh_nxdomain"))
             return build_answer(query, Rcode.NXDOMAIN, max_size=limit)
         return None
 
@@ -110,29 +129,29 @@ class DnsProxy:
         cached = self.cache.get(key)
         if cached is not None:
             value, elapsed = cached
-            self.stats.inc("dns_answers_total", labels(source="cache"))
+            self.stats.inc(DNS_ANSWERS_TOTAL, labels(source="cache"))
             reply = _echo_question(query, with_id_and_ttl(value, query.id, elapsed))
             return self._fit(query, reply, limit)
         if not self.resolv.nameservers:
-            self.stats.inc("dns_failures_total", labels(reason="no_upstream"))
+            self.stats.inc(DNS_FAILURES_TOTAL, labels(reason="no_upstream"))
             return build_answer(query, Rcode.SERVFAIL, authoritative=False, max_size=limit)
         reply = await self._ask_upstreams(data)
         if reply is None:
-            self.stats.inc("dns_failures_total", labels(reason="upstream_unreachable"))
+            self.stats.inc(DNS_FAILURES_TOTAL, labels(reason="upstream_unreachable"))
             return build_answer(query, Rcode.SERVFAIL, authoritative=False, max_size=limit)
         try:
             response = parse_response(reply)
         except DnsError as err:
-            self.stats.inc("dns_failures_total", labels(reason=f"upstream_{err.reason}"))
+            self.stats.inc(DNS_FAILURES_TOTAL, labels(reason=f"upstream_{err.reason}"))
             return build_answer(query, Rcode.SERVFAIL, authoritative=False, max_size=limit)
         if response.question != question:
             # Same ID, other question: a stray or spoofed answer (RFC 5452 §4.3).
-            self.stats.inc("dns_failures_total", labels(reason="upstream_question_mismatch"))
+            self.stats.inc(DNS_FAILURES_TOTAL, labels(reason="upstream_question_mismatch"))
             return build_answer(query, Rcode.SERVFAIL, authoritative=False, max_size=limit)
         ttl = cache_ttl(response)
         if ttl:
             self.cache.put(key, reply, ttl)
-        self.stats.inc("dns_answers_total", labels(source="upstream"))
+        self.stats.inc(DNS_ANSWERS_TOTAL, labels(source="upstream"))
         return self._fit(query, with_id_and_ttl(reply, query.id, 0), limit)
 
     def _fit(self, query: Query, reply: bytes, limit: int | None) -> bytes:
@@ -155,12 +174,7 @@ class DnsProxy:
         return None
 
     def _observe_latency(self, seconds: float) -> None:
-        millis = seconds * 1000
-        for bound in LATENCY_BUCKETS_MS:
-            if millis <= bound:
-                self.stats.inc("dns_upstream_latency_ms_bucket", labels(le=str(bound)))
-        self.stats.inc("dns_upstream_latency_ms_bucket", labels(le="+Inf"))
-        self.stats.inc("dns_upstream_latency_ms_sum", (), int(millis))
+        self.stats.observe(DNS_UPSTREAM_LATENCY_MS, (), seconds * 1000)
 
 
 def _echo_question(query: Query, reply: bytes) -> bytes:

@@ -246,7 +246,13 @@ def _serialize(first: bytes, headers: Headers) -> bytes:
 
 
 class Connection:
-    """One side of an HTTP/1.1 connection; ``role`` is the role *we* play."""
+    """One side of an HTTP/1.1 connection; ``role`` is the role *we* play.
+
+    One class for the whole state machine (over the ~200 lines the project aims for): its
+    states, buffer and reader/writer modes are shared by every method, and splitting them
+    would put a call between each byte and its rule on the hottest path of the sidecar; the
+    pure parts (field lines, framing, limits) already live in ``headers.py`` and
+    ``limits.py``."""
 
     def __init__(self, role: Literal["server", "client"], limits: Limits = Limits()) -> None:  # noqa: B008
         if role not in (CLIENT, SERVER):
@@ -290,6 +296,11 @@ class Connection:
     @property
     def keep_alive(self) -> bool:
         return self._keep_alive
+
+    @property
+    def sends_chunked(self) -> bool:
+        """The message being sent is chunked: the only framing that can carry trailers."""
+        return self._wmode == _CHUNKED
 
     @property
     def trailing_data(self) -> tuple[bytes, bool]:

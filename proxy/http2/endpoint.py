@@ -102,6 +102,20 @@ class H2Stream:
                 return None
             self._raise_if_gone()
             await self._wait()
+        return self.take()
+
+    @property
+    def buffered(self) -> bool:
+        """A DATA payload is queued: ``take`` returns it without waiting."""
+        return bool(self._chunks)
+
+    @property
+    def fully_received(self) -> bool:
+        """The peer ended the stream and everything it sent was read."""
+        return self.ended and not self._chunks
+
+    def take(self) -> bytes:
+        """The next queued DATA payload (``buffered`` must be true)."""
         data, flow = self._chunks.popleft()
         self._pending_ack += flow
         return data
@@ -134,8 +148,12 @@ class H2Stream:
             view = view[size:]
             await endpoint.writable()
         if end and not data:
-            self._raise_if_gone()
-            endpoint.end_stream(self.id)
+            self.end_stream()
+
+    def end_stream(self) -> None:
+        """END_STREAM with no more data (an empty DATA frame)."""
+        self._raise_if_gone()
+        self.endpoint.end_stream(self.id)
 
     def reset(self, code: int = ErrorCodes.CANCEL) -> None:
         """Reset the stream (RST_STREAM), unless it is already gone."""
@@ -194,7 +212,11 @@ class H2Stream:
 
 
 class H2Endpoint(asyncio.Protocol):
-    """A transport plus an ``H2Connection``; subclasses say what a new stream means."""
+    """A transport plus an ``H2Connection``; subclasses say what a new stream means.
+
+    Longer than the project's ~200 lines per class because it is the one place that owns the
+    h2 state: the Protocol callbacks, the dispatch of h2's events to streams and the
+    flow-controlled sends all touch the same connection object and windows."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, client_side: bool) -> None:
         self.loop = loop

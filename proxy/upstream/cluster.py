@@ -25,7 +25,7 @@ from proxy.config.model import (
     ServicePort,
     Workload,
 )
-from proxy.stats import Stats, labels
+from proxy.stats import Counter, Gauge, Stats, labels
 from proxy.upstream.breaker import CircuitBreaker
 from proxy.upstream.health import HealthState
 from proxy.upstream.hosts import Host, HostSet
@@ -33,6 +33,23 @@ from proxy.upstream.http2_pool import Http2Pool
 from proxy.upstream.lb import make_balancer
 from proxy.upstream.outlier import OutlierDetector
 from proxy.upstream.pool import UpstreamPool
+
+# Envoy's cluster stats, labelled by cluster (the connection ones are the connector's).
+# No usable endpoint: counted by the L4 relay and the request pipeline alike.
+UPSTREAM_CX_NONE_HEALTHY = Counter(
+    "upstream_cx_none_healthy", "Connections with no usable endpoint"
+)
+OUTLIER_DETECTION_EJECTIONS_TOTAL = Counter(
+    "outlier_detection_ejections_total", "Endpoints ejected by outlier detection"
+)
+# What every worker sees of the cluster whole: one worker's view, not the sum of all of them.
+MEMBERSHIP_TOTAL = Gauge("membership_total", "Endpoints in a cluster", across_workers="max")
+MEMBERSHIP_HEALTHY = Gauge(  # the most pessimistic worker's view
+    "membership_healthy", "Usable endpoints in a cluster", across_workers="min"
+)
+OUTLIER_DETECTION_EJECTIONS_ACTIVE = Gauge(
+    "outlier_detection_ejections_active", "Endpoints currently ejected", across_workers="max"
+)
 
 # (service key "name.namespace", service port, subset name or "" for all endpoints)
 ClusterKey = tuple[str, int, str]
@@ -66,21 +83,29 @@ class ClusterRuntime:
         keep = previous is not None and (
             previous.service.policy.outlier_detection == service.policy.outlier_detection
         )
-        old_hosts = {(h.endpoint, h.port): h for h in previous.hosts.hosts} if keep else {}
+        old_hosts = (
+            {(h.endpoint, h.port): h for h in previous.hosts.hosts}
+            if keep and previous is not None
+            else {}
+        )
         hosts = [
             old_hosts.get((e, e.port_for(port))) or Host(e, e.port_for(port))
             for e in service.endpoints
         ]
-        self.hosts = HostSet(hosts)
+        self.hosts: HostSet = HostSet(hosts)
         policy = service.policy
         self.balancer = make_balancer(policy.load_balancer, rng)
         same_breaker = (
             previous is not None
             and previous.service.policy.circuit_breaker == policy.circuit_breaker
         )
-        self.breaker = previous.breaker if same_breaker else CircuitBreaker(policy.circuit_breaker)
+        self.breaker: CircuitBreaker = (
+            previous.breaker
+            if same_breaker and previous is not None
+            else CircuitBreaker(policy.circuit_breaker)
+        )
         self.outlier = self._outlier(previous, hosts)
-        self.health_task: asyncio.Task | None = None
+        self.health_task: asyncio.Task[None] | None = None
         # HTTP: requests and retries in flight (max_requests breaker, retry budget), and the
         # keep-alive pool, made on first use (it needs the running loop).
         self.requests_active = 0
@@ -88,7 +113,9 @@ class ClusterRuntime:
         self._pool: UpstreamPool | None = None
         self._http2_pool: Http2Pool | None = None
 
-    def _outlier(self, previous: ClusterRuntime | None, hosts: list[Host]):
+    def _outlier(
+        self, previous: ClusterRuntime | None, hosts: list[Host]
+    ) -> OutlierDetector | None:
         config = self.service.policy.outlier_detection
         if (
             previous is not None
@@ -122,7 +149,7 @@ class ClusterRuntime:
             return
         host.connect_failures_total += 1
         if self.outlier is not None and self.outlier.on_failure(host):
-            self.stats.inc("outlier_detection_ejections_total", labels(cluster=self.name))
+            self.stats.inc(OUTLIER_DETECTION_EJECTIONS_TOTAL, labels(cluster=self.name))
 
     def http_pool(self, loop: asyncio.AbstractEventLoop) -> UpstreamPool:
         if self._pool is None:
@@ -150,10 +177,10 @@ class ClusterRuntime:
 
     def publish_gauges(self, stats: Stats) -> None:
         cluster = labels(cluster=self.name)
-        stats.gauge_set("membership_total", cluster, len(self.hosts))
-        stats.gauge_set("membership_healthy", cluster, len(self.hosts.usable()))
+        stats.gauge_set(MEMBERSHIP_TOTAL, cluster, len(self.hosts))
+        stats.gauge_set(MEMBERSHIP_HEALTHY, cluster, len(self.hosts.usable()))
         active = self.outlier.ejections_active if self.outlier is not None else 0
-        stats.gauge_set("outlier_detection_ejections_active", cluster, active)
+        stats.gauge_set(OUTLIER_DETECTION_EJECTIONS_ACTIVE, cluster, active)
 
     def rows(self) -> list[tuple[str, str, str, int | str]]:
         """Envoy's /clusters fields as (cluster, host, field, value) rows; workers' rows are
@@ -193,6 +220,7 @@ class ClusterRuntime:
 
     async def _health_loop(self) -> None:
         config = self.service.policy.health_check
+        assert config is not None  # started only when configured
         states = {host: HealthState(config, host) for host in self.hosts.hosts}
         while True:
             results = await asyncio.gather(*(_tcp_probe(h, config.timeout) for h in states))

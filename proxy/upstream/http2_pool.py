@@ -60,7 +60,7 @@ class Http2Pool:
         finally:
             del self._connecting[host]
         self._connections.setdefault(host, []).append(upstream)
-        upstream.on_lost = lambda lost: self._forget(host, lost)  # type: ignore[misc]
+        upstream.on_lost = lambda lost: self._forget(host, lost)  # type: ignore[arg-type]
         pending.set_result(upstream)
         if self.closed:
             upstream.close()
@@ -99,7 +99,7 @@ class Http2Pool:
         self._busy(upstream)
 
 
-def _retrieve(future: asyncio.Future) -> None:
+def _retrieve(future: asyncio.Future[Http2Upstream]) -> None:
     """Mark a shared connect failure as seen, whether or not anybody waited for it."""
     if not future.cancelled():
         future.exception()

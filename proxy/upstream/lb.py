@@ -21,7 +21,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
 from hashlib import blake2b
 from itertools import accumulate, islice
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 from proxy.config.model import LoadBalancer
 from proxy.upstream.hosts import Host
@@ -114,7 +114,7 @@ class RoundRobin(_TracksHosts):
 
     def __init__(self) -> None:
         super().__init__()
-        self._heap: list[list] = []
+        self._heap: list[list[Any]] = []  # [deadline, order, step, host] (see _DEADLINE)
         self._now = 0  # the deadline of the latest pick: virtual "now"
         self._order = 0  # next tie-breaker
 
@@ -130,12 +130,13 @@ class RoundRobin(_TracksHosts):
         entry[_ORDER] = self._order
         self._order += 1
         heapq.heapreplace(heap, entry)  # the root leaves and comes back with its new deadline
-        return entry[_HOST]
+        host: Host = entry[_HOST]
+        return host
 
     def _rebuild(self, hosts: tuple[Host, ...]) -> None:
         period = math.lcm(*(host.weight for host in hosts)) * _RR_RESOLUTION if hosts else 1
         previous = {entry[_HOST]: entry for entry in self._heap}
-        heap: list[list] = []
+        heap: list[list[Any]] = []
         for index, host in enumerate(hosts):
             step = period // host.weight
             old = previous.get(host)

@@ -22,7 +22,15 @@ from proxy.config.model import (
     TrafficPolicy,
 )
 from proxy.stats import Stats, labels
-from proxy.upstream.cluster import ClusterRuntime, build_clusters, cluster_name
+from proxy.upstream.cluster import (
+    MEMBERSHIP_HEALTHY,
+    MEMBERSHIP_TOTAL,
+    OUTLIER_DETECTION_EJECTIONS_ACTIVE,
+    OUTLIER_DETECTION_EJECTIONS_TOTAL,
+    ClusterRuntime,
+    build_clusters,
+    cluster_name,
+)
 from proxy.upstream.hosts import Host
 
 EJECT_ON_FIRST = OutlierDetection(
@@ -258,7 +266,7 @@ def test_connect_failure_ejects_with_consecutive_failures_one() -> None:
     assert host.connect_failures_total == 1
     assert host.ejected and not host.usable
     assert cluster.outlier is not None and cluster.outlier.ejections_active == 1
-    key = ("outlier_detection_ejections_total", labels(cluster=cluster.name))
+    key = (OUTLIER_DETECTION_EJECTIONS_TOTAL, labels(cluster=cluster.name))
     assert stats.counters[key] == 1
     # The ejected host is no longer picked.
     assert host not in {cluster.pick(None, set()) for _ in range(10)}
@@ -271,7 +279,7 @@ def test_a_failure_of_an_ejected_host_does_not_count_another_ejection() -> None:
     cluster.report_connect(host, False)
     cluster.report_connect(host, False)
     assert host.connect_failures_total == 2
-    assert stats.counters[("outlier_detection_ejections_total", labels(cluster=cluster.name))] == 1
+    assert stats.counters[(OUTLIER_DETECTION_EJECTIONS_TOTAL, labels(cluster=cluster.name))] == 1
 
 
 def test_without_outlier_detection_failures_only_count() -> None:
@@ -283,7 +291,7 @@ def test_without_outlier_detection_failures_only_count() -> None:
         cluster.report_connect(host, False)
     assert host.connect_failures_total == 10
     assert not host.ejected
-    assert not any(name == "outlier_detection_ejections_total" for name, _ in stats.counters)
+    assert not any(metric is OUTLIER_DETECTION_EJECTIONS_TOTAL for metric, _ in stats.counters)
 
 
 def test_ejections_are_counted_per_cluster() -> None:
@@ -295,8 +303,8 @@ def test_ejections_are_counted_per_cluster() -> None:
     ca.report_connect(ca.hosts.hosts[0], False)
     ca.report_connect(ca.hosts.hosts[1], False)
     cb.report_connect(cb.hosts.hosts[0], False)
-    assert stats.counters[("outlier_detection_ejections_total", labels(cluster=ca.name))] == 2
-    assert stats.counters[("outlier_detection_ejections_total", labels(cluster=cb.name))] == 1
+    assert stats.counters[(OUTLIER_DETECTION_EJECTIONS_TOTAL, labels(cluster=ca.name))] == 2
+    assert stats.counters[(OUTLIER_DETECTION_EJECTIONS_TOTAL, labels(cluster=cb.name))] == 1
 
 
 # --- rebuilds --------------------------------------------------------------------------------
@@ -511,8 +519,8 @@ def test_clusters_ejection_is_lifted_by_a_rebuild_with_a_changed_config() -> Non
 
 
 def gauges(stats: Stats, cluster: ClusterRuntime) -> dict[str, int]:
-    names = ("membership_total", "membership_healthy", "outlier_detection_ejections_active")
-    return {n: stats.gauges[(n, labels(cluster=cluster.name))] for n in names}
+    metrics = (MEMBERSHIP_TOTAL, MEMBERSHIP_HEALTHY, OUTLIER_DETECTION_EJECTIONS_ACTIVE)
+    return {m.name: stats.gauges[(m, labels(cluster=cluster.name))] for m in metrics}
 
 
 def test_publish_gauges_membership() -> None:

@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import json
 import time
-from types import SimpleNamespace
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from proxy.access_log import AccessLog
-from proxy.config.loader import parse_mesh
-from proxy.filters.http_proxy import Exchange
+from proxy.config.model import Mesh
 from proxy.http.events import Request
-from proxy.worker import Worker, _text
+from proxy.pipeline.exchange import Exchange
+from proxy.pipeline.router import header_value
+from proxy.stats import Stats
+from proxy.telemetry import Telemetry, log_text
 
-MESH = parse_mesh("workload: {name: client, namespace: default}", "mesh.yaml")
+PEER = ("fd00::30", 40000)  # the only thing the line takes from the connection
 STARTED = time.mktime((2026, 11, 26, 10, 0, 0, 0, 0, 0)) - time.timezone + 0.25
 HOSTILE_AGENT = b'evil" \x01 caf\xe9 \\'
 
@@ -24,14 +25,14 @@ HOSTILE_AGENT = b'evil" \x01 caf\xe9 \\'
 def logged(capsys, log_format: str, headers: list[tuple[bytes, bytes]]) -> str:
     """What the worker prints for one finished GET with ``headers``."""
     request = Request(b"GET", b"/p?q=1", headers, b"1.1", True, False, None, None, False)
-    exchange = Exchange(request, STARTED)
+    authority = header_value(headers, b"host")  # as the codec adapters set it
+    exchange = Exchange(request, STARTED, authority)
     exchange.status, exchange.request_bytes, exchange.response_bytes = 200, 12, 1024
     exchange.duration = 0.0031
     exchange.upstream_host = ("10.0.0.20", 8080)
-    # The only thing the line takes from the connection is the peer's address.
-    session = SimpleNamespace(peer=("fd00::30", 40000))
     sink = AccessLog(log_format, "main")  # no loop running here: each line is written at once
-    Worker(MESH, log_format, sink)._http_access_log(session, exchange, "-")
+    telemetry = Telemetry(Stats(), sink, Mesh(), log_format)
+    sink.emit(telemetry.request_line(PEER, exchange, "-"))
     out = capsys.readouterr().err
     assert out.endswith("\n") and out.count("\n") == 1
     if log_format == "json":  # the message inside --log-format json's envelope
@@ -89,7 +90,7 @@ def test_the_json_line_carries_the_same_fields(capsys):
 
 @given(st.binary(max_size=64))
 def test_any_header_value_logs_as_printable_ascii_that_reads_back(value):
-    text = _text(value)
+    text = log_text(value)
     assert text.isascii() and text.isprintable()
     assert text.replace('\\"', '"').encode("ascii").decode("unicode_escape") == value.decode(
         "latin-1"

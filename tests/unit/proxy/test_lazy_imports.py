@@ -31,7 +31,7 @@ def loaded_after(code: str, modules: set[str]) -> tuple[list[str], list[str]]:
 @pytest.mark.parametrize(
     ("code", "modules"),
     [
-        ("import proxy.http2.server", {"h2", "hpack", "hyperframe"}),
+        ("import proxy.filters.http2_downstream", {"h2", "hpack", "hyperframe"}),
         (
             "from proxy.config.loader import parse_mesh\n"
             "parse_mesh('workload: {name: a, namespace: b}', 'mesh.yaml')",

@@ -14,12 +14,15 @@ import random
 from collections.abc import Callable
 
 from proxy.config.model import HeaderOperations
-
-from .events import Headers, Request, Response
-from .headers import HOP_BY_HOP, comma_tokens
+from proxy.http.events import Headers, Request, Response
+from proxy.http.headers import HOP_BY_HOP, comma_tokens
 
 # Besides the hop-by-hop fields: we answered 100-continue ourselves (Envoy does too).
 _REQUEST_DROP = HOP_BY_HOP | {b"expect"}
+# The try number (Envoy's include_request_attempt_count, which Istio sets on its outbound
+# routes): written by us, replacing whatever the client sent.
+ATTEMPT_COUNT = b"x-envoy-attempt-count"
+_REQUEST_DROP_COUNTING = _REQUEST_DROP | {ATTEMPT_COUNT}
 
 
 def forward_request_headers(
@@ -27,14 +30,18 @@ def forward_request_headers(
     peer_address: str,
     operations: HeaderOperations,
     new_request_id: Callable[[], bytes] = lambda: new_request_id(),
+    count_attempts: bool = False,
 ) -> Headers:
-    """The request's headers as the upstream should see them.
+    """The request's headers as the upstream should see them; with ``count_attempts`` the
+    last field is ``x-envoy-attempt-count: 1`` (the pipeline rewrites it for each retry).
 
     Names are lowercase, as in every parsed event (our HTTP/1.1 codec lowercases them, h2
     refuses uppercase ones), so nothing is lowercased again: one dict and one filtering pass
     in C instead of a Python loop per rule."""
     present = dict(request.headers)  # name -> a value; only membership is used
-    drop = _dropped(request.headers, present, _REQUEST_DROP)
+    drop = _dropped(
+        request.headers, present, _REQUEST_DROP_COUNTING if count_attempts else _REQUEST_DROP
+    )
     headers = [h for h in request.headers if h[0] not in drop]
     if request.chunked:
         headers.append((b"transfer-encoding", b"chunked"))
@@ -50,7 +57,12 @@ def forward_request_headers(
         _append_forwarded_for(headers, peer)
     else:
         headers.append((b"x-forwarded-for", peer))
-    return apply_operations(headers, operations)
+    headers = apply_operations(headers, operations)
+    if count_attempts:
+        if operations.set or operations.add:  # ours wins, as Envoy writes it last
+            headers = [h for h in headers if h[0] != ATTEMPT_COUNT]
+        headers.append((ATTEMPT_COUNT, b"1"))
+    return headers
 
 
 def new_request_id(bits: Callable[[int], int] = random.getrandbits) -> bytes:

@@ -9,51 +9,52 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .events import Response
+from proxy.outcomes import Flag
 
 
 @dataclass(frozen=True, slots=True)
 class LocalReply:
     status: int
-    flag: str  # Envoy's response flag, "-" when none applies
+    flag: str  # Envoy's response flag, Flag.NONE when none applies
     body: bytes
 
-    def response(self, close: bool) -> tuple[Response, bytes]:
-        headers = [
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """A fresh list (the codec adapters may append ``connection: close``)."""
+        return [
             (b"content-length", str(len(self.body)).encode()),
             (b"content-type", b"text/plain"),
             (b"server", b"detour"),
         ]
-        if close:
-            headers.append((b"connection", b"close"))
-        return Response(self.status, headers), self.body
 
 
-NO_ROUTE = LocalReply(404, "NR", b"")
-NO_HEALTHY_UPSTREAM = LocalReply(503, "UH", b"no healthy upstream")
+NO_ROUTE = LocalReply(404, Flag.NO_ROUTE_FOUND, b"")
+NO_HEALTHY_UPSTREAM = LocalReply(503, Flag.NO_HEALTHY_UPSTREAM, b"no healthy upstream")
 CONNECT_FAILURE = LocalReply(
     503,
-    "UF",
+    Flag.UPSTREAM_CONNECTION_FAILURE,
     b"upstream connect error or disconnect/reset before headers. reset reason: connection failure",
 )
 UPSTREAM_RESET = LocalReply(
     503,
-    "UC",
+    Flag.UPSTREAM_CONNECTION_TERMINATION,
     b"upstream connect error or disconnect/reset before headers. reset reason: "
     b"connection termination",
 )
 OVERFLOW = LocalReply(
-    503, "UO", b"upstream connect error or disconnect/reset before headers. reset reason: overflow"
+    503,
+    Flag.UPSTREAM_OVERFLOW,
+    b"upstream connect error or disconnect/reset before headers. reset reason: overflow",
 )
-TIMEOUT = LocalReply(504, "UT", b"upstream request timeout")
-BAD_UPSTREAM_RESPONSE = LocalReply(502, "UPE", b"upstream sent a malformed response")
-DRAINING = LocalReply(503, "-", b"the sidecar is shutting down")
+TIMEOUT = LocalReply(504, Flag.UPSTREAM_REQUEST_TIMEOUT, b"upstream request timeout")
+BAD_UPSTREAM_RESPONSE = LocalReply(
+    502, Flag.UPSTREAM_PROTOCOL_ERROR, b"upstream sent a malformed response"
+)
 
 
 def fault_abort(status: int) -> LocalReply:
-    return LocalReply(status, "FI", b"fault filter abort")
+    return LocalReply(status, Flag.FAULT_INJECTED, b"fault filter abort")
 
 
 def bad_request(status: int, reason: str) -> LocalReply:
     """A request the codec refused (400, 413, 414, 431, 501, 505); Envoy's flag is DPE."""
-    return LocalReply(status, "DPE", reason.encode())
+    return LocalReply(status, Flag.DOWNSTREAM_PROTOCOL_ERROR, reason.encode())

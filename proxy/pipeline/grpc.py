@@ -10,7 +10,7 @@ content-type starts with ``application/grpc``; the status travels in ``grpc-stat
 from __future__ import annotations
 
 from proxy.http.events import Headers
-from proxy.http.local_reply import LocalReply
+from proxy.pipeline.local_reply import LocalReply
 
 # Status codes (grpc/grpc doc/statuscodes.md) by their retry_on names (Envoy's
 # x-envoy-retry-grpc-on): the statuses a retry may help with.
@@ -102,11 +102,10 @@ def status_for_http(status: int) -> int:
 def local_reply_headers(reply: LocalReply) -> tuple[int, Headers]:
     """A Trailers-Only gRPC response for one of our local replies: HTTP 200 and the status in
     the head (what Envoy sends a gRPC client instead of a 503 or 504 page). Returns the gRPC
-    status and the headers, ``:status`` first."""
+    status and the headers (the codec adds ``:status``)."""
     code = status_for_http(reply.status)
     message = percent_encode(reply.body)
     return code, [
-        (b":status", b"200"),
         (b"content-type", b"application/grpc"),
         (b"grpc-status", str(code).encode()),
         (b"grpc-message", message),

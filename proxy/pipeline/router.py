@@ -23,14 +23,9 @@ from proxy.config.model import (
     Service,
     StringMatch,
 )
-
-from .events import Headers
-
-# What ended a try, as the retry policy names it: a status code, or one of these.
-CONNECT_FAILURE = "connect-failure"
-RESET = "reset"  # the upstream closed or reset before a complete response head
-PER_TRY_TIMEOUT = "per-try-timeout"
-NO_HEALTHY_UPSTREAM = "no-healthy-upstream"  # never retried: no host would take the retry
+from proxy.http.events import Headers
+from proxy.outcomes import Outcome
+from proxy.pipeline.grpc import GRPC_RETRY_ON
 
 
 class _Matcher:
@@ -83,9 +78,24 @@ class _CompiledMatch:
 
 
 @dataclass(frozen=True)
-class _CompiledRoute:
+class RouteEntry:
+    """A route with what the data path asks of it per request, worked out once."""
+
     route: HttpRoute
     matches: tuple[_CompiledMatch, ...]
+    # The response statuses the route's retry policy may retry: most responses are not, and
+    # a set lookup tells so without a call per request.
+    retry_statuses: frozenset[int]
+    # The policy names a gRPC status: a gRPC response's status must be known (it may come in
+    # the trailers after the head) before the response can be forwarded or retried.
+    retries_on_grpc_status: bool
+
+    @classmethod
+    def build(cls, route: HttpRoute) -> RouteEntry:
+        matches = tuple(_CompiledMatch.build(m) for m in route.matches)
+        retry_on = route.retries.retry_on
+        grpc_names = any(name in GRPC_RETRY_ON for name in retry_on)
+        return cls(route, matches, retriable_statuses(route.retries), grpc_names)
 
 
 class HttpRouter:
@@ -93,20 +103,17 @@ class HttpRouter:
 
     def __init__(self, service: Service) -> None:
         self.service = service
-        self._routes = tuple(
-            _CompiledRoute(route, tuple(_CompiledMatch.build(m) for m in route.matches))
-            for route in service.routes
-        )
+        self._routes = tuple(RouteEntry.build(route) for route in service.routes)
 
     def match(
         self, method: bytes, target: bytes, authority: bytes | None, headers: Headers
-    ) -> HttpRoute | None:
+    ) -> RouteEntry | None:
         path = request_path(target)
-        for compiled in self._routes:
-            if not compiled.matches or any(
-                m.holds(method, path, authority, headers) for m in compiled.matches
+        for entry in self._routes:
+            if not entry.matches or any(
+                m.holds(method, path, authority, headers) for m in entry.matches
             ):
-                return compiled.route
+                return entry
         return None
 
 
@@ -140,6 +147,20 @@ def pick_destination(destinations: Sequence[RouteDestination], roll: float) -> R
     return destinations[-1]
 
 
+def retriable_statuses(policy: RetryPolicy) -> frozenset[int]:
+    """The statuses ``is_retriable`` says yes to under ``policy`` (an HTTP status is at most
+    999 here: the codec refuses more digits)."""
+    retry_on = policy.retry_on
+    statuses: set[int] = set()
+    if "5xx" in retry_on:
+        statuses.update(range(500, 1000))
+    if "gateway-error" in retry_on:
+        statuses.update((502, 503, 504))
+    if "retriable-status-codes" in retry_on:
+        statuses.update(policy.retriable_status_codes)
+    return frozenset(statuses)
+
+
 def is_retriable(policy: RetryPolicy, outcome: int | str) -> bool:
     """Whether a try that ended with ``outcome`` (a status or a failure name) is worth another
     try under ``policy``'s ``retry_on`` (Envoy's x-envoy-retry-on semantics)."""
@@ -150,11 +171,11 @@ def is_retriable(policy: RetryPolicy, outcome: int | str) -> bool:
         if "gateway-error" in retry_on and outcome in (502, 503, 504):
             return True
         return "retriable-status-codes" in retry_on and outcome in policy.retriable_status_codes
-    if outcome == CONNECT_FAILURE:
-        return bool({"connect-failure", "5xx", "gateway-error"} & set(retry_on))
-    if outcome == RESET:
+    if outcome == Outcome.CONNECT_FAILURE:  # a reset of its own kind (Envoy's RETRY_ON_RESET)
+        return bool({"connect-failure", "reset", "5xx", "gateway-error"} & set(retry_on))
+    if outcome == Outcome.RESET:
         return bool({"reset", "5xx", "gateway-error"} & set(retry_on))
-    if outcome == PER_TRY_TIMEOUT:
+    if outcome == Outcome.PER_TRY_TIMEOUT:
         # Envoy: a per-try timeout counts as a 5xx / gateway error for retry purposes.
         return bool({"5xx", "gateway-error", "reset"} & set(retry_on))
     # A gRPC status by its retry_on name ("unavailable", ...): retried only when named.

@@ -16,11 +16,8 @@ from proxy.config.model import (
     ServicePort,
     StringMatch,
 )
-from proxy.http.router import (
-    CONNECT_FAILURE,
-    NO_HEALTHY_UPSTREAM,
-    PER_TRY_TIMEOUT,
-    RESET,
+from proxy.outcomes import Outcome
+from proxy.pipeline.router import (
     HttpRouter,
     backoff_delay,
     header_value,
@@ -53,7 +50,7 @@ def regex(value: str) -> StringMatch:
 
 def matched(router: HttpRouter, target: bytes, method=b"GET", host=b"svc", headers=()) -> str:
     found = router.match(method, target, host, list(headers))
-    return found.name if found is not None else "none"
+    return found.route.name if found is not None else "none"
 
 
 def test_a_service_without_routes_has_one_default_route_matching_everything() -> None:
@@ -133,15 +130,15 @@ def test_weighted_destinations_split_by_their_bands() -> None:
         (("gateway-error",), 500, False),
         (("retriable-status-codes",), 503, True),
         (("retriable-status-codes",), 502, False),
-        (("connect-failure",), CONNECT_FAILURE, True),
-        (("connect-failure",), RESET, False),
+        (("connect-failure",), Outcome.CONNECT_FAILURE, True),
+        (("connect-failure",), Outcome.RESET, False),
         (("connect-failure",), 503, False),
-        (("reset",), RESET, True),
-        (("reset",), PER_TRY_TIMEOUT, True),
-        (("retriable-status-codes",), PER_TRY_TIMEOUT, False),
-        (("5xx",), CONNECT_FAILURE, True),
-        (("5xx",), PER_TRY_TIMEOUT, True),
-        (("5xx", "connect-failure", "reset"), NO_HEALTHY_UPSTREAM, False),
+        (("reset",), Outcome.RESET, True),
+        (("reset",), Outcome.PER_TRY_TIMEOUT, True),
+        (("retriable-status-codes",), Outcome.PER_TRY_TIMEOUT, False),
+        (("5xx",), Outcome.CONNECT_FAILURE, True),
+        (("5xx",), Outcome.PER_TRY_TIMEOUT, True),
+        (("5xx", "connect-failure", "reset"), Outcome.NO_HEALTHY_UPSTREAM, False),
         # gRPC statuses by name: retried only when named, never by 5xx / reset
         (("unavailable",), "unavailable", True),
         (("cancelled", "unavailable"), "cancelled", True),

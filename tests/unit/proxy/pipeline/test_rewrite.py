@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from proxy.config.model import HeaderOperations
-from proxy.http import local_reply
 from proxy.http.codec import Connection, Data, EndOfMessage, Request, Response
-from proxy.http.rewrite import (
+from proxy.pipeline import local_reply
+from proxy.pipeline.rewrite import (
     apply_operations,
     forward_request_headers,
     forward_response_headers,
@@ -93,13 +93,11 @@ def test_response_hop_by_hop_fields_go_and_operations_apply() -> None:
 
 
 def test_local_replies_carry_their_flag_and_a_well_formed_body() -> None:
-    response, body = local_reply.NO_HEALTHY_UPSTREAM.response(close=False)
-    assert (response.status, local_reply.NO_HEALTHY_UPSTREAM.flag) == (503, "UH")
-    assert (b"content-length", str(len(body)).encode()) in response.headers
-    assert body == b"no healthy upstream"
-    closing, _ = local_reply.TIMEOUT.response(close=True)
-    assert closing.status == 504
-    assert (b"connection", b"close") in closing.headers
+    reply = local_reply.NO_HEALTHY_UPSTREAM
+    assert (reply.status, reply.flag, reply.body) == (503, "UH", b"no healthy upstream")
+    assert (b"content-length", str(len(reply.body)).encode()) in reply.headers()
+    assert reply.headers() is not reply.headers()  # a fresh list: adapters append to it
+    assert local_reply.TIMEOUT.status == 504
     assert local_reply.fault_abort(418).status == 418
     assert local_reply.bad_request(431, "header section too large").flag == "DPE"
 

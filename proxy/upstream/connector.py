@@ -1,0 +1,203 @@
+"""Every upstream connection of a worker is made here: the L4 relay's, HTTP/1.1's and HTTP/2's.
+
+What a connection to an upstream needs is the same whatever will be spoken on it, so it lives
+once: where it comes from (``Source``: no binding outbound, 127.0.0.6 / ::6 inbound, the
+client's own address with IP_TRANSPARENT and the TPROXY mark under TPROXY inbound), the
+connect timeout, the accounting (``upstream_cx_total``, ``upstream_cx_connect_fail``,
+``upstream_cx_connect_timeout``, the outlier detector's view of the host) and the pools that
+keep HTTP connections for the next request. TLS origination will go here too.
+
+The connect timeout is a timer that cancels the connecting task, not ``asyncio.timeout`` or
+``wait_for``: those cost a task or two ``get_running_loop()`` calls (each a ``getpid()`` on
+CPython 3.11) per connection, and new connections per second is a benchmark row. Whoever else
+cancels the task (a client that left, an outer deadline) is told apart as ``asyncio.timeout``
+does it, by ``Task.uncancel``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from proxy.http.channel import HttpChannel
+from proxy.http.codec import Connection
+from proxy.platform.sockets import transparent_socket
+from proxy.stats import Counter, Stats, cluster_labels
+from proxy.upstream.cluster import ClusterRuntime
+from proxy.upstream.hosts import Host
+
+if TYPE_CHECKING:  # h2 loads with the first HTTP/2 upstream, not with the sidecar
+    from proxy.http2.client import Http2Upstream
+
+UPSTREAM_CX_TOTAL = Counter("upstream_cx_total", "Upstream connections established")
+UPSTREAM_CX_CONNECT_FAIL = Counter(
+    "upstream_cx_connect_fail", "Upstream connect attempts that failed"
+)
+UPSTREAM_CX_CONNECT_TIMEOUT = Counter(
+    "upstream_cx_connect_timeout", "Upstream connect attempts that timed out"
+)
+UPSTREAM_CX_HTTP1_TOTAL = Counter(
+    "upstream_cx_http1_total", "HTTP/1.1 upstream connections established"
+)
+UPSTREAM_CX_HTTP2_TOTAL = Counter(
+    "upstream_cx_http2_total", "HTTP/2 upstream connections established"
+)
+UPSTREAM_CX_POOL_REUSE = Counter(
+    "upstream_cx_pool_reuse", "Requests sent on a pooled upstream connection instead of a new one"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where upstream connections of a listener's connections come from."""
+
+    address: str | None = None  # bind here (inbound: 127.0.0.6 / ::6); None: the kernel picks
+    # TPROXY inbound: ``address`` is the client's own, bound with IP_TRANSPARENT, and the
+    # socket carries ``mark`` so init's policy routing sends the app's replies back to us.
+    transparent: bool = False
+    mark: int = 0
+
+
+ANY_SOURCE = Source()
+
+
+class ConnectFailed(Exception):
+    """The upstream could not be reached: refused, unreachable, or not within the timeout."""
+
+    def __init__(self, timed_out: bool) -> None:
+        super().__init__("connect timeout" if timed_out else "connect failed")
+        self.timed_out = timed_out
+
+
+class Connector:
+    """One worker's upstream connections (see the module docstring)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, stats: Stats) -> None:
+        self.loop = loop
+        self.stats = stats
+
+    async def connect(
+        self,
+        protocol: asyncio.Protocol,
+        address: str,
+        port: int,
+        *,
+        timeout: float,
+        source: Source,
+        cluster_name: str,
+        cluster: ClusterRuntime | None = None,
+        host: Host | None = None,
+    ) -> None:
+        """Connect ``protocol`` to ``address:port`` within ``timeout``, counted under
+        ``cluster_name`` (and reported to ``cluster``'s outlier detector for ``host``).
+        Raises ConnectFailed; a connection made just as the timer fired is aborted."""
+        loop = self.loop
+        task = asyncio.current_task(loop)
+        assert task is not None, "connect() runs in a task"
+        expired = False
+
+        def expire() -> None:
+            nonlocal expired
+            expired = True
+            task.cancel()
+
+        timer = loop.call_later(timeout, expire)
+        try:
+            await self._dial(protocol, address, port, source)
+        except asyncio.CancelledError:
+            # Connected as the timer fired (the task resumes with the cancellation anyway):
+            # nobody will use this connection.
+            # Every protocol of ours keeps its transport as ``.transport``.
+            transport = getattr(protocol, "transport", None)
+            if transport is not None:
+                transport.abort()
+            if expired and task.uncancel() == 0:
+                self._failed(cluster_name, cluster, host, timed_out=True)
+                raise ConnectFailed(timed_out=True) from None
+            raise
+        except OSError:
+            self._failed(cluster_name, cluster, host, timed_out=False)
+            raise ConnectFailed(timed_out=False) from None
+        finally:
+            timer.cancel()
+        if cluster is not None and host is not None:
+            cluster.report_connect(host, True)
+        self.stats.inc(UPSTREAM_CX_TOTAL, cluster_labels(cluster_name))
+
+    async def _dial(
+        self, protocol: asyncio.Protocol, address: str, port: int, source: Source
+    ) -> None:
+        loop = self.loop
+        if source.transparent:
+            sock = transparent_socket(source.address or "", source.mark)
+            try:
+                await loop.sock_connect(sock, (address, port))
+                await loop.create_connection(lambda: protocol, sock=sock)
+            except BaseException:
+                sock.close()
+                raise
+            return
+        local = (source.address, 0) if source.address else None
+        await loop.create_connection(lambda: protocol, address, port, local_addr=local)
+
+    def _failed(
+        self, cluster_name: str, cluster: ClusterRuntime | None, host: Host | None, timed_out: bool
+    ) -> None:
+        if cluster is not None and host is not None:
+            cluster.report_connect(host, False)
+        name = cluster_labels(cluster_name)
+        self.stats.inc(UPSTREAM_CX_CONNECT_FAIL, name)
+        if timed_out:
+            self.stats.inc(UPSTREAM_CX_CONNECT_TIMEOUT, name)
+
+    # --- HTTP: pooled connections -----------------------------------------------------------
+
+    def pooled_http1(self, cluster: ClusterRuntime, host: Host) -> HttpChannel | None:
+        """An idle keep-alive connection to ``host`` from the cluster's pool, if there is one
+        (no coroutine: a pooled connection is most requests' case)."""
+        channel = cluster.http_pool(self.loop).take(host)
+        if channel is not None:
+            self.stats.inc(UPSTREAM_CX_POOL_REUSE, cluster_labels(cluster.name))
+        return channel
+
+    async def new_http1(self, cluster: ClusterRuntime, host: Host, source: Source) -> HttpChannel:
+        """A new HTTP/1.1 connection to ``host`` (it joins the pool when given back)."""
+        channel = HttpChannel(Connection("client"), self.loop)
+        await self._connect_host(channel, cluster, host, source, UPSTREAM_CX_HTTP1_TOTAL)
+        return channel
+
+    async def http2(self, cluster: ClusterRuntime, host: Host, source: Source) -> Http2Upstream:
+        """The host's multiplexed HTTP/2 connection with room for a stream (requests that find
+        none while one is being made wait for it), else a new one. ConnectFailed for every
+        waiter when the connect fails."""
+        from proxy.http2.client import Http2Upstream  # loads h2 on first use (proxy/http2)
+
+        async def new_connection() -> Http2Upstream:
+            upstream = Http2Upstream(self.loop)
+            await self._connect_host(upstream, cluster, host, source, UPSTREAM_CX_HTTP2_TOTAL)
+            return upstream
+
+        upstream, _new = await cluster.http2_pool(self.loop).connection(host, new_connection)
+        return upstream
+
+    async def _connect_host(
+        self,
+        protocol: asyncio.Protocol,
+        cluster: ClusterRuntime,
+        host: Host,
+        source: Source,
+        codec_counter: Counter,
+    ) -> None:
+        """A cluster host's connection, within the cluster's connect timeout."""
+        await self.connect(
+            protocol,
+            host.address,
+            host.port,
+            timeout=cluster.service.policy.connect_timeout,
+            source=source,
+            cluster_name=cluster.name,
+            cluster=cluster,
+            host=host,
+        )
+        self.stats.inc(codec_counter, cluster_labels(cluster.name))
