@@ -48,6 +48,7 @@ from proxy.transport.relay import RelayHalf, link
 
 DISCARD_LIMIT = 64 * 1024  # request body bytes read and dropped before a local reply, at most
 MISSING_HOST = local_reply.bad_request(400, "missing host header")
+_UNPARSED = Request(b"-", b"-")  # what the access log shows for a head the codec refused
 
 
 class Http1Body(KeptBody):
@@ -142,8 +143,7 @@ class Http1ConnectionManager:
         self.draining = False
         self.tunnel_halves: tuple[RelayHalf, RelayHalf] | None = None  # after an upgrade
         self.requests = 0
-        self.response_bytes = 0
-        self._response_start = -1  # downstream.sent when the forwarded head was written
+        self.response_bytes = 0  # body bytes of the response in flight (Istio's measure)
         self._must_close = False  # the response cannot be followed by another request
         self._upgrade: bytes | None = None  # the request's Upgrade value (WebSocket, ...)
         self._client_left = False
@@ -166,7 +166,7 @@ class Http1ConnectionManager:
                 event = await downstream.next_event()
                 self.between_requests = False
             except ProtocolError as exc:
-                self._reply_and_close(local_reply.bad_request(exc.status_hint, exc.reason))
+                self._refuse_request(local_reply.bad_request(exc.status_hint, exc.reason))
                 return
             except ChannelClosed:
                 return
@@ -224,7 +224,7 @@ class Http1ConnectionManager:
         authority = header_value(request.headers, b"host")
         exchange = pipeline.new_exchange(request, authority)
         self.requests += 1
-        self.response_bytes, self._response_start, self._must_close = 0, -1, False
+        self.response_bytes, self._must_close = 0, False
         self._upgrade = request.upgrade
         body = Http1Body(self.downstream, request)
         keep = True
@@ -253,13 +253,21 @@ class Http1ConnectionManager:
             exchange.response_bytes = self.tunnel_halves[1].received
         else:
             exchange.request_bytes = body.size
-            start = self._response_start
-            exchange.response_bytes = (
-                self.downstream.sent - start if start >= 0 else self.response_bytes
-            )
+            exchange.response_bytes = self.response_bytes
         self._exchange_done(exchange)
         # A body left unread (the upstream answered first) cannot be skipped safely.
         return keep and not self._must_close and body.complete and not self.downstream.lost
+
+    def _refuse_request(self, reply: LocalReply) -> None:
+        """A request head the codec refused (431, 400, ...): answered, closed, and reported
+        like any request (Envoy logs it too, flag DPE), under a placeholder request line."""
+        exchange = self.pipeline.new_exchange(_UNPARSED, None)
+        exchange.flags.append(reply.flag)
+        exchange.status = reply.status
+        self._reply_and_close(reply)
+        exchange.response_bytes = len(reply.body)
+        self.pipeline.finish(exchange)
+        self._exchange_done(exchange)
 
     def _reply_and_close(self, reply: LocalReply) -> None:
         downstream = self.downstream
@@ -283,13 +291,13 @@ class Http1ConnectionManager:
         if self.draining:
             headers.append((b"connection", b"close"))
         codec = downstream.codec
-        self._response_start = downstream.sent
         downstream.write(codec.send(Response(status, headers), trusted=True))
         if end:
             downstream.write(codec.send(EndOfMessage()))
 
     async def send_data(self, data: bytes) -> None:
         downstream = self.downstream
+        self.response_bytes += len(data)
         downstream.write(downstream.codec.send(Data(data)))
         try:
             await downstream.drain()
@@ -358,6 +366,7 @@ def relay_switched(
         data, eof = channel.codec.trailing_data
         if data:
             half.early.append(data)
+            half.received += len(data)  # read from that side, as the relay counts
         half.eof = eof
         halves.append(half)
     client_half, server_half = halves

@@ -36,6 +36,7 @@ class Http1Try:
     __slots__ = (
         "_cluster",
         "_connector",
+        "_ended",
         "_host",
         "_source",
         "_upgrade",
@@ -52,6 +53,7 @@ class Http1Try:
         self._cluster = cluster
         self._host = host
         self.channel: HttpChannel | None = None
+        self._ended = False  # the response's end was read (by poll or read)
         self.end = False  # never known with the head: the body's end is polled for
         self.trailers: Headers = _NONE
 
@@ -75,6 +77,7 @@ class Http1Try:
         if exchange.request.version == b"2" and not body.empty:
             headers = _h1_framing(headers)
         channel.exchanges += 1
+        received = channel.received  # what the connection had read before this request
         try:
             head = Request(request.method, request.target, headers)
             channel.write(codec.send(head, trusted=True))
@@ -93,9 +96,12 @@ class Http1Try:
                 if event.status == 101 and upgrade:
                     return event
         except ProtocolError as exc:
-            # the upstream's bytes broke HTTP (502: UPE), or ours could not be sent
-            reply = local_reply.BAD_UPSTREAM_RESPONSE if exc.status_hint == 502 else None
-            raise TryFailed(Outcome.RESET, reply or local_reply.UPSTREAM_RESET) from None
+            # The upstream's bytes broke HTTP (502: UPE), or ours could not be sent; but an
+            # upstream that closed without a byte of response is a connection termination.
+            answered = channel.received > received
+            malformed = exc.status_hint == 502 and answered
+            reply = local_reply.BAD_UPSTREAM_RESPONSE if malformed else local_reply.UPSTREAM_RESET
+            raise TryFailed(Outcome.RESET, reply) from None
         except (ChannelClosed, OSError):
             raise TryFailed(Outcome.RESET, local_reply.UPSTREAM_RESET) from None
 
@@ -124,6 +130,7 @@ class Http1Try:
             return event.data
         if type(event) is EndOfMessage:
             self.trailers = strip_hop_by_hop(event.trailers) if event.trailers else _NONE
+            self._ended = True
             return None
         # ConnectionClosed: the response is cut short (PAUSED needs an upgrade)
         raise UpstreamCut(Flag.UPSTREAM_CONNECTION_TERMINATION)
@@ -135,6 +142,9 @@ class Http1Try:
         """A response we will retry: read its (small) body so the connection can be reused."""
         channel = self.channel
         if channel is None:
+            return
+        if self._ended:  # its end came with its head: nothing left to read
+            self.finish()
             return
         size = 0
         try:

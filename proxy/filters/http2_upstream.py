@@ -85,6 +85,8 @@ class Http2Try:
             reply = local_reply.UPSTREAM_RESET if gone.code == CONNECTION_GONE else None
             raise TryFailed(Outcome.RESET, reply or UPSTREAM_REMOTE_RESET) from None
         self.end = stream.fully_received
+        if self.end:  # trailers that came right after the head, in the same read
+            self.trailers = stream.trailers
         return response
 
     def poll(self) -> bytes | Pending | None:

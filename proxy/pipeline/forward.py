@@ -275,7 +275,9 @@ class Pipeline:
                 await sink.tunnel(attempt.switch_protocols(), response)
                 return
             assert type(response) is Response
-            first: bytes | Pending | None = PENDING
+            # The body's first part: None when the response ended with its head (its trailers,
+            # if any, came with it), PENDING when it has not arrived yet.
+            first: bytes | Pending | None = None if attempt.end else PENDING
             grpc_call = exchange.request_protocol == "grpc"
             if not attempt.end:
                 try:
