@@ -22,7 +22,7 @@ such clients.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 from proxy.http.channel import ChannelClosed, HttpChannel
 from proxy.http.codec import (
@@ -295,19 +295,26 @@ class Http1ConnectionManager:
         if end:
             downstream.write(codec.send(EndOfMessage()))
 
-    async def send_data(self, data: bytes) -> None:
+    def send_data(self, data: bytes) -> Awaitable[None] | None:
         downstream = self.downstream
+        if downstream.lost:
+            raise DownstreamGone()
         self.response_bytes += len(data)
         downstream.write(downstream.codec.send(Data(data)))
+        return self._drain() if downstream.write_paused else None
+
+    async def _drain(self) -> None:
         try:
-            await downstream.drain()
+            await self.downstream.drain()
         except ChannelClosed:
             raise DownstreamGone() from None
 
     def send_end(self, trailers: Headers) -> None:
         codec = self.downstream.codec
         # Trailers travel only in chunked framing (an HTTP/1.1 client, no Content-Length).
-        self.downstream.write(codec.send(EndOfMessage(trailers if codec.sends_chunked else [])))
+        if trailers and not codec.sends_chunked:
+            trailers = []
+        self.downstream.write(codec.send(EndOfMessage(trailers)))
 
     async def send_local(self, status: int, headers: Headers, body: bytes, close: bool) -> None:
         if close or self.draining:

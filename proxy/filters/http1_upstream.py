@@ -113,6 +113,8 @@ class Http1Try:
             event = channel.codec.next_event()
         except ProtocolError:
             raise UpstreamCut(Flag.UPSTREAM_CONNECTION_TERMINATION) from None
+        if type(event) is Data:  # the common case, without a call
+            return event.data
         return PENDING if event is NEED_DATA else self._body_part(event)
 
     async def read(self) -> bytes | None:
@@ -134,9 +136,6 @@ class Http1Try:
             return None
         # ConnectionClosed: the response is cut short (PAUSED needs an upgrade)
         raise UpstreamCut(Flag.UPSTREAM_CONNECTION_TERMINATION)
-
-    def consumed(self) -> None:
-        """Backpressure is the channel's: it stops reading while nobody asks for events."""
 
     async def drop_response(self) -> None:
         """A response we will retry: read its (small) body so the connection can be reused."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import h2.events
 from h2.errors import ErrorCodes
@@ -140,7 +140,11 @@ class StreamHandler:
         except StreamGone:
             raise DownstreamGone() from None
 
-    async def send_data(self, data: bytes) -> None:
+    def send_data(self, data: bytes) -> Awaitable[None]:
+        return self._send_data(data)
+
+    async def _send_data(self, data: bytes) -> None:
+        """Within the client's flow-control windows (so always awaited)."""
         try:
             await self.stream.send_data(data)
         except StreamGone:

@@ -91,6 +91,7 @@ class Http2Try:
 
     def poll(self) -> bytes | Pending | None:
         stream = self._stream()
+        stream.consumed()  # the part taken before was forwarded: its window reopens
         if stream.buffered:
             return stream.take()
         if stream.ended:
@@ -100,6 +101,7 @@ class Http2Try:
 
     async def read(self) -> bytes | None:
         stream = self._stream()
+        stream.consumed()
         try:
             data = await stream.read()
         except StreamGone as gone:
@@ -108,9 +110,6 @@ class Http2Try:
         if data is None:
             self.trailers = stream.trailers
         return data
-
-    def consumed(self) -> None:
-        self._stream().consumed()
 
     async def drop_response(self) -> None:
         """A retried response: reset its stream; the connection goes on for other streams."""

@@ -54,7 +54,7 @@ class HttpChannel(asyncio.Protocol):
         self._paused_check: ResetWatch | None = None  # while reading is paused
         self._data_waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
-        self._write_paused = False
+        self.write_paused = False  # the transport is above its high-water mark
         # Called once when the connection is gone (the pool drops it, a session finishes).
         self.on_lost: Callable[[HttpChannel], None] | None = None
         # Set while an upstream connection sits idle in its pool: the peer closing it then
@@ -101,10 +101,10 @@ class HttpChannel(asyncio.Protocol):
             self.on_lost(self)
 
     def pause_writing(self) -> None:
-        self._write_paused = True
+        self.write_paused = True
 
     def resume_writing(self) -> None:
-        self._write_paused = False
+        self.write_paused = False
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -165,7 +165,7 @@ class HttpChannel(asyncio.Protocol):
         if self.lost:
             raise ChannelClosed("connection lost while writing")
         self.flush()
-        if not self._write_paused:
+        if not self.write_paused:
             return
         self._drain_waiter = self.loop.create_future()
         try:

@@ -16,7 +16,7 @@ rules and the access log read one shape.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -112,8 +112,9 @@ class ResponseSink(Protocol):
 
     def send_head(self, status: int, headers: Headers, end: bool) -> None: ...
 
-    async def send_data(self, data: bytes) -> None:
-        """Write ``data``, then wait while the client is slower than the upstream."""
+    def send_data(self, data: bytes) -> Awaitable[None] | None:
+        """Write ``data``; returns what to await while the client is slower than the
+        upstream, None when nothing (no coroutine per part of a fast response)."""
 
     def send_end(self, trailers: Headers) -> None: ...
 
@@ -160,13 +161,12 @@ class UpstreamTry(Protocol):
     def poll(self) -> bytes | Pending | None:
         """The next part of the body when it is already parsed (None at its end), else
         PENDING: a small response's body arrives with its head, and taking it needs no
-        coroutine."""
+        coroutine. Asking for the next part says the previous one was forwarded: HTTP/2
+        reopens the upstream's window for it then, which is the backpressure."""
 
     async def read(self) -> bytes | None:
-        """The next part of the body, waiting for it; None at the end."""
-
-    def consumed(self) -> None:
-        """What was read is forwarded: HTTP/2 reopens the upstream's window."""
+        """The next part of the body, waiting for it; None at the end (and the same
+        acknowledgement of the previous part as ``poll``)."""
 
     async def drop_response(self) -> None:
         """The response will be retried: free the connection for reuse if that is cheap."""

@@ -139,9 +139,7 @@ class Pipeline:
         exchange.duration = self._clock() - exchange.started
 
     def _cluster_key(self, subset: str | None) -> ClusterKey:
-        key = self._cluster_keys.get(subset)
-        if key is None:
-            key = self._cluster_keys[subset] = (self._service.key, self.port.port, subset or "")
+        key = self._cluster_keys[subset] = (self._service.key, self.port.port, subset or "")
         return key
 
     # --- one request ----------------------------------------------------------------------
@@ -172,7 +170,8 @@ class Pipeline:
             await send_local_reply(exchange, local_reply.fault_abort(abort), body, sink)
             return
         destination = pick_destination(route.destinations, rng.random() * 100)
-        cluster = self._fixed_cluster or upstreams.clusters[self._cluster_key(destination.subset)]
+        key = self._cluster_keys.get(destination.subset) or self._cluster_key(destination.subset)
+        cluster = self._fixed_cluster or upstreams.clusters[key]
         exchange.cluster = cluster
         reply = await self._forward_within_deadline(exchange, entry, cluster, body, sink)
         if reply is not None:  # the router's own answer: the route's response rules apply

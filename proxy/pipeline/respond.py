@@ -44,8 +44,9 @@ async def relay(
             data = await attempt.read() if isinstance(first, Pending) else first
             while data is not None:
                 if data:
-                    await sink.send_data(data)
-                attempt.consumed()
+                    waiting = sink.send_data(data)
+                    if waiting is not None:
+                        await waiting
                 part = attempt.poll()
                 data = await attempt.read() if isinstance(part, Pending) else part
     except UpstreamCut as cut:

@@ -152,4 +152,5 @@ async def forward_with_retries(
         raise AssertionError("not reached: the last try returns or raises")
     finally:
         cluster.requests_active -= 1
-        state.release()
+        if state.holding:
+            state.release()

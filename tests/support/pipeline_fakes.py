@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +38,7 @@ from proxy.http.events import Headers, InformationalResponse, Request, Response
 from proxy.outcomes import Flag, Outcome
 from proxy.pipeline import local_reply
 from proxy.pipeline.errors import DownstreamGone, TryFailed, UpstreamCut
-from proxy.pipeline.exchange import PENDING, REPLAY_LIMIT, Exchange, Pending, RequestBody
+from proxy.pipeline.exchange import PENDING, Exchange, KeptBody, Pending, RequestBody
 from proxy.pipeline.forward import Pipeline
 from proxy.pipeline.hooks import PolicyHook
 from proxy.pipeline.router import HttpRouter
@@ -125,7 +125,6 @@ class FakeUpstreamTry:
         self.failed_at: float | None = None  # TryFailed raised: the try is over by itself
         self.dropped = False  # drop_response: the pipeline will retry this answer
         self.parts_read = 0
-        self.consumed_calls = 0
 
     # --- what the tests read -------------------------------------------------------------
 
@@ -227,9 +226,6 @@ class FakeUpstreamTry:
             await asyncio.sleep(script.part_delay)
         return self._take()
 
-    def consumed(self) -> None:
-        self.consumed_calls += 1
-
     async def drop_response(self) -> None:
         script = self.script
         assert isinstance(script, Answer)
@@ -300,9 +296,9 @@ class FakeTryFactory:
 # --- the downstream side -----------------------------------------------------------------
 
 
-class FakeBody:
+class FakeBody(KeptBody):
     """A request body the client sends in ``parts`` (each after ``part_delay``), kept for a
-    replay up to REPLAY_LIMIT as ``Http1Body`` keeps it. ``stall_after``: the client stops
+    replay up to REPLAY_LIMIT by the codecs' own ``KeptBody``. ``stall_after``: the client stops
     sending after that many parts (until its task is cancelled); ``gone_after``: its
     connection closes after that many parts (``DownstreamGone``, as ``Http1Body`` raises)."""
 
@@ -315,15 +311,13 @@ class FakeBody:
         gone_after: int | None = None,
         trailers: Headers | None = None,
     ) -> None:
+        super().__init__()
         self._source: deque[bytes] = deque(parts)
         self._part_delay = part_delay
         self._stall_after = stall_after
         self._gone_after = gone_after
-        self._kept: list[bytes] = []
         self._received = 0  # parts the client sent so far
         self.empty = not self._source
-        self.size = 0
-        self.replayable = True
         self.complete = self.empty
         self.trailers: Headers = trailers or []
         self.consumed_calls = 0
@@ -332,7 +326,7 @@ class FakeBody:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         self.passes += 1
-        for chunk in list(self._kept):
+        for chunk in self._replay():
             yield chunk
         while self._source:
             data = await self._receive()
@@ -347,13 +341,7 @@ class FakeBody:
         await asyncio.sleep(self._part_delay)
         data = self._source.popleft()
         self._received += 1
-        self.size += len(data)
-        if self.replayable:
-            if self.size <= REPLAY_LIMIT:
-                self._kept.append(data)
-            else:
-                self.replayable = False
-                self._kept.clear()
+        self._keep(data)
         if not self._source:
             self.complete = True
         return data
@@ -457,7 +445,10 @@ class FakeSink:
         self.head = (status, list(headers), end)
         self.head_at = _now()
 
-    async def send_data(self, data: bytes) -> None:
+    def send_data(self, data: bytes) -> Awaitable[None]:
+        return self._send_data(data)
+
+    async def _send_data(self, data: bytes) -> None:
         self._check()
         assert self.head is not None and not self.head[2] and not self.ended
         self.parts.append(data)
