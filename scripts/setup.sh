@@ -78,8 +78,8 @@ fi
 # The sidecar runs as uid 1337, which cannot write __pycache__ here: without bytecode on disk
 # every start compiles the sources again, slower and ~1 MiB more resident (the compiler's
 # garbage). An editable install does not compile; pip's wheel installs and the image do.
-$venv/bin/python -m compileall -q -j 0 init proxy interceptor detour_common >/dev/null \
-  || die "byte-compiling init, proxy, interceptor and detour_common failed"
-say "bytecode: init, proxy, interceptor and detour_common compiled (stale files only)"
+$venv/bin/python -m compileall -q -j 0 init proxy interceptor detour_common ca >/dev/null \
+  || die "byte-compiling init, proxy, interceptor, detour_common and ca failed"
+say "bytecode: init, proxy, interceptor, detour_common and ca compiled (stale files only)"
 $venv/bin/python -c "import bcc" 2>/dev/null || die "the venv cannot import Debian's bcc (python3-bpfcc)"
 say "ready"

@@ -1,0 +1,5 @@
+import sys
+
+from ca.cli import main
+
+sys.exit(main())
