@@ -12,13 +12,16 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 from detour_common.capabilities import CAP_NET_ADMIN, has_capability
+from detour_common.certs import CertificateError
 from proxy.config.loader import MeshConfigError, load_mesh
 from proxy.config.model import Mesh
 from proxy.logs import setup_logging
 from proxy.sidecar import Options, Sidecar, bind_listeners, drop_privileges
+from proxy.tls.identity import TlsFiles, load_identity
 
 log = logging.getLogger("detour.proxy")
 EXIT_USAGE = 2
@@ -125,6 +128,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "securityContext adding NET_ADMIN) rather than --run-as"
         )
         return EXIT_USAGE
+    tls = mesh.workload.tls
+    if tls is not None:  # checked now, as the uid that will read it: a clear error, exit 2
+        files = TlsFiles(Path(tls.cert_chain), Path(tls.private_key), Path(tls.root_cert))
+        try:
+            identity = load_identity(files, mesh.trust_domain, datetime.now(UTC))
+        except CertificateError as err:
+            log.error("workload.tls: %s", err)
+            return EXIT_USAGE
+        log.info("workload identity %s until %s", identity.spiffe, identity.not_after)
     log.info("running as uid %d", os.getuid())
     import uvloop
 

@@ -104,6 +104,10 @@ class Session:
         self.upstream_address: tuple[str, int] | None = None
         self.service: Service | None = None
         self.service_fqdn = ""  # the service's name in Istio's labels, once it is known
+        # Inbound mesh mTLS: the client's SPIFFE ID and what rides inside (ALPN's word);
+        # None on a plaintext connection.
+        self.peer_principal: str | None = None
+        self.inner_protocol: str | None = None
         self.task: asyncio.Task[None] | None = None
         self.cluster_name = "unknown"
         self._open_halves = 1
@@ -269,8 +273,12 @@ class Session:
         """Connect the upstream half; returns None on success, else a response flag."""
         half = RelayHalf(self.half_lost)
         half.peer = self.downstream  # upstream bytes may arrive before link() runs
+        connector = self.worker.connector
         try:
-            await self.worker.connector.connect(
+            tls = None
+            if cluster is not None and host is not None:
+                tls = connector.mesh_tls(cluster, host, "tcp")
+            await connector.connect(
                 half,
                 address,
                 port,
@@ -279,6 +287,7 @@ class Session:
                 cluster_name=cluster_name,
                 cluster=cluster,
                 host=host,
+                tls=tls,
             )
         except ConnectFailed as failed:
             return (

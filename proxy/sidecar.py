@@ -269,6 +269,7 @@ class Sidecar:
     async def reload(self) -> bool:
         try:
             mesh = load_mesh(self.options.config)
+            _check_restart_fields(self.mesh, mesh)
         except (MeshConfigError, OSError) as err:
             self.rejected += 1
             self.last_error = str(err)
@@ -399,3 +400,24 @@ def _jsonable(value):
     if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
         return str(value)
     return value
+
+
+# What the workers took at start and hold for their life: the identity they present (the
+# certificate files are watched and reloaded, but which files, and which identity, is fixed).
+_RESTART_FIELDS = (
+    ("mesh.trust_domain", lambda mesh: mesh.trust_domain),
+    ("workload.tls", lambda mesh: mesh.workload.tls),
+    ("workload.service_account", lambda mesh: mesh.workload.service_account),
+)
+
+
+def _check_restart_fields(running: Mesh, new: Mesh) -> None:
+    """A new config may not change what needs a restart: refused whole, naming the field."""
+    for name, value in _RESTART_FIELDS:
+        if value(new) != value(running):
+            raise MeshConfigError(
+                new.source,
+                name,
+                value(new),
+                f"differs from the running {value(running)!r}: it takes effect at a restart only",
+            )

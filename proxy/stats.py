@@ -40,8 +40,10 @@ ISTIO_TCP_LABELS = (
     "reporter",
     "source_workload",
     "source_workload_namespace",
+    "source_principal",
     "destination_workload",
     "destination_workload_namespace",
+    "destination_principal",
     "destination_service",
     "destination_service_name",
     "destination_service_namespace",
@@ -376,18 +378,26 @@ def istio_labels(
     response_flags: str,
     response_code: str | None = None,
     grpc_response_status: str = "",
+    source_principal: str = "unknown",
+    destination_principal: str = "unknown",
+    security_policy: str = "none",
 ) -> Labels:
     """Istio's standard metric labels, in Istio's order; the request metrics (a
     ``response_code``) add ``response_code`` and ``grpc_response_status`` to the TCP ones.
     The reporter is ``source`` outbound and ``destination`` inbound; the side this sidecar is
-    not on is "unknown". Cached: almost every connection or request of a route repeats the
-    same values, and building the tuple of pairs cost more than the increments it labels."""
+    not on is "unknown". The principals are SPIFFE IDs as Istio writes them
+    (``spiffe://cluster.local/ns/default/sa/client``) when mesh mTLS proved them;
+    ``security_policy`` is "mutual_tls" for a mesh mTLS connection, else "none". Cached:
+    almost every connection or request of a route repeats the same values, and building the
+    tuple of pairs cost more than the increments it labels."""
     pairs = [
         ("reporter", "source" if outbound else "destination"),
         ("source_workload", workload if outbound else "unknown"),
         ("source_workload_namespace", workload_namespace if outbound else "unknown"),
+        ("source_principal", source_principal),
         ("destination_workload", "unknown" if outbound else workload),
         ("destination_workload_namespace", "unknown" if outbound else workload_namespace),
+        ("destination_principal", destination_principal),
         ("destination_service", service),
         ("destination_service_name", service_name),
         ("destination_service_namespace", service_namespace),
@@ -395,5 +405,5 @@ def istio_labels(
     ]
     if response_code is not None:
         pairs += [("response_code", response_code), ("grpc_response_status", grpc_response_status)]
-    pairs += [("response_flags", response_flags), ("connection_security_policy", "none")]
+    pairs += [("response_flags", response_flags), ("connection_security_policy", security_policy)]
     return tuple(pairs)

@@ -86,6 +86,17 @@ class Telemetry:
         self.sink = sink
         self.mesh = mesh
         self.log_format = log_format
+        self.own_principal = "unknown"  # this workload's SPIFFE ID, once it has a certificate
+
+    def principals(self, outbound: bool, peer: str | None) -> tuple[str, str, str]:
+        """(source_principal, destination_principal, connection_security_policy) of a
+        connection whose mesh mTLS peer (the upstream outbound, the client inbound) proved
+        to be ``peer`` (None: plaintext)."""
+        if peer is None:
+            return (self.own_principal if outbound else "unknown", "unknown", "none")
+        if outbound:
+            return (self.own_principal, peer, "mutual_tls")
+        return (peer, self.own_principal, "mutual_tls")
 
     # --- HTTP requests ----------------------------------------------------------------------
 
@@ -102,8 +113,11 @@ class Telemetry:
         service = session.service
         assert service is not None  # an HTTP connection is always to a service
         workload = mesh.workload
+        outbound = session.listener.direction == "outbound"
+        peer = exchange.upstream_principal if outbound else session.peer_principal
+        source, destination, policy = self.principals(outbound, peer)
         metric_labels = istio_labels(
-            session.listener.direction == "outbound",
+            outbound,
             workload.name,
             workload.namespace,
             session.service_fqdn,
@@ -113,6 +127,9 @@ class Telemetry:
             flags,
             str(status) if status else "0",
             exchange.grpc_status,
+            source,
+            destination,
+            policy,
         )
         stats.inc(ISTIO_REQUESTS_TOTAL, metric_labels)
         stats.observe(ISTIO_REQUEST_DURATION_MILLISECONDS, metric_labels, exchange.duration * 1000)
@@ -189,8 +206,16 @@ class Telemetry:
             service_name, service_ns = session.cluster_name, "unknown"
             destination = session.destination
             service = f"{destination[0]}:{destination[1]}" if destination else "unknown"
+        outbound = session.listener.direction == "outbound"
+        upstream = session.upstream
+        peer = (
+            (upstream.peer_principal if upstream is not None else None)
+            if outbound
+            else (session.peer_principal)
+        )
+        source, destination_principal, policy = self.principals(outbound, peer)
         metric_labels = istio_labels(
-            session.listener.direction == "outbound",
+            outbound,
             workload.name,
             workload.namespace,
             service,
@@ -198,6 +223,11 @@ class Telemetry:
             service_ns,
             "tcp",
             joined(session.flags),
+            None,
+            "",
+            source,
+            destination_principal,
+            policy,
         )
         stats = self.stats
         stats.inc(ISTIO_TCP_CONNECTIONS_OPENED_TOTAL, metric_labels)

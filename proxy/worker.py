@@ -8,22 +8,27 @@ connections already open keep the objects they started with, so none is dropped.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import socket
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from detour_common.original_dst import original_destination
 from proxy.access_log import AccessLog
 from proxy.admin.clusters import Row
 from proxy.config.model import Mesh, Service
+from proxy.inbound import Admitted, InboundAcceptor
 from proxy.pipeline.router import HttpRouter
 from proxy.platform.sockets import is_local_address
 from proxy.routing import RouteTable
 from proxy.session import ListenerInfo, Session
 from proxy.stats import Stats
 from proxy.telemetry import Telemetry
+from proxy.tls.identity import INNER_PROTOCOL, TlsFiles, peer_identity
+from proxy.tls.watch import IdentitySource
 from proxy.transport.relay import RelayHalf
 from proxy.upstream.cluster import ClusterKey, ClusterRuntime, build_clusters, inbound_service
 from proxy.upstream.connector import Connector
@@ -58,14 +63,17 @@ class WorkerReport:
 
 
 class Downstream(RelayHalf):
-    """The accepted side: on accept, recover the original destination and start a session."""
+    """The accepted side: on accept, recover the original destination and start a session.
+    ``admitted``: what the inbound acceptor already learnt (the destination, whether mesh mTLS
+    was terminated: then the transport is TLS and the client's identity is on it)."""
 
-    __slots__ = ("_spec", "_worker")
+    __slots__ = ("_admitted", "_spec", "_worker")
 
-    def __init__(self, worker: Worker, spec: ListenSpec) -> None:
+    def __init__(self, worker: Worker, spec: ListenSpec, admitted: Admitted | None = None) -> None:
         super().__init__(on_lost=_unattached)
         self._worker = worker
         self._spec = spec
+        self._admitted = admitted
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -73,12 +81,16 @@ class Downstream(RelayHalf):
         # by RelayHalf (which pauses on the first of them). A pause inside connection_made is
         # also unreliable: CPython 3.11's own loop starts reading after it regardless.
         try:
-            sock = transport.get_extra_info("socket")
-            destination = original_destination(sock)
-            if self._spec.transparent and (
-                destination is None or destination == sock.getsockname()
-            ):
-                destination = sock.getsockname()[:2]  # TPROXY: the socket's own address
+            admitted = self._admitted
+            if admitted is not None:
+                destination = admitted.destination
+            else:
+                sock = transport.get_extra_info("socket")
+                destination = original_destination(sock)
+                if self._spec.transparent and (
+                    destination is None or destination == sock.getsockname()
+                ):
+                    destination = sock.getsockname()[:2]  # TPROXY: the socket's own address
             session = Session(
                 self._worker,
                 self._spec.info,
@@ -86,6 +98,12 @@ class Downstream(RelayHalf):
                 destination,
                 transport.get_extra_info("peername")[:2],
             )
+            if admitted is not None and admitted.mesh_tls:
+                ssl_object = transport.get_extra_info("ssl_object")
+                peer = peer_identity(ssl_object)
+                session.peer_principal = peer.uri if peer is not None else None
+                alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+                session.inner_protocol = INNER_PROTOCOL.get(alpn or "", "tcp")
             self.on_lost = session.half_lost
             session.start()
         except Exception:
@@ -114,6 +132,9 @@ class Worker:
         # getpid() system call per call on CPython 3.11 (several per connection).
         self.loop: asyncio.AbstractEventLoop | None = None
         self.connector: Connector | None = None  # every upstream connection; made by start()
+        self.identity: IdentitySource | None = None  # the workload certificate; by start()
+        self._acceptors: list[InboundAcceptor] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self._local_cache: dict[str, bool] = {}
         self.mesh = mesh
         self.routes = RouteTable.build(mesh, self._is_local)
@@ -163,9 +184,24 @@ class Worker:
         return cached
 
     async def start(self, listeners: list[ListenSpec]) -> None:
+        """Serve ``listeners``; the workload certificate (if configured) is loaded first:
+        CertificateError (naming the file) when it is unusable."""
         self.loop = loop = asyncio.get_running_loop()
-        self.connector = Connector(loop, self.stats)
+        tls = self.mesh.workload.tls
+        if tls is not None:
+            files = TlsFiles(Path(tls.cert_chain), Path(tls.private_key), Path(tls.root_cert))
+            self.identity = IdentitySource(files, self.mesh.trust_domain, self.stats)
+            self.telemetry.own_principal = self.identity.load().spiffe.uri
+            self._tasks.append(loop.create_task(self.identity.watch()))
+        self.connector = Connector(loop, self.stats, self.identity)
         for spec in listeners:
+            if spec.info.direction == "inbound":
+                acceptor = InboundAcceptor(
+                    self, spec, self.identity, functools.partial(Downstream, self, spec)
+                )
+                acceptor.start(loop)
+                self._acceptors.append(acceptor)
+                continue
             server = await loop.create_server(
                 lambda spec=spec: Downstream(self, spec), sock=spec.sock
             )
@@ -176,6 +212,8 @@ class Worker:
     def stop_accepting(self) -> None:
         for server in self.servers:
             server.close()
+        for acceptor in self._acceptors:
+            acceptor.close()
         for cluster in self.clusters.values():
             cluster.stop_health_checks()
 

@@ -14,6 +14,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Protocol = Literal["auto", "tcp", "http", "http2", "grpc", "tls"]
 LbPolicy = Literal["round_robin", "least_request", "random", "ring_hash"]
 OutboundPolicy = Literal["ALLOW_ANY", "REGISTRY_ONLY"]
+PeerAuthenticationMode = Literal["PERMISSIVE", "STRICT", "DISABLE"]
 
 # "auto": sniff the first bytes (HTTP/1.x → the HTTP router, anything else → TCP), as Istio does
 # for ports whose protocol is not declared.
@@ -50,6 +51,9 @@ class Endpoint:
     weight: int = 1
     labels: tuple[tuple[str, str], ...] = ()
     ports: tuple[tuple[str, int], ...] = ()
+    # A meshed endpoint (Istio's tlsMode: istio): a sidecar runs next to it as this service
+    # account of the service's namespace, reached over mesh mTLS; None: plaintext.
+    service_account: str | None = None
 
     def port_for(self, service_port: ServicePort) -> int:
         return dict(self.ports).get(service_port.name, service_port.target_port)
@@ -257,14 +261,43 @@ class Service:
 
 
 @dataclass(frozen=True)
+class PeerAuthentication:
+    """Istio's PeerAuthentication for this workload: what inbound connections must be.
+
+    PERMISSIVE: mesh mTLS and plaintext both accepted (and labelled); STRICT: plaintext is
+    closed and counted; DISABLE: mesh TLS is not terminated (relayed to the app as it is).
+    ``port_modes`` overrides the mode per inbound port."""
+
+    mode: PeerAuthenticationMode = "PERMISSIVE"
+    port_modes: tuple[tuple[int, PeerAuthenticationMode], ...] = ()
+
+    def mode_for(self, port: int) -> PeerAuthenticationMode:
+        return dict(self.port_modes).get(port, self.mode)
+
+
+@dataclass(frozen=True)
+class WorkloadTls:
+    """Where the workload's certificate, key and the mesh root are (Istio's /etc/certs)."""
+
+    cert_chain: str = "/etc/certs/cert-chain.pem"
+    private_key: str = "/etc/certs/key.pem"
+    root_cert: str = "/etc/certs/root-cert.pem"
+
+
+@dataclass(frozen=True)
 class Workload:
-    """The workload this sidecar serves: its identity for metrics and its inbound ports."""
+    """The workload this sidecar serves: its identity for metrics and mTLS, and its inbound
+    ports."""
 
     name: str = "unknown"
     namespace: str = "default"
     inbound_ports: tuple[int, ...] = ()
     # Inbound ports served as HTTP ("http") or sniffed ("auto"); every other port is TCP.
     inbound_protocols: tuple[tuple[int, str], ...] = ()
+    service_account: str = "default"
+    # The workload's certificate files: None, no identity (mesh traffic is plaintext).
+    tls: WorkloadTls | None = None
+    peer_authentication: PeerAuthentication = field(default_factory=PeerAuthentication)
 
     def inbound_protocol(self, port: int) -> str:
         return dict(self.inbound_protocols).get(port, "tcp")
@@ -276,6 +309,7 @@ class Mesh:
     workload: Workload = field(default_factory=Workload)
     outbound_traffic_policy: OutboundPolicy = "ALLOW_ANY"
     cluster_domain: str = "cluster.local"
+    trust_domain: str = "cluster.local"  # of every SPIFFE ID in the mesh
     source: str = "<defaults>"  # the file it was loaded from, for logs and /config_dump
 
     def service(self, key: str) -> Service | None:

@@ -71,6 +71,7 @@ class Http1Try:
             except ConnectFailed:
                 raise TryFailed(Outcome.CONNECT_FAILURE, local_reply.CONNECT_FAILURE) from None
         self.channel = channel
+        exchange.upstream_principal = channel.peer_principal
         codec = channel.codec
         upgrade = exchange.request.upgrade is not None
         headers = request.headers

@@ -70,6 +70,7 @@ class Http2Try:
         except (ConnectFailed, ConnectionError):  # ConnectionError: a shared connect failed
             raise TryFailed(Outcome.CONNECT_FAILURE, local_reply.CONNECT_FAILURE) from None
         self.upstream = upstream
+        exchange.upstream_principal = upstream.peer_principal
         te_trailers = wants_trailers(exchange.request.headers)
         headers = h2_request_headers(request.method, request.target, request.headers, te_trailers)
         try:

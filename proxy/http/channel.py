@@ -47,6 +47,7 @@ class HttpChannel(asyncio.Protocol):
         self.received = 0  # bytes read from the peer (for the access log and metrics)
         self.sent = 0  # bytes written to the peer
         self.exchanges = 0  # requests sent (upstream) or served (downstream) on this connection
+        self.peer_principal: str | None = None  # the mesh mTLS peer's, when verified
         self._out: list[bytes] = []  # written, not yet handed to the transport (see write)
         self.idle_since = 0.0  # loop time it went back to its pool (upstream connections)
         self._buffered = 0

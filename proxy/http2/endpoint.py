@@ -252,6 +252,7 @@ class H2Endpoint(asyncio.Protocol):
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._closed_waiter: asyncio.Future[None] | None = None
         self.on_lost: Callable[[H2Endpoint], None] | None = None
+        self.peer_principal: str | None = None  # the mesh mTLS peer's, when verified
 
     # --- asyncio.Protocol ---------------------------------------------------------------
 

@@ -48,6 +48,7 @@ class Exchange:
     request_id: bytes | None = None  # the client's x-request-id, or the one we generated
     request_protocol: str = "http"  # Istio's label: "grpc" for gRPC calls (over HTTP/2)
     grpc_status: str = ""  # the gRPC status of a gRPC call, when it ended with one
+    upstream_principal: str | None = None  # the upstream's SPIFFE ID, when mesh mTLS proved it
 
 
 class RequestBody(Protocol):

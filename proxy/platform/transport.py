@@ -20,7 +20,7 @@ from collections.abc import Callable
 # connection's memory to ~0.5 MiB; below LOW_WATER the paused side reads again.
 HIGH_WATER = 256 * 1024
 LOW_WATER = 64 * 1024
-_LINGER_RESET = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger = 0}
+LINGER_RESET = struct.pack("ii", 1, 0)  # struct linger {l_onoff = 1, l_linger = 0}
 # How often a side paused by backpressure is checked for a reset (one getsockopt each time,
 # only while it stays paused).
 PAUSED_PEER_CHECK = 0.5
@@ -96,5 +96,5 @@ def reset(transport: asyncio.BaseTransport) -> None:
         # ValueError: a transport already closed (uvloop's socket then has fd -1), e.g. a
         # session cut at the drain deadline whose client had gone: nothing left to reset.
         with contextlib.suppress(OSError, ValueError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
     transport.abort()

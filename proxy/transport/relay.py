@@ -33,6 +33,7 @@ class RelayHalf(asyncio.Protocol):
         "on_lost",
         "paused_peer_check",
         "peer",
+        "peer_principal",
         "received",
         "transport",
     )
@@ -52,6 +53,7 @@ class RelayHalf(asyncio.Protocol):
         self.on_early: Callable[[], object] | None = None
         # While our write buffer is full and the peer's reading is paused: its reset watch.
         self.paused_peer_check: ResetWatch | None = None
+        self.peer_principal: str | None = None  # the mesh mTLS peer's, when verified
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]

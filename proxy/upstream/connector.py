@@ -5,7 +5,11 @@ once: where it comes from (``Source``: no binding outbound, 127.0.0.6 / ::6 inbo
 client's own address with IP_TRANSPARENT and the TPROXY mark under TPROXY inbound), the
 connect timeout, the accounting (``upstream_cx_total``, ``upstream_cx_connect_fail``,
 ``upstream_cx_connect_timeout``, the outlier detector's view of the host) and the pools that
-keep HTTP connections for the next request. TLS origination will go here too.
+keep HTTP connections for the next request, and mesh mTLS: a connection to a meshed endpoint
+(one with a service account) is TLS 1.3 with the workload's certificate, its ALPN saying what
+rides inside, and is kept only if the peer proves to be the service account the endpoint
+runs as (its SPIFFE ID; OpenSSL has already checked its chain to the mesh root). The verified
+principal is left on the protocol (``peer_principal``) for the metrics.
 
 The connect timeout is a timer that cancels the connecting task, not ``asyncio.timeout`` or
 ``wait_for``: those cost a task or two ``get_running_loop()`` calls (each a ``getpid()`` on
@@ -17,6 +21,8 @@ does it, by ``Task.uncancel``.
 from __future__ import annotations
 
 import asyncio
+import logging
+import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -24,11 +30,15 @@ from proxy.http.channel import HttpChannel
 from proxy.http.codec import Connection
 from proxy.platform.sockets import transparent_socket
 from proxy.stats import Counter, Stats, cluster_labels
+from proxy.tls.identity import peer_identity
 from proxy.upstream.cluster import ClusterRuntime
 from proxy.upstream.hosts import Host
 
 if TYPE_CHECKING:  # h2 loads with the first HTTP/2 upstream, not with the sidecar
     from proxy.http2.client import Http2Upstream
+    from proxy.tls.watch import IdentitySource
+
+log = logging.getLogger("detour.proxy")
 
 UPSTREAM_CX_TOTAL = Counter("upstream_cx_total", "Upstream connections established")
 UPSTREAM_CX_CONNECT_FAIL = Counter(
@@ -42,6 +52,13 @@ UPSTREAM_CX_HTTP1_TOTAL = Counter(
 )
 UPSTREAM_CX_HTTP2_TOTAL = Counter(
     "upstream_cx_http2_total", "HTTP/2 upstream connections established"
+)
+SSL_HANDSHAKE = Counter("ssl_handshake", "Mesh mTLS connections made to upstreams")
+SSL_CONNECTION_ERROR = Counter(
+    "ssl_connection_error", "Mesh mTLS handshakes to upstreams that failed"
+)
+SSL_FAIL_VERIFY_SAN = Counter(
+    "ssl_fail_verify_san", "Upstream peers that were not the identity their endpoint runs as"
 )
 UPSTREAM_CX_POOL_REUSE = Counter(
     "upstream_cx_pool_reuse", "Requests sent on a pooled upstream connection instead of a new one"
@@ -65,17 +82,57 @@ ANY_SOURCE = Source()
 class ConnectFailed(Exception):
     """The upstream could not be reached: refused, unreachable, or not within the timeout."""
 
-    def __init__(self, timed_out: bool) -> None:
-        super().__init__("connect timeout" if timed_out else "connect failed")
+    def __init__(self, timed_out: bool, reason: str = "") -> None:
+        super().__init__(reason or ("connect timeout" if timed_out else "connect failed"))
         self.timed_out = timed_out
 
 
-class Connector:
-    """One worker's upstream connections (see the module docstring)."""
+@dataclass(frozen=True, slots=True)
+class MeshTls:
+    """Originate mesh mTLS: the client context (its ALPN names the inner protocol) and the
+    SPIFFE ID the peer must prove."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, stats: Stats) -> None:
+    context: ssl.SSLContext
+    expected: str
+
+
+class Connector:
+    """One worker's upstream connections (see the module docstring). ``identity`` is the
+    workload's (None: no certificate, so meshed endpoints cannot be reached)."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        stats: Stats,
+        identity: IdentitySource | None = None,
+    ) -> None:
         self.loop = loop
         self.stats = stats
+        self.identity = identity
+        self._said_no_identity = False
+
+    def mesh_tls(self, cluster: ClusterRuntime, host: Host, inner: str) -> MeshTls | None:
+        """How to reach ``host``: mesh mTLS carrying ``inner`` ("http/1.1", "h2", "tcp") when
+        it is meshed, else None (plaintext). ConnectFailed when it is meshed and this
+        workload has no identity to present."""
+        account = host.endpoint.service_account
+        if account is None:
+            return None
+        source = self.identity
+        identity = source.current if source is not None else None
+        if identity is None or source is None:
+            if not self._said_no_identity:
+                self._said_no_identity = True
+                log.error(
+                    "%s is meshed (service account %s) but this workload has no certificate "
+                    "(workload.tls): its connections fail",
+                    host.key,
+                    account,
+                )
+            self._failed(cluster.name, cluster, host, timed_out=False)
+            raise ConnectFailed(timed_out=False, reason="no workload certificate")
+        expected = f"spiffe://{source.trust_domain}/ns/{cluster.service.namespace}/sa/{account}"
+        return MeshTls(identity.clients[inner], expected)
 
     async def connect(
         self,
@@ -88,10 +145,12 @@ class Connector:
         cluster_name: str,
         cluster: ClusterRuntime | None = None,
         host: Host | None = None,
+        tls: MeshTls | None = None,
     ) -> None:
-        """Connect ``protocol`` to ``address:port`` within ``timeout``, counted under
-        ``cluster_name`` (and reported to ``cluster``'s outlier detector for ``host``).
-        Raises ConnectFailed; a connection made just as the timer fired is aborted."""
+        """Connect ``protocol`` to ``address:port`` within ``timeout`` (mesh mTLS when
+        ``tls``, the handshake within the same timeout), counted under ``cluster_name`` (and
+        reported to ``cluster``'s outlier detector for ``host``). Raises ConnectFailed; a
+        connection made just as the timer fired is aborted."""
         loop = self.loop
         task = asyncio.current_task(loop)
         assert task is not None, "connect() runs in a task"
@@ -104,7 +163,7 @@ class Connector:
 
         timer = loop.call_later(timeout, expire)
         try:
-            await self._dial(protocol, address, port, source)
+            await self._dial(protocol, address, port, source, tls)
         except asyncio.CancelledError:
             # Connected as the timer fired (the task resumes with the cancellation anyway):
             # nobody will use this connection.
@@ -116,30 +175,68 @@ class Connector:
                 self._failed(cluster_name, cluster, host, timed_out=True)
                 raise ConnectFailed(timed_out=True) from None
             raise
-        except OSError:
+        except OSError as err:  # ssl.SSLError too: a handshake the peer or we refused
+            if isinstance(err, ssl.SSLError):
+                self.stats.inc(SSL_CONNECTION_ERROR, cluster_labels(cluster_name))
             self._failed(cluster_name, cluster, host, timed_out=False)
             raise ConnectFailed(timed_out=False) from None
         finally:
             timer.cancel()
+        if tls is not None:
+            self._check_peer(protocol, tls, cluster_name, cluster, host)
         if cluster is not None and host is not None:
             cluster.report_connect(host, True)
         self.stats.inc(UPSTREAM_CX_TOTAL, cluster_labels(cluster_name))
 
+    def _check_peer(
+        self,
+        protocol: asyncio.Protocol,
+        tls: MeshTls,
+        cluster_name: str,
+        cluster: ClusterRuntime | None,
+        host: Host | None,
+    ) -> None:
+        """The peer chained to the mesh root (OpenSSL checked); is it who the endpoint runs
+        as? Envoy's ``ssl.fail_verify_san`` when not: the connection is dropped."""
+        transport = getattr(protocol, "transport", None)
+        ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
+        peer = peer_identity(ssl_object)
+        if peer is not None and peer.uri == tls.expected:
+            protocol.peer_principal = peer.uri  # type: ignore[attr-defined]
+            self.stats.inc(SSL_HANDSHAKE, cluster_labels(cluster_name))
+            return
+        if transport is not None:
+            transport.abort()
+        self.stats.inc(SSL_FAIL_VERIFY_SAN, cluster_labels(cluster_name))
+        self._failed(cluster_name, cluster, host, timed_out=False)
+        raise ConnectFailed(timed_out=False, reason=f"peer is {peer}, not {tls.expected}")
+
     async def _dial(
-        self, protocol: asyncio.Protocol, address: str, port: int, source: Source
+        self,
+        protocol: asyncio.Protocol,
+        address: str,
+        port: int,
+        source: Source,
+        tls: MeshTls | None,
     ) -> None:
         loop = self.loop
+        context = tls.context if tls is not None else None
+        name = address if tls is not None else None  # no SNI check: the peer is its SPIFFE ID
         if source.transparent:
             sock = transparent_socket(source.address or "", source.mark)
             try:
                 await loop.sock_connect(sock, (address, port))
-                await loop.create_connection(lambda: protocol, sock=sock)
+                await loop.create_connection(
+                    lambda: protocol, sock=sock, ssl=context, server_hostname=name
+                )
             except BaseException:
                 sock.close()
                 raise
             return
         local = (source.address, 0) if source.address else None
-        await loop.create_connection(lambda: protocol, address, port, local_addr=local)
+        await loop.create_connection(
+            lambda: protocol, address, port, local_addr=local, ssl=context, server_hostname=name
+        )
 
     def _failed(
         self, cluster_name: str, cluster: ClusterRuntime | None, host: Host | None, timed_out: bool
@@ -164,7 +261,9 @@ class Connector:
     async def new_http1(self, cluster: ClusterRuntime, host: Host, source: Source) -> HttpChannel:
         """A new HTTP/1.1 connection to ``host`` (it joins the pool when given back)."""
         channel = HttpChannel(Connection("client"), self.loop)
-        await self._connect_host(channel, cluster, host, source, UPSTREAM_CX_HTTP1_TOTAL)
+        await self._connect_host(
+            channel, cluster, host, source, UPSTREAM_CX_HTTP1_TOTAL, "http/1.1"
+        )
         return channel
 
     async def http2(self, cluster: ClusterRuntime, host: Host, source: Source) -> Http2Upstream:
@@ -175,7 +274,7 @@ class Connector:
 
         async def new_connection() -> Http2Upstream:
             upstream = Http2Upstream(self.loop)
-            await self._connect_host(upstream, cluster, host, source, UPSTREAM_CX_HTTP2_TOTAL)
+            await self._connect_host(upstream, cluster, host, source, UPSTREAM_CX_HTTP2_TOTAL, "h2")
             return upstream
 
         upstream, _new = await cluster.http2_pool(self.loop).connection(host, new_connection)
@@ -188,8 +287,10 @@ class Connector:
         host: Host,
         source: Source,
         codec_counter: Counter,
+        inner: str,
     ) -> None:
-        """A cluster host's connection, within the cluster's connect timeout."""
+        """A cluster host's connection, within the cluster's connect timeout (mesh mTLS
+        carrying ``inner`` when the host is meshed)."""
         await self.connect(
             protocol,
             host.address,
@@ -199,5 +300,6 @@ class Connector:
             cluster_name=cluster.name,
             cluster=cluster,
             host=host,
+            tls=self.mesh_tls(cluster, host, inner),
         )
         self.stats.inc(codec_counter, cluster_labels(cluster.name))

@@ -35,7 +35,7 @@ PROXY_LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "proxy.access_log",
         ),
     ),
-    ("transport", ("proxy.transport", "proxy.routing")),
+    ("transport", ("proxy.transport", "proxy.routing", "proxy.tls")),
     ("codecs", ("proxy.http", "proxy.http2", "proxy.dns", "proxy.admin")),
     ("upstream", ("proxy.upstream",)),
     ("pipeline", ("proxy.pipeline",)),
@@ -44,6 +44,7 @@ PROXY_LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "sidecar",
         (
             "proxy.session",
+            "proxy.inbound",
             "proxy.telemetry",
             "proxy.worker",
             "proxy.workers",
