@@ -113,12 +113,8 @@ class InboundAcceptor:
     async def _admit(self, loop: asyncio.AbstractEventLoop, conn: socket.socket) -> None:
         try:
             await self._admit_one(loop, conn)
-        except ssl.SSLError as err:
-            self._worker.stats.inc(DOWNSTREAM_SSL_ERROR, self._listener())
-            log.info("inbound mesh TLS refused: %s", err.reason or err)
-            conn.close()
         except (TimeoutError, OSError):
-            conn.close()  # the client left during the look or the handshake
+            conn.close()  # the client left during the look (or the handshake: counted)
         except Exception:  # a bug must cost this connection only
             log.exception("admitting an inbound connection failed unexpectedly")
             conn.close()
@@ -141,12 +137,20 @@ class InboundAcceptor:
         admitted = Admitted(destination, mesh_tls)
         if mesh_tls:
             assert identity is not None
-            await loop.connect_accepted_socket(
-                lambda: self._new_protocol(admitted),
-                conn,
-                ssl=identity.server,
-                ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
-            )
+            try:
+                await loop.connect_accepted_socket(
+                    lambda: self._new_protocol(admitted),
+                    conn,
+                    ssl=identity.server,
+                    ssl_handshake_timeout=HANDSHAKE_TIMEOUT,
+                )
+            except (TimeoutError, OSError) as err:
+                # ssl.SSLError (a certificate we refuse), or the client's alert ending the
+                # handshake (it refused ours) seen as a reset; a handshake too slow
+                self._worker.stats.inc(DOWNSTREAM_SSL_ERROR, self._listener())
+                reason = err.reason if isinstance(err, ssl.SSLError) else type(err).__name__
+                log.info("inbound mesh TLS handshake failed: %s", reason)
+                raise
             self._worker.stats.inc(DOWNSTREAM_SSL_HANDSHAKE, self._listener())
         else:
             await loop.connect_accepted_socket(lambda: self._new_protocol(admitted), conn)

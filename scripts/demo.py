@@ -4,6 +4,8 @@ A client pod and three backend pods sit on a bridge; each gets Detour's intercep
 (detour-init) and a sidecar (detour-proxy, uid 1337). The client's plain curl dials the
 ``backend`` service's virtual IP; its sidecar balances the calls over the three backends, whose
 sidecars take them in on the inbound port and hand them to the app (Python's http.server).
+Every pod has a workload certificate from the lab's mesh CA (detour-ca), so the calls between
+sidecars are mutual TLS; the backends' sidecars say who called them (the client's SPIFFE ID).
 Then the HTTP router at work: a 90/10 traffic split by header, and retries hiding a backend
 failure rate of 50%. Everything is torn down at the end, also on failure or Ctrl-C.
 """
@@ -43,17 +45,27 @@ def main() -> int:
         lab.start_cluster_dns()  # the pods' resolv.conf nameserver; it knows nothing of the mesh
         client = lab.add_pod("client", 10)
         lab.intercept(client, "--capture-dns")
-        lab.start_sidecar(client, lab.write_config("client.yaml", example.read_text()))
-        print(f"client    {client.ip:<12} sidecar config: examples/mesh.yaml")
+        config = yaml.safe_load(example.read_text())
+        config["workload"]["tls"] = lab.issue_identity(client, "client")  # the lab's files
+        lab.start_sidecar(client, lab.write_config("client.yaml", yaml.safe_dump(config)))
+        print(f"client    {client.ip:<12} sidecar config: examples/mesh.yaml, as sa/client")
         for n, endpoint in enumerate(backend.endpoints, start=1):
             pod = lab.add_pod(f"backend{n}", int(str(endpoint.address).rsplit(".", 1)[1]))
             version = dict(endpoint.labels).get("version", "")
             pod.serve_http11(8080, f"backend{n} ({version})")
-            inbound = [{"port": 8080, "protocol": "http"}]  # requests counted on this side too
-            config = {"workload": {"name": f"backend-{version}", "inbound_ports": inbound}}
+            workload = {
+                "name": f"backend-{version}",
+                "inbound_ports": [{"port": 8080, "protocol": "http"}],  # counted here too
+                "service_account": "backend",
+                "tls": lab.issue_identity(pod, "backend"),
+                "peer_authentication": {"mode": "STRICT"},  # mesh mTLS only
+            }
             lab.intercept(pod)
-            lab.start_sidecar(pod, lab.write_config(f"backend{n}.yaml", yaml.safe_dump(config)))
-            print(f"backend{n}  {pod.ip:<12} app on :8080, inbound through its sidecar")
+            config_file = lab.write_config(
+                f"backend{n}.yaml", yaml.safe_dump({"workload": workload})
+            )
+            lab.start_sidecar(pod, config_file)
+            print(f"backend{n}  {pod.ip:<12} app on :8080, inbound through its sidecar (STRICT)")
 
         step(
             f"service backend.default: VIP {vip}:8080 (auto-allocated, stable), "
@@ -79,12 +91,30 @@ def main() -> int:
         replies = client.http_client("http://backend:8080/?fail=0.5", 100)
         ok = sum(reply["status"] == 200 for reply in replies)
         failed = sum(
-            json.loads(client.curl(f"http://{pod.ip}:8080/__counts"))["failures"]
+            # asked inside each backend pod (a local call is not intercepted; from outside,
+            # STRICT would refuse a plaintext caller)
+            json.loads(pod.curl("http://127.0.0.1:8080/__counts"))["failures"]
             for pod in lab.pods[1:]
         )
         _, retried = client.admin("/stats?filter=^upstream_rq_retry")
         print(f"{ok} of 100 requests succeeded; the backends answered 503 {failed} times")
         print(retried.strip())
+
+        step("mutual TLS between the sidecars: who called backend1, as its sidecar saw it")
+        metrics = (
+            lab.pods[1]
+            .run("curl", "-s", "http://127.0.0.1:15020/stats/prometheus", uid=None)
+            .stdout
+        )
+        for line in metrics.splitlines():
+            if line.startswith("istio_requests_total{") and 'response_code="200"' in line:
+                print(_short(line, ("source_principal", "connection_security_policy")))
+        outsider = client.run("curl", "-sS", "--max-time", "3", f"http://{lab.pods[1].ip}:8080/")
+        refused = outsider.stderr.strip() or outsider.stdout.strip() or "refused"
+        print(
+            f"curl http://{lab.pods[1].ip}:8080/ (a pod address, not a service: passed through "
+            f"as plaintext, so STRICT refuses it): {refused}"
+        )
 
         step("client sidecar, Istio metrics (curl 127.0.0.1:15020/stats/prometheus)")
         metrics = client.run(
@@ -119,9 +149,9 @@ def main() -> int:
     return 0
 
 
-def _short(line: str) -> str:
+def _short(line: str, keep: tuple[str, ...] = ()) -> str:
     """Keep the labels a reader cares about."""
-    keep = (
+    keep = keep or (
         "reporter",
         "destination_workload=",
         "destination_service_name",

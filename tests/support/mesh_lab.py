@@ -41,6 +41,7 @@ SUBNET_V6 = "fd88::"
 GATEWAY_V4 = f"{SUBNET_V4}.1"
 GATEWAY_V6 = f"{SUBNET_V6}1"
 DETOUR_PROXY = str(VENV_BIN / "detour-proxy")
+DETOUR_CA = str(VENV_BIN / "detour-ca")
 RESOLV_CONF = (
     f"nameserver {GATEWAY_V4}\n"
     "search default.svc.cluster.local svc.cluster.local cluster.local\n"
@@ -333,6 +334,34 @@ class MeshLab:
         staged.rename(path)
         return path
 
+    def issue_identity(
+        self,
+        pod: Pod,
+        service_account: str,
+        *,
+        namespace: str = "default",
+        ca: str = "ca",
+        ttl: str = "24h",
+    ) -> dict:
+        """A workload certificate for ``pod`` from the lab's CA named ``ca`` (made on first
+        use, as ``detour-ca init`` makes one), its key owned by the sidecar's uid; returns the
+        ``workload.tls`` section that points at it."""
+        ca_dir = self.workdir / ca
+        if not (ca_dir / "ca-key.pem").exists():
+            _run_ca("init", "--dir", str(ca_dir))
+        out = self.workdir / f"{pod.name}-certs"
+        _run_ca(
+            "issue", "--dir", str(ca_dir), "--namespace", namespace,
+            "--service-account", service_account, "--out", str(out), "--ttl", ttl,
+            "--owner", f"{PROXY_UID}:{PROXY_UID}",
+        )  # fmt: skip
+        out.chmod(0o755)
+        return {
+            "cert_chain": str(out / "cert-chain.pem"),
+            "private_key": str(out / "key.pem"),
+            "root_cert": str(out / "root-cert.pem"),
+        }
+
     def intercept(self, pod: Pod, *init_args: str) -> None:
         """Capture the pod's traffic with ``init_args`` (detour-init's options), the way this
         lab's interception mode does it."""
@@ -434,6 +463,11 @@ def split_options(args: tuple[str, ...]) -> tuple[list[str], list[str]]:
         if item[0] not in ebpf_flags or item[0] in _SHARED_FLAGS:
             inbound += item
     return outbound, inbound
+
+
+def _run_ca(*argv: str) -> None:
+    done = subprocess.run([DETOUR_CA, *argv], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
 
 
 def _rmdir_cgroup(path: Path) -> None:

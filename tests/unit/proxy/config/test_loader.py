@@ -28,6 +28,7 @@ from proxy.config.model import (
     ServicePort,
     TrafficPolicy,
     Workload,
+    WorkloadTls,
 )
 from proxy.config.vips import allocate_vips
 
@@ -897,12 +898,16 @@ def test_auto_vip_does_not_depend_on_file_order() -> None:
 def test_example_file_loads() -> None:
     mesh = load_mesh(EXAMPLE)
     assert mesh.source == str(EXAMPLE)
-    assert mesh.workload == Workload("client", "default", ())
+    assert mesh.workload == Workload(
+        "client", "default", (), service_account="client", tls=WorkloadTls()
+    )
+    assert mesh.trust_domain == "cluster.local"
     backend, echo = mesh.services
     assert backend.key == "backend.default"
     assert backend.ports == (ServicePort("http", 8080, "http", 8080),)
     assert [str(e.address) for e in backend.endpoints] == ["10.88.0.11", "10.88.0.12", "10.88.0.13"]
     assert [dict(e.labels)["version"] for e in backend.endpoints] == ["v1", "v1", "v2"]
+    assert {e.service_account for e in backend.endpoints} == {"backend"}  # meshed: mTLS
     assert backend.policy.load_balancer.policy == "round_robin"
     assert backend.policy.connect_timeout == 1.0
     assert backend.policy.outlier_detection == OutlierDetection(1, 10.0, 100)
