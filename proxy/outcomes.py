@@ -38,6 +38,10 @@ class Flag:
     FAULT_INJECTED = "FI"  # fault injection aborted the request
     DELAY_INJECTED = "DI"  # fault injection delayed the request
     RATE_LIMITED = "RL"  # a rate limit refused the request
+    # Detour's own: an authorization policy refused the request (403) or the connection
+    # (closed). Envoy says it in %RESPONSE_CODE_DETAILS% instead
+    # ("rbac_access_denied_matched_policy[...]"), a field Detour's log does not have.
+    RBAC_ACCESS_DENIED = "RBAC"
 
 
 class Outcome:

@@ -21,8 +21,12 @@ from detour_common.conventions import TPROXY_MARK
 from proxy.config.model import Service, ServicePort
 from proxy.filters import http_connection
 from proxy.outcomes import Flag
+from proxy.pipeline.authorization import AuthorizationHook, connection_allowed
 from proxy.pipeline.forward import Pipeline
+from proxy.pipeline.hooks import PolicyHook
 from proxy.platform.transport import reset
+from proxy.policy.evaluate import Peer
+from proxy.policy.paths import EscapedSlashes
 from proxy.routing import Passthrough, Refuse, ToCluster
 from proxy.stats import Counter, Gauge, cluster_labels, listener_labels
 from proxy.transport.idle import IdleWatch
@@ -114,6 +118,7 @@ class Session:
         self._holds_breaker = False
         self._finished = False
         self._idle: IdleWatch | None = None
+        self._private_cluster: ClusterRuntime | None = None  # TPROXY inbound HTTP's own
         # set when the connection speaks HTTP (HTTP/1.1 or HTTP/2)
         self.http: HttpManager | None = None
 
@@ -152,10 +157,14 @@ class Session:
                 self._refuse(decision.flag)
                 return
             if isinstance(decision, Passthrough):
-                if await self._inbound_speaks_http(decision):
-                    service, cluster = self.worker.inbound_http(decision.address, decision.port)
-                    await self._serve_http(service, service.ports[0], cluster)
-                    return
+                if self.listener.direction == "inbound":
+                    http = await self._inbound_http_protocol(decision)
+                    if http is not None:
+                        await self._serve_inbound_http(decision, http)
+                        return
+                    if not self._tcp_authorized():
+                        self._deny()
+                        return
                 connected = await self._connect_passthrough(decision)
             elif http := await self._speaks_http(decision.port.protocol, decision.port.port):
                 await self._serve_http(decision.service, decision.port, protocol=http)
@@ -178,15 +187,55 @@ class Session:
 
     # --- HTTP ---------------------------------------------------------------------------
 
-    async def _inbound_speaks_http(self, decision: Passthrough) -> bool:
-        """Inbound ports the workload declares ``http`` (or ``auto``) get the HTTP router, for
-        destination-side request metrics. Not under TPROXY: its upstream connections carry the
-        client's own address, so they could not be pooled across clients."""
-        if self.listener.direction != "inbound" or self.listener.preserve_source:
-            return False
+    async def _inbound_http_protocol(self, decision: Passthrough) -> str | None:
+        """Inbound ports the workload declares ``http`` (or ``auto``, sniffed) get the HTTP
+        router: destination-side request metrics, path normalisation and request-level
+        authorization. "http1", "http2", or None for TCP."""
         protocol = self.worker.mesh.workload.inbound_protocol(decision.port)
-        # HTTP/2 towards the app is relayed as TCP (the inbound router is HTTP/1.1 only).
-        return await self._speaks_http(protocol, decision.port) == "http1"
+        return await self._speaks_http(protocol, decision.port)
+
+    async def _serve_inbound_http(self, decision: Passthrough, protocol: str) -> None:
+        """The app as Istio's ``inbound|PORT||`` cluster, spoken to in the client's protocol
+        (its sidecar already chose it for the app's port). Under TPROXY the upstream
+        connections carry this client's own address, so they are this connection's alone:
+        a cluster of its own, retired with the session."""
+        worker = self.worker
+        if self.listener.preserve_source:
+            service, cluster = worker.inbound_http_private(decision.address, decision.port)
+            self._private_cluster = cluster
+        else:
+            service, cluster = worker.inbound_http(decision.address, decision.port)
+        hook = AuthorizationHook(
+            worker.current_authorizer,
+            functools.partial(
+                Peer.of, self.peer[0], (decision.address, decision.port), self.peer_principal
+            ),
+            worker.stats,
+        )
+        await self._serve_http(
+            service,
+            service.ports[0],
+            cluster,
+            protocol,
+            upstream_http2=protocol == "http2",
+            hooks=(hook,),
+            escaped_slashes=worker.mesh.workload.escaped_slashes,
+        )
+
+    def _tcp_authorized(self) -> bool:
+        """An inbound TCP connection, against the workload's policies (TCP semantics)."""
+        authorizer = self.worker.authorizer
+        if not authorizer.active or self.destination is None:
+            return True
+        peer = Peer.of(self.peer[0], self.destination, self.peer_principal)
+        return connection_allowed(authorizer, peer, self.worker.stats)
+
+    def _deny(self) -> None:
+        """A policy refused the connection: closed at once, nothing sent upstream."""
+        self.flags.append(Flag.RBAC_ACCESS_DENIED)
+        self.cluster_name = "InboundPassthroughCluster"
+        self._close_downstream()
+        self._finish()
 
     async def _speaks_http(self, protocol: str, port: int) -> str | None:
         return await http_connection.detect(self.downstream, self.worker.loop, protocol, port)
@@ -197,18 +246,20 @@ class Session:
         port: ServicePort,
         cluster: ClusterRuntime | None = None,
         protocol: str = "http1",
+        upstream_http2: bool | None = None,
+        hooks: tuple[PolicyHook, ...] = (),
+        escaped_slashes: EscapedSlashes | None = None,
     ) -> None:
         """Hand the downstream transport to the connection manager of ``protocol`` until it is
-        done; ``cluster`` is the one upstream of an inbound port (else routes pick clusters)."""
+        done; ``cluster`` is the one upstream of an inbound port (else routes pick clusters),
+        ``upstream_http2`` its codec (else the port's protocol says)."""
         downstream, worker = self.downstream, self.worker
         self.service, self.cluster_name = service, "-"
         self.service_fqdn = service.fqdn(worker.mesh.cluster_domain)
         client_http2 = protocol == "http2"
-        new_try = http_connection.new_try_factory(
-            worker.connector,
-            self.source,
-            http_connection.upstream_speaks_http2(port.protocol, client_http2),
-        )
+        if upstream_http2 is None:
+            upstream_http2 = http_connection.upstream_speaks_http2(port.protocol, client_http2)
+        new_try = http_connection.new_try_factory(worker.connector, self.source, upstream_http2)
         pipeline = Pipeline(
             worker,
             service,
@@ -217,7 +268,9 @@ class Session:
             self.peer[0],
             new_try,
             cluster,
+            hooks,
             count_attempts=self.listener.direction == "outbound",
+            escaped_slashes=escaped_slashes,
         )
         done = functools.partial(worker.telemetry.request_done, self)
         transport = downstream.transport
@@ -396,5 +449,7 @@ class Session:
             self.host.active_requests -= 1
         if self._holds_breaker and self.cluster is not None:
             self.cluster.breaker.connection_closed()
+        if self._private_cluster is not None:
+            self._private_cluster.retire()
         if self.http is None:  # HTTP connections are accounted per request instead
             worker.telemetry.connection_done(self)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 import ipaddress
 import json
 import logging
@@ -397,8 +398,16 @@ def _jsonable(value):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
-    if isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
+    if isinstance(
+        value,
+        ipaddress.IPv4Address
+        | ipaddress.IPv6Address
+        | ipaddress.IPv4Network
+        | ipaddress.IPv6Network,
+    ):
         return str(value)
+    if isinstance(value, enum.Enum):
+        return value.value
     return value
 
 

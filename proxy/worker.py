@@ -23,6 +23,7 @@ from proxy.config.model import Mesh, Service
 from proxy.inbound import Admitted, InboundAcceptor
 from proxy.pipeline.router import HttpRouter
 from proxy.platform.sockets import is_local_address
+from proxy.policy.evaluate import Authorizer
 from proxy.routing import RouteTable
 from proxy.session import ListenerInfo, Session
 from proxy.stats import Stats
@@ -138,6 +139,7 @@ class Worker:
         self._local_cache: dict[str, bool] = {}
         self.mesh = mesh
         self.routes = RouteTable.build(mesh, self._is_local)
+        self.authorizer = Authorizer(mesh.workload.authorization_policies)
         self.clusters: dict[ClusterKey, ClusterRuntime] = build_clusters(mesh, {}, self.stats)
         self.rng = random.Random()  # weighted splits, retry jitter, fault injection
         self._http_routers: dict[str, HttpRouter] = {}
@@ -148,6 +150,7 @@ class Worker:
         old = self.clusters
         self.clusters = build_clusters(mesh, old, self.stats)
         self.routes = RouteTable.build(mesh, self._is_local)
+        self.authorizer = Authorizer(mesh.workload.authorization_policies)
         self.mesh = self.telemetry.mesh = mesh
         self._http_routers = {}
         for _service, cluster in self._inbound_http.values():
@@ -176,6 +179,19 @@ class Worker:
             cluster = ClusterRuntime(name, service, service.ports[0], self.stats, None, self.rng)
             known = self._inbound_http[key] = (service, cluster)
         return known
+
+    def inbound_http_private(self, address: str, port: int) -> tuple[Service, ClusterRuntime]:
+        """``inbound_http`` for one connection alone (TPROXY: its upstream connections carry
+        the client's address); the caller retires the cluster when the connection ends."""
+        service, _shared = self.inbound_http(address, port)
+        cluster = ClusterRuntime(
+            f"inbound|{port}||", service, service.ports[0], self.stats, None, self.rng
+        )
+        return service, cluster
+
+    def current_authorizer(self) -> Authorizer:
+        """The policies of the mesh version in force now (a reload swaps them)."""
+        return self.authorizer
 
     def _is_local(self, address: str) -> bool:
         cached = self._local_cache.get(address)

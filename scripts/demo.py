@@ -33,6 +33,22 @@ def step(text: str) -> None:
     print(f"\n\033[1m== {text}\033[0m", flush=True)
 
 
+# Who may call the backends (Istio's AuthorizationPolicy): the client's service account only,
+# and nobody /admin; paths are matched (and served) normalised, so /public/../admin is /admin.
+BACKEND_POLICIES = [
+    {
+        "name": "deny-admin",
+        "action": "DENY",
+        "rules": [{"to": [{"operation": {"ports": ["8080"], "paths": ["/admin", "/admin/*"]}}]}],
+    },
+    {
+        "name": "clients-only",
+        "action": "ALLOW",
+        "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/default/sa/client"]}}]}],
+    },
+]
+
+
 def main() -> int:
     started = time.monotonic()
     example = REPO / "examples" / "mesh.yaml"
@@ -59,6 +75,7 @@ def main() -> int:
                 "service_account": "backend",
                 "tls": lab.issue_identity(pod, "backend"),
                 "peer_authentication": {"mode": "STRICT"},  # mesh mTLS only
+                "authorization_policies": BACKEND_POLICIES,
             }
             lab.intercept(pod)
             config_file = lab.write_config(
@@ -116,6 +133,13 @@ def main() -> int:
             f"as plaintext, so STRICT refuses it): {refused}"
         )
 
+        step("authorization on the backends: only sa/client may call them, never /admin")
+        for path in ("/admin", "/public/../admin", "/public/%2e%2e/admin", "/public%2F..%2Fadmin"):
+            reply = client.curl(
+                f"http://backend:8080{path}", "--path-as-is", "-w", " [%{http_code}]"
+            )
+            print(f"curl --path-as-is http://backend:8080{path} -> {_short_body(reply)}")
+
         step("client sidecar, Istio metrics (curl 127.0.0.1:15020/stats/prometheus)")
         metrics = client.run(
             "curl", "-s", "http://127.0.0.1:15020/stats/prometheus", uid=None
@@ -147,6 +171,10 @@ def main() -> int:
         lab.destroy_quietly()
     print(f"done in {time.monotonic() - started:.1f}s")
     return 0
+
+
+def _short_body(reply: str) -> str:
+    return reply if len(reply) < 60 else reply[:57] + "..."
 
 
 def _short(line: str, keep: tuple[str, ...] = ()) -> str:

@@ -23,7 +23,7 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, get_args
 
-from proxy.config import http_routes, security
+from proxy.config import authorization, http_routes, security
 from proxy.config import parsing as p
 from proxy.config.model import (
     LB_POLICIES,
@@ -44,6 +44,7 @@ from proxy.config.model import (
 )
 from proxy.config.parsing import MAX_DURATION, MeshConfigError
 from proxy.config.vips import VipRangeExhaustedError, allocate_vips
+from proxy.policy.paths import EscapedSlashes
 
 if TYPE_CHECKING:
     import yaml
@@ -121,10 +122,17 @@ def _mesh(document: object, source: str) -> Mesh:
     settings = p.fields(top.get("mesh"), "mesh", _MESH_FIELDS)
     fields = p.fields(top.get("workload"), "workload", _WORKLOAD_FIELDS)
     declared = fields.pop("inbound_ports", ())
+    escaped = fields.pop("path_normalization", EscapedSlashes.REJECT_REQUEST)
+    authorization.check_normalization(
+        escaped,
+        fields.get("authorization_policies", ()),
+        "workload.path_normalization.escaped_slashes",
+    )
     workload = Workload(
         **fields,
         inbound_ports=tuple(port for port, _ in declared),
         inbound_protocols=tuple(entry for entry in declared if entry[1] != "tcp"),
+        escaped_slashes=escaped,
     )
     services = _services(top.get("services"), "services")
     return Mesh(services=services, workload=workload, source=source, **settings)
@@ -168,6 +176,8 @@ _WORKLOAD_FIELDS: dict[str, p.Parser] = {
     "service_account": security.service_account,
     "tls": security.workload_tls,
     "peer_authentication": security.peer_authentication,
+    "authorization_policies": authorization.policies,
+    "path_normalization": authorization.escaped_slashes,
 }
 
 

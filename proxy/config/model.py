@@ -10,6 +10,9 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Literal
 
+from proxy.policy.model import AuthorizationPolicy
+from proxy.policy.paths import EscapedSlashes
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Protocol = Literal["auto", "tcp", "http", "http2", "grpc", "tls"]
 LbPolicy = Literal["round_robin", "least_request", "random", "ring_hash"]
@@ -298,6 +301,10 @@ class Workload:
     # The workload's certificate files: None, no identity (mesh traffic is plaintext).
     tls: WorkloadTls | None = None
     peer_authentication: PeerAuthentication = field(default_factory=PeerAuthentication)
+    # Who may call this workload (proxy.policy), checked by its inbound side.
+    authorization_policies: tuple[AuthorizationPolicy, ...] = ()
+    # What inbound HTTP paths with %2F / %5C become before routing and policy.
+    escaped_slashes: EscapedSlashes = EscapedSlashes.REJECT_REQUEST
 
     def inbound_protocol(self, port: int) -> str:
         return dict(self.inbound_protocols).get(port, "tcp")

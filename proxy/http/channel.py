@@ -84,7 +84,9 @@ class HttpChannel(asyncio.Protocol):
         self._wake()
         # Keep our sending side open (a response may still be on its way), unless the
         # connection idles in a pool: then asyncio closes it and connection_lost tells the pool.
-        return not self.close_on_eof
+        # A TLS transport closes on the peer's close_notify whatever we answer (and warns if
+        # the answer is "keep open").
+        return not self.close_on_eof and self.transport.can_write_eof()  # type: ignore[union-attr]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True

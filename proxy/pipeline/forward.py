@@ -55,6 +55,7 @@ from proxy.pipeline.router import (
     pick_destination,
     roll_fault,
 )
+from proxy.policy.paths import EscapedSlashes, PathRejected, normal_target
 from proxy.stats import Counter, Stats, cluster_labels
 from proxy.upstream.cluster import UPSTREAM_CX_NONE_HEALTHY, ClusterKey, ClusterRuntime
 from proxy.upstream.hosts import Host
@@ -90,6 +91,7 @@ class Pipeline:
         "_clock",
         "_cluster_keys",
         "_count_attempts",
+        "_escaped_slashes",
         "_fixed_cluster",
         "_hash_key",
         "_hooks",
@@ -113,6 +115,7 @@ class Pipeline:
         hooks: Sequence[PolicyHook] = (),
         clock: Callable[[], float] = time.time,
         count_attempts: bool = True,
+        escaped_slashes: EscapedSlashes | None = None,
     ) -> None:
         self._upstreams = upstreams
         self._service = service
@@ -129,6 +132,9 @@ class Pipeline:
         # Outbound: each try says its number (x-envoy-attempt-count); inbound passes the
         # caller's sidecar's count through, as Istio configures Envoy's inbound routes.
         self._count_attempts = count_attempts
+        # Inbound: paths are normalised before routing and policy, and the app receives the
+        # normalised one (proxy.policy.paths); None (outbound): forwarded as they came.
+        self._escaped_slashes = escaped_slashes
 
     def new_exchange(self, request: Request, authority: bytes | None) -> Exchange:
         exchange = Exchange(request, self._clock(), authority)
@@ -148,6 +154,12 @@ class Pipeline:
         """Answer ``exchange``'s request, forwarded or with a local reply. Raises
         ``DownstreamGone`` when the client goes; a response cut short is ``sink.cut``."""
         request = exchange.request
+        if self._escaped_slashes is not None:
+            try:
+                request.target = normal_target(request.target, self._escaped_slashes)
+            except PathRejected:
+                await send_local_reply(exchange, local_reply.PATH_REJECTED, body, sink)
+                return
         entry = self._router.match(
             request.method, request.target, exchange.authority, request.headers
         )

@@ -28,6 +28,10 @@ class LocalReply:
 
 
 NO_ROUTE = LocalReply(404, Flag.NO_ROUTE_FOUND, b"")
+# Envoy's RBAC filter's words, which clients and tests of Istio meshes look for.
+ACCESS_DENIED = LocalReply(403, Flag.RBAC_ACCESS_DENIED, b"RBAC: access denied")
+# A path the workload's path_normalization refuses (an escaped slash under REJECT_REQUEST).
+PATH_REJECTED = LocalReply(400, Flag.NONE, b"Bad Request")
 NO_HEALTHY_UPSTREAM = LocalReply(503, Flag.NO_HEALTHY_UPSTREAM, b"no healthy upstream")
 CONNECT_FAILURE = LocalReply(
     503,

@@ -72,18 +72,21 @@ class RelayHalf(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.eof = True
+        # Keep the transport open: the other direction may still be flowing. Not a TLS one:
+        # it closes on the peer's close_notify whatever we answer (and warns if told not to).
+        keep_open = self.transport.can_write_eof()  # type: ignore[union-attr]
         peer = self.peer
         if peer is None:
             if self.on_early is not None:
                 self.on_early()
-            return True  # link() passes the EOF on
+            return keep_open  # link() passes the EOF on
         if peer is not None and not peer.lost and peer.transport.can_write_eof():
             peer.transport.write_eof()
         if peer is not None and peer.eof:
             # Both directions are finished: close once the buffers are flushed.
             self.transport.close()  # type: ignore[union-attr]
             peer.transport.close()
-        return True  # keep the transport open: the other direction may still be flowing
+        return keep_open
 
     def pause_writing(self) -> None:
         # Our outgoing buffer is full: stop reading the side that fills it.

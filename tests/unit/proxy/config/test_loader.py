@@ -31,6 +31,8 @@ from proxy.config.model import (
     WorkloadTls,
 )
 from proxy.config.vips import allocate_vips
+from proxy.policy.model import Action, AuthorizationPolicy, Operation, Rule, StringMatch
+from proxy.policy.paths import EscapedSlashes
 
 ip = ipaddress.ip_address
 EXAMPLE = Path(__file__).resolve().parents[4] / "examples" / "mesh.yaml"
@@ -898,8 +900,19 @@ def test_auto_vip_does_not_depend_on_file_order() -> None:
 def test_example_file_loads() -> None:
     mesh = load_mesh(EXAMPLE)
     assert mesh.source == str(EXAMPLE)
+    no_debug = AuthorizationPolicy(
+        "no-debug",
+        Action.DENY,
+        (Rule(operations=(Operation(ports=(8080,), paths=(StringMatch("prefix", "/debug/"),)),)),),
+    )
     assert mesh.workload == Workload(
-        "client", "default", (), service_account="client", tls=WorkloadTls()
+        "client",
+        "default",
+        (),
+        service_account="client",
+        tls=WorkloadTls(),
+        authorization_policies=(no_debug,),
+        escaped_slashes=EscapedSlashes.REJECT_REQUEST,
     )
     assert mesh.trust_domain == "cluster.local"
     backend, echo = mesh.services
