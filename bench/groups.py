@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import load, measure, origin
-from bench.lab import SYSTEM_PYTHON, BenchLab, Client
+from bench.lab import LEAK_MARGIN, SYSTEM_PYTHON, BenchLab, Client
 
 BULK_SCRIPT = str(Path(__file__).resolve().parent / "bulk.py")
 HOLD_SCRIPT = str(Path(__file__).resolve().parent / "hold.py")
@@ -34,11 +34,13 @@ class Settings:
     hold_steps: tuple[int, ...] = (1000, 10000)
     settle: float = 0.5
     quiet_timeout: float = 60.0  # after the memory step, for the proxy to go idle
+    leak_wait: float = 3.0  # after a load, for the proxies' closes in flight to finish
 
 
 def _window(lab: BenchLab, client: Client) -> measure.Window:
-    proxy = client.proc.pid if client.proc is not None else None
-    return measure.Window(proxy, lab.origin_http.pid, lab.mesh.cgroup_parent)
+    """The row's proxies (an mTLS row: client and server) and the origin it answers from."""
+    server_origin = client.server_origin or lab.origin_http
+    return measure.Window(client.proxy_pids(), server_origin.pid, lab.mesh.cgroup_parent)
 
 
 def _sample(client: Client, group: str, number: int, values: dict, **extra) -> dict:
@@ -53,16 +55,39 @@ def _url(client: Client) -> str:
     return f"http://{client.target}:{origin.HTTP_PORT}/"
 
 
+def _split_us(group: str, noise: dict, units: float) -> dict[str, float | None]:
+    """An mTLS row's CPU per unit, client side and server side (their sum is the row's)."""
+    split = noise.get("proxy_cpu_split_s") or []
+    if len(split) != 2:
+        return {}
+    return {
+        f"{group}_cpu_client_us": _per_unit_us(split[0], units),
+        f"{group}_cpu_server_us": _per_unit_us(split[1], units),
+    }
+
+
+def _handshakes_per_req(before: dict, after: dict, good: int) -> float | None:
+    """mTLS handshakes the server proxy terminated (each a client certificate checked) per
+    good answer: about 1 when every client connection is a new mTLS connection (the opaque
+    TCP pairs), about 0 when the client proxy pools them (the HTTP pairs). A few more than 1
+    at the end of a closed-loop run are the connections still open when wrk stops."""
+    return (after["server"] - before["server"]) / good if good else None
+
+
 def wrk_group(lab: BenchLab, client: Client, s: Settings, number: int, close: bool) -> dict:
     """Saturation with wrk: every request on a new connection (``close``) or 16 keep-alive
     connections back to back. CPU per connection / per request is the proxy's tree CPU over
-    the window divided by the good answers."""
+    the window divided by the good answers (an mTLS row: both proxies'; their handshake
+    counters are read before and after, outside the window)."""
     group = "newconn" if close else "keepalive"
+    meshed = client.server_pod is not None
+    before = lab.handshakes(client) if meshed else None
     window = _window(lab, client)
     window.start(time.monotonic())
     argv = load.wrk_argv(_url(client), s.connections, s.duration, close)
     done = lab.run_load(client.pod, argv, timeout=s.duration + 30)
     noise = window.stop(time.monotonic())
+    after = lab.handshakes(client) if meshed else None
     try:
         result = load.parse_wrk(done.stdout)
     except ValueError:
@@ -80,6 +105,11 @@ def wrk_group(lab: BenchLab, client: Client, s: Settings, number: int, close: bo
         f"{group}_rps": result["rate"],
         f"{group}_cpu_us": _per_unit_us(noise["proxy_cpu_s"], result["good"]),
     }
+    raw = result["raw"]
+    if before is not None and after is not None:
+        values.update(_split_us(group, noise, result["good"]))
+        values[f"{group}_handshakes_per_req"] = _handshakes_per_req(before, after, result["good"])
+        raw = {**raw, "handshakes": {"before": before, "after": after}}
     return _sample(
         client,
         group,
@@ -88,7 +118,7 @@ def wrk_group(lab: BenchLab, client: Client, s: Settings, number: int, close: bo
         errors=result["errors"],
         attempts=result["attempts"],
         noise=noise,
-        raw=result["raw"],
+        raw=raw,
     )
 
 
@@ -210,12 +240,13 @@ def bulk_group(lab: BenchLab, client: Client, s: Settings, number: int) -> dict:
 def memory_group(lab: BenchLab, client: Client, s: Settings, number: int) -> dict:
     """The proxy's RSS idle, then with ``hold_steps`` idle keep-alive connections open (each
     answered once, so an L7 proxy holds its upstream too); KB per connection from the last
-    step. The proxy is restarted first: after an earlier pass's thousands of connections its
-    allocator keeps the memory, and "idle" would already be the high-water mark."""
+    step; an mTLS row's RSS is its two proxies' together. The proxy (both, for an mTLS row) is
+    restarted first: after an earlier pass's thousands of connections its allocator keeps the
+    memory, and "idle" would already be the high-water mark."""
     lab.restart_proxy(client)
     time.sleep(s.settle)
-    pid = client.proc.pid
-    idle = measure.tree_rss_kb(pid)
+    pids = client.proxy_pids()  # an mTLS row: both proxies, summed
+    idle = measure.trees_rss_kb(pids)
     values: dict[str, float | None] = {"rss_idle_kb": idle}
     argv = [SYSTEM_PYTHON, HOLD_SCRIPT, client.target, str(origin.HTTP_PORT)]
     argv += [str(n) for n in s.hold_steps]
@@ -237,7 +268,7 @@ def memory_group(lab: BenchLab, client: Client, s: Settings, number: int) -> dic
                 raise RuntimeError(f"hold.py stopped at step {step}: {line} {holder.stderr.read()}")
             failed += int(line[3])
             time.sleep(s.settle)
-            rss = measure.tree_rss_kb(pid)
+            rss = measure.trees_rss_kb(pids)
             values["rss_few_kb" if index == 0 else "rss_many_kb"] = rss
             raw[str(step)] = rss
             holder.stdin.write("\n")
@@ -246,7 +277,7 @@ def memory_group(lab: BenchLab, client: Client, s: Settings, number: int) -> dic
         with_timeout_close(holder)
     # The connections are closed: the proxy must be idle again before the next sample shares
     # its core, or it starts afresh (it is restarted before every memory step anyway).
-    if not measure.wait_quiet(pid, s.quiet_timeout):
+    if not measure.wait_quiet(pids, s.quiet_timeout):
         name, waited = client.row.name, s.quiet_timeout
         print(f"  {name} still busy {waited:g} s after the memory step: restarted", flush=True)
         lab.restart_proxy(client)
@@ -277,6 +308,26 @@ def with_timeout_close(proc: subprocess.Popen) -> None:
 
 
 def run(lab: BenchLab, client: Client, group: str, s: Settings, number: int) -> dict:
+    """One sample of ``group``; then, if the row's proxies kept the connections the load
+    closed (more than ``LEAK_MARGIN`` descriptors over their start, after ``leak_wait``), they
+    are restarted so the next sample does not inherit them, and the sample says how many
+    (``leaked_fds``; the report counts the restarts)."""
+    sample = _run(lab, client, group, s, number)
+    if client.proxy_pids():
+        left = lab.leftover_fds(client, s.leak_wait)
+        if left > LEAK_MARGIN:
+            sample["leaked_fds"] = left
+            client.restarts += 1
+            print(
+                f"  {client.row.name} kept {left:,} descriptors after {group} (connections the "
+                "load had closed): restarted",
+                flush=True,
+            )
+            lab.restart_proxy(client)
+    return sample
+
+
+def _run(lab: BenchLab, client: Client, group: str, s: Settings, number: int) -> dict:
     if group == "newconn":
         return wrk_group(lab, client, s, number, close=True)
     if group == "keepalive":

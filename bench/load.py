@@ -140,3 +140,15 @@ def parse_bulk(stdout: str, size: int) -> dict:
         "seconds": raw["seconds"] if ok else None,
         "raw": raw,
     }
+
+
+def stat_sum(text: str, pattern: str) -> int:
+    """The sum of the counters in an admin ``/stats`` answer (``name: value`` lines, Envoy's
+    and Detour's alike) whose name matches ``pattern`` (a regular expression)."""
+    matcher = re.compile(pattern)
+    total = 0
+    for line in text.splitlines():
+        name, sep, value = line.rpartition(": ")
+        if sep and matcher.search(name.strip()) and value.strip().isdigit():
+            total += int(value)
+    return total

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,16 +70,24 @@ def tree_cpu_seconds(pid: int) -> float:
     return sum(cpu_seconds(member) for member in tree(pid))
 
 
-def wait_quiet(pid: int, timeout: float, busy_share: float = 0.02, window: float = 0.5) -> bool:
-    """Wait until the process tree uses less than ``busy_share`` of a core over ``window``
-    seconds; False when it is still busy at ``timeout``. A proxy tearing down thousands of
-    connections (mitmproxy after the memory step: minutes) would otherwise load the server
-    core under the next rows' samples."""
+def trees_cpu_seconds(pids: Sequence[int]) -> float:
+    """CPU of several process trees together (an mTLS row's client and server proxies)."""
+    return sum(tree_cpu_seconds(pid) for pid in pids)
+
+
+def wait_quiet(
+    pid: int | Sequence[int], timeout: float, busy_share: float = 0.02, window: float = 0.5
+) -> bool:
+    """Wait until the process tree (or trees, together) uses less than ``busy_share`` of a
+    core over ``window`` seconds; False when it is still busy at ``timeout``. A proxy tearing
+    down thousands of connections (mitmproxy after the memory step: minutes) would otherwise
+    load the server core under the next rows' samples."""
+    pids = [pid] if isinstance(pid, int) else list(pid)
     deadline = time.monotonic() + timeout
     while True:
-        before = tree_cpu_seconds(pid)
+        before = trees_cpu_seconds(pids)
         time.sleep(window)
-        if (tree_cpu_seconds(pid) - before) / window < busy_share:
+        if (trees_cpu_seconds(pids) - before) / window < busy_share:
             return True
         if time.monotonic() > deadline:
             return False
@@ -88,6 +97,24 @@ def tree_rss_kb(pid: int) -> int:
     """RSS summed over the tree: for a multi-process proxy shared pages count once per process,
     the same upper bound ``ps`` shows an operator."""
     return sum(rss_kb(member) for member in tree(pid))
+
+
+def open_fds(pids: Sequence[int]) -> int:
+    """Descriptors open in several process trees together (sockets, mostly): what a proxy
+    still holds once a load has closed its connections."""
+    total = 0
+    for pid in pids:
+        for member in tree(pid):
+            try:
+                total += len(os.listdir(f"/proc/{member}/fd"))
+            except OSError:
+                continue
+    return total
+
+
+def trees_rss_kb(pids: Sequence[int]) -> int:
+    """RSS of several process trees together (an mTLS row's two proxies)."""
+    return sum(tree_rss_kb(pid) for pid in pids)
 
 
 def machine_seconds() -> tuple[float, float]:
@@ -111,15 +138,16 @@ def loadavg() -> list[float]:
 
 @dataclass
 class Window:
-    """CPU used during one load: by the proxy's tree, by the origin, and by the machine outside
-    the lab (other users' work, kernel threads no cgroup is charged for) — the last one marks
-    a disturbed sample."""
+    """CPU used during one load: by the proxy's tree (an mTLS row: the client's and the
+    server's proxies, together and each), by the origin, and by the machine outside the lab
+    (other users' work, kernel threads no cgroup is charged for) — the last one marks a
+    disturbed sample."""
 
-    proxy_pid: int | None
+    proxy_pids: tuple[int, ...]
     origin_pid: int
     lab_cgroup: Path
     started: float = 0.0
-    proxy_cpu: float = 0.0
+    proxy_cpus: tuple[float, ...] = ()
     origin_cpu: float = 0.0
     lab_cpu: float = 0.0
     busy: float = 0.0
@@ -127,20 +155,26 @@ class Window:
 
     def start(self, now: float) -> None:
         self.started = now
-        self.proxy_cpu = tree_cpu_seconds(self.proxy_pid) if self.proxy_pid else 0.0
+        self.proxy_cpus = tuple(tree_cpu_seconds(pid) for pid in self.proxy_pids)
         self.origin_cpu = tree_cpu_seconds(self.origin_pid)
         self.lab_cpu = cgroup_seconds(self.lab_cgroup)
         self.busy, self.steal = machine_seconds()
 
-    def stop(self, now: float) -> dict[str, float | None]:
-        """Seconds of CPU (not shares) used since ``start``, and the wall time."""
+    def stop(self, now: float) -> dict:
+        """Seconds of CPU (not shares) used since ``start``, and the wall time;
+        ``proxy_cpu_split_s`` is each proxy's share (client first)."""
         wall = now - self.started
         lab = cgroup_seconds(self.lab_cgroup) - self.lab_cpu
         busy, steal = machine_seconds()
-        proxy = tree_cpu_seconds(self.proxy_pid) - self.proxy_cpu if self.proxy_pid else None
+        split = [
+            tree_cpu_seconds(pid) - before
+            for pid, before in zip(self.proxy_pids, self.proxy_cpus, strict=True)
+        ]
+        proxy = sum(split) if split else None
         return {
             "wall_s": wall,
             "proxy_cpu_s": proxy,
+            "proxy_cpu_split_s": split,
             "origin_cpu_s": tree_cpu_seconds(self.origin_pid) - self.origin_cpu,
             "foreign_cores": max(0.0, busy - self.busy - lab) / wall if wall > 0 else 0.0,
             "steal_cores": (steal - self.steal) / wall if wall > 0 else 0.0,

@@ -42,6 +42,30 @@ HEADLINE: tuple[Column, ...] = (
 RATIO_KEYS = ("keepalive_cpu_us", "lat_c16_p99_ms", "newconn_rps", "upload_mibps", "kb_per_conn")
 
 
+@dataclass(frozen=True)
+class Target:
+    """One of issue 16's targets: ``row``'s median of ``key`` against ``reference``'s."""
+
+    what: str
+    row: str
+    reference: str
+    key: str
+    limit: float
+    at_most: bool  # ratio <= limit (a cost); else ratio >= limit (a rate)
+
+
+# Mesh mTLS (issue 16): CPU per request of the HTTP pair, both proxies, keep-alive; new mTLS
+# connections per second of the opaque TCP pair (there each client connection is one mTLS
+# handshake; the HTTP pair pools its upstream connections, so its new connections are not).
+TARGETS: tuple[Target, ...] = (
+    Target("CPU/request (keep-alive, both proxies)", "detour-mtls", "envoy-mtls",
+           "keepalive_cpu_us", 1.3, True),
+    Target("new mTLS connections/s (handshakes)", "detour-mtls-tcp", "envoy-mtls-tcp",
+           "newconn_rps", 0.7, False),
+)  # fmt: skip
+MTLS_ROWS = ("detour-mtls", "envoy-mtls", "detour-mtls-tcp", "envoy-mtls-tcp")
+
+
 def stat(values: Iterable[float | None]) -> dict | None:
     """Median and range of the passes that produced a number (None when none did)."""
     got = [v for v in values if v is not None]
@@ -104,6 +128,87 @@ def ratios(summary: dict) -> dict[str, dict[str, dict[str, float | None]]]:
             for key in RATIO_KEYS
         }
     return out
+
+
+def targets(summary: dict) -> list[dict]:
+    """Each target with a number on both sides: the ratio, the limit, met or not, and by how
+    much the ratio misses (ratio / limit for a cost, limit / ratio for a rate: the factor
+    the row is off by)."""
+    out = []
+    for t in TARGETS:
+        value = ratio(summary, t.row, t.reference, t.key)
+        if value is None:
+            continue
+        met = value <= t.limit if t.at_most else value >= t.limit
+        miss = value / t.limit if t.at_most else t.limit / value
+        out.append({
+            "what": t.what, "row": t.row, "reference": t.reference, "key": t.key,
+            "ratio": value, "limit": t.limit, "at_most": t.at_most, "met": met,
+            "miss": None if met else miss,
+        })  # fmt: skip
+    return out
+
+
+def _mtls_table(summary: dict, rows: list[str]) -> list[str]:
+    """The mesh mTLS pairs: both proxies' CPU per request (client + server), p99 at the fixed
+    rate, new connections/s with the handshakes each cost, memory; then issue 16's targets."""
+    ran = [row for row in rows if row in MTLS_ROWS]
+    if not ran:
+        return []
+    lines = [
+        "",
+        "Mesh mTLS pairs: client → client proxy → mTLS (TLS 1.3, ECDSA P-256, full handshakes) "
+        "→ server proxy → nginx. CPU and RSS are both proxies' together (client + server). "
+        "Handshakes per conn: mTLS handshakes the server proxy terminated per client "
+        "connection in the new-connections load (1: each is a handshake; ~0: pooled).",
+        "",
+        "| pair | CPU µs/req keep-alive (client + server) | vs Envoy | p99 ms @1000rps c16 "
+        "| vs Envoy | new conn/s | vs Envoy | handshakes per conn | CPU µs per new conn "
+        "| RSS idle KiB | KiB per idle conn |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row in ran:
+        ref = envoy_reference(BY_NAME[row])
+        cpu = fmt(median(summary, row, "keepalive_cpu_us"), 1)
+        client = median(summary, row, "keepalive_cpu_client_us")
+        server = median(summary, row, "keepalive_cpu_server_us")
+        if client is not None and server is not None:
+            cpu += f" ({fmt(client, 1)} + {fmt(server, 1)})"
+        cells = [
+            cpu,
+            _ratio_text(ratio(summary, row, ref, "keepalive_cpu_us")),
+            fmt(median(summary, row, "lat_c16_p99_ms"), 3),
+            _ratio_text(ratio(summary, row, ref, "lat_c16_p99_ms")),
+            fmt(median(summary, row, "newconn_rps")),
+            _ratio_text(ratio(summary, row, ref, "newconn_rps")),
+            fmt(median(summary, row, "newconn_handshakes_per_req"), 2),
+            fmt(median(summary, row, "newconn_cpu_us"), 1),
+            fmt(median(summary, row, "rss_idle_kb")),
+            fmt(median(summary, row, "kb_per_conn"), 1),
+        ]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    for row in ran:
+        each = median(summary, row, "newconn_handshakes_per_req")
+        if BY_NAME[row].mtls == "tcp" and each is not None and each < 0.95:
+            lines += [
+                "",
+                f"**{row}: only {each:.2f} mTLS handshakes per new connection were counted; "
+                "its new conn/s is not a handshake rate.**",
+            ]
+    for t in targets(summary):
+        sign = "≤" if t["at_most"] else "≥"
+        if t["met"]:
+            verdict = "met"
+        elif t["at_most"]:  # a cost: how much of it would have to go
+            verdict = f"missed: {t['row']} needs {1 - 1 / t['miss']:.0%} less"
+        else:  # a rate: how many times it would have to grow
+            verdict = f"missed: {t['row']} needs {t['miss']:.2f} times its rate"
+        lines += [
+            "",
+            f"Target, {t['what']}: {t['row']} / {t['reference']} = {t['ratio']:.2f} "
+            f"(target {sign} {t['limit']:.2f}): **{verdict}**.",
+        ]
+    return lines
 
 
 def disturbed(samples: list[dict]) -> list[str]:
@@ -190,12 +295,14 @@ def markdown(summary: dict, meta: dict, samples: list[dict]) -> str:
             parts = [median(summary, row, f"lat_c{c}_p{q}_ms") for q in ("50", "90", "99", "99.9")]
             cells.append(" / ".join(fmt(p, 3) for p in parts))
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    lines += _mtls_table(summary, rows)
     lines += _h2_table(summary, rows, meta["settings"].get("h2_streams"))
     steps = meta["settings"]["hold_steps"]
     lines += [
         "",
-        f"Memory: RSS (KiB, all processes) idle, with {steps[0]:,} and {steps[-1]:,} "
-        "idle keep-alive connections; bulk: 256 MiB wall time (s) is in the JSON.",
+        f"Memory: RSS (KiB, all processes; an mTLS pair's two proxies together) idle, with "
+        f"{steps[0]:,} and {steps[-1]:,} idle keep-alive connections; bulk: 256 MiB wall time "
+        "(s) is in the JSON.",
         "",
     ]
     lines.append("| proxy | idle | " + " | ".join(f"{n:,} conns" for n in steps) + " | KiB/conn |")
@@ -206,6 +313,13 @@ def markdown(summary: dict, meta: dict, samples: list[dict]) -> str:
         cells = [fmt(median(summary, row, k)) for k in ("rss_idle_kb", "rss_few_kb", "rss_many_kb")]
         cells.append(fmt(median(summary, row, "kb_per_conn"), 2))
         lines.append(f"| {row} | " + " | ".join(cells[: 1 + len(steps)] + cells[-1:]) + " |")
+    kept = leaks(samples)
+    if kept:
+        lines += [
+            "",
+            "Proxies that kept connections a load had closed (descriptors over their start, "
+            "3 s after the load), restarted before the next sample: " + kept + ".",
+        ]
     errors = _errors(samples)
     if errors:
         lines += ["", "Errors (socket errors, non-2xx, failed transfers) / attempts: " + errors]
@@ -250,6 +364,19 @@ def _h2_table(summary: dict, rows: list[str], streams: int | None) -> list[str]:
             f"| {_ratio_text(vs_envoy)} |"
         )
     return lines
+
+
+def leaks(samples: list[dict]) -> str:
+    """Per row and group: how many samples ended with the proxies holding connections the
+    load had closed, and the most descriptors held."""
+    found: dict[tuple[str, str], list[int]] = {}
+    for s in samples:
+        if s.get("leaked_fds"):
+            found.setdefault((s["row"], s["group"]), []).append(s["leaked_fds"])
+    return "; ".join(
+        f"{row} {group} in {len(held)} pass(es) (up to {max(held):,})"
+        for (row, group), held in found.items()
+    )
 
 
 def _errors(samples: list[dict]) -> str:

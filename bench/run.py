@@ -215,8 +215,9 @@ def measure_all(lab: BenchLab, args, failures: list[str]) -> list[dict]:
         samples.append(sample)
         shown = ", ".join(f"{k} {report.fmt(v, 3)}" for k, v in list(sample["values"].items())[:4])
         print(f"  pass {number} {group:<9} {row.name:<13} {shown}", flush=True)
-        if client.proc is not None and client.proc.poll() is not None:
-            failures.append(f"{row.name} exited ({client.proc.returncode}) during {group}")
+        died = client.dead()
+        if died:
+            failures.append(f"{row.name}: {died} during {group}")
             dead.add(row.name)
     return samples
 
@@ -316,6 +317,13 @@ def main(argv: list[str] | None = None) -> int:
         "pinning": {"load": "core 0", "origin and proxy": "core 1"},
         "processes": {n: c.processes for n, c in lab.clients.items() if c.processes},
         "rss_start_kb": {n: c.rss_start_kb for n, c in lab.clients.items() if c.rss_start_kb},
+        # An mTLS row's server-side proxy (its CPU and memory are in the row's numbers).
+        "server_processes": {
+            n: c.server_processes for n, c in lab.clients.items() if c.server_processes
+        },
+        "server_rss_start_kb": {
+            n: c.server_rss_start_kb for n, c in lab.clients.items() if c.server_rss_start_kb
+        },
         "detour_args": args.sidecar_arg,
         "log_dir": str(logdir),
     }
@@ -323,6 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         "meta": meta,
         "summary": summary,
         "ratios": report.ratios(summary),
+        "targets": report.targets(summary),
         "samples": samples,
         "peers": ends,
     }

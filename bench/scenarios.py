@@ -7,6 +7,14 @@ one proxy on 15001. L4 rows carry every metric; L7 rows skip the bulk transfers 
 stream through an HTTP router measures its TCP fallback, not its HTTP path); ``direct`` has no
 proxy, so no proxy CPU or memory. The ``h2`` group (HTTP/2 cleartext from the client, many
 streams on one connection) runs on ``direct`` and on the L7 rows that take HTTP/2 from clients.
+
+The mesh mTLS rows (``mtls`` set) are a pair of proxies: the client pod's, as above, and a
+server pod's (its own nginx origin, init's inbound capture, and a proxy that terminates the
+mesh TLS and forwards plaintext to that nginx). The client dials the service VIP; what crosses
+the bridge is mutual TLS with certificates from ``detour-ca``. Their CPU and memory are the two
+proxies' together; ``detour-mtls``/``envoy-mtls`` carry HTTP/1.1 inside the TLS (pooled, so a
+client connection is not a handshake) and ``detour-mtls-tcp``/``envoy-mtls-tcp`` opaque TCP (a
+client connection is one mTLS handshake: their ``newconn`` group is handshakes/s).
 """
 
 from __future__ import annotations
@@ -31,9 +39,15 @@ class Row:
     sockmap: bool = False  # with eBPF capture: detour-ebpf attach --sockmap on
     h2: bool = False  # takes HTTP/2 cleartext (prior knowledge) from the client
     proxy_args: tuple[str, ...] = ()  # Detour only: extra detour-proxy arguments of this row
+    mtls: Literal["", "http", "tcp"] = ""  # a client+server pair, mesh mTLS between them
+    server_uid: int | None = None  # mtls: the server-side proxy's uid
+    only: tuple[str, ...] = ()  # when set: the groups this row runs (in GROUPS order)
+    reference: str = ""  # the Envoy row to compare with, when not the layer's default
 
     @property
     def groups(self) -> tuple[str, ...]:
+        if self.only:
+            return tuple(g for g in GROUPS if g in self.only)
         skip = set() if self.h2 or self.layer == "none" else {"h2"}
         if self.layer == "l7":
             skip.add("bulk")
@@ -86,11 +100,71 @@ ROWS: tuple[Row, ...] = (
     Row("haproxy-http", "HAProxy mode http", "haproxy", "l7", 1405, "http", h2=True),
     Row("mitmproxy", "mitmproxy transparent", "mitmproxy", "l7", 1406),
 )
+# Mesh mTLS pairs. No bulk (the question is the handshake and the per-request cost, and the
+# server pod has no byte sink) and no HTTP/2 from the client (the L7 rows above cover it).
+MTLS_GROUPS = ("newconn", "keepalive", "latency", "memory")
+ROWS += (
+    Row(
+        "detour-mtls",
+        "Detour mTLS pair, HTTP/1.1 (client + server)",
+        "detour",
+        "l7",
+        1337,
+        "mtls-http",
+        via_vip=True,
+        mtls="http",
+        server_uid=1337,
+        only=MTLS_GROUPS,
+        reference="envoy-mtls",
+    ),
+    Row(
+        "envoy-mtls",
+        "Envoy mTLS pair, HTTP/1.1 (client + server)",
+        "envoy",
+        "l7",
+        1407,
+        "mtls-http",
+        via_vip=True,
+        mtls="http",
+        server_uid=1408,
+        only=MTLS_GROUPS,
+        reference="envoy-mtls",
+    ),
+    Row(
+        "detour-mtls-tcp",
+        "Detour mTLS pair, opaque TCP (client + server)",
+        "detour",
+        "l4",
+        1337,
+        "mtls-tcp",
+        via_vip=True,
+        mtls="tcp",
+        server_uid=1337,
+        only=MTLS_GROUPS,
+        reference="envoy-mtls-tcp",
+    ),
+    Row(
+        "envoy-mtls-tcp",
+        "Envoy mTLS pair, opaque TCP (client + server)",
+        "envoy",
+        "l4",
+        1409,
+        "mtls-tcp",
+        via_vip=True,
+        mtls="tcp",
+        server_uid=1410,
+        only=MTLS_GROUPS,
+        reference="envoy-mtls-tcp",
+    ),
+)
 BY_NAME = {row.name: row for row in ROWS}
 
 
 def envoy_reference(row: Row) -> str | None:
-    """The Envoy row a row is compared with: its own layer's (tcp_proxy for L4, HCM for L7)."""
+    """The Envoy row a row is compared with: its own layer's (tcp_proxy for L4, HCM for L7),
+    or the one it names (an mTLS pair is compared with the Envoy pair of its kind)."""
+    if row.reference:
+        return row.reference
     if row.layer == "l4":
         return "envoy-tcp"
     if row.layer == "l7":

@@ -13,6 +13,7 @@ import pytest
 from support.prereq import require
 
 from bench.peers import OUTBOUND_PORT, VenvPaths, detour, envoy, haproxy, mitmproxy, pproxy
+from bench.peers.mtls import MtlsPlan, TlsFiles
 from bench.peers.registry import launch_for
 from bench.scenarios import ROWS
 from proxy.config.loader import parse_mesh
@@ -144,7 +145,11 @@ def test_every_proxy_row_gets_a_launch_as_its_own_uid():
             with pytest.raises(ValueError):
                 launch_for(row, VENV, "/x/detour-proxy", meshes)
             continue
-        launch = launch_for(row, VENV, "/x/detour-proxy", meshes)
+        plan = None
+        if row.mtls:  # a pair's client side needs the pair's plan (see test_mtls.py)
+            tls = TlsFiles.in_dir("/certs")
+            plan = MtlsPlan(row.mtls, "10.96.0.10", "10.88.0.100", 8080, tls, tls)
+        launch = launch_for(row, VENV, "/x/detour-proxy", meshes, mtls=plan)
         assert launch.uid == row.uid
         seen.setdefault(row.peer, set()).add(row.uid)
     # Each peer runs as its own uid; Detour's rows all as 1337.

@@ -113,3 +113,40 @@ def test_markdown_has_a_row_per_proxy_and_says_why_a_row_was_skipped():
     ratio_line = next(line for line in lines if line.startswith("| detour-l4 |"))
     assert "0.80" in ratio_line  # CPU vs Envoy
     assert "envoy 1.40.0" in text
+
+
+MTLS_SAMPLES = [
+    sample("detour-mtls", "keepalive", 1, keepalive_cpu_us=260.0, keepalive_cpu_client_us=120.0,
+           keepalive_cpu_server_us=140.0),
+    sample("envoy-mtls", "keepalive", 1, keepalive_cpu_us=200.0, keepalive_cpu_client_us=100.0,
+           keepalive_cpu_server_us=100.0),
+    sample("detour-mtls-tcp", "newconn", 1, newconn_rps=300.0, newconn_handshakes_per_req=1.01),
+    sample("envoy-mtls-tcp", "newconn", 1, newconn_rps=1000.0, newconn_handshakes_per_req=1.0),
+]  # fmt: skip
+
+
+def test_mtls_targets_compare_with_the_envoy_pair():
+    got = {t["row"]: t for t in report.targets(report.summarize(MTLS_SAMPLES))}
+    cpu, handshakes = got["detour-mtls"], got["detour-mtls-tcp"]
+    assert (cpu["reference"], cpu["ratio"], cpu["met"]) == ("envoy-mtls", 1.3, True)
+    assert handshakes["ratio"] == pytest.approx(0.3)
+    assert not handshakes["met"]
+    assert handshakes["miss"] == pytest.approx(0.7 / 0.3)  # it needs 2.33 times its rate
+    # No Envoy pair ran: no target, rather than a made-up ratio.
+    assert report.targets(report.summarize(MTLS_SAMPLES[:1])) == []
+
+
+def test_the_mtls_table_shows_both_proxies_and_the_verdicts():
+    meta = {"rows": ["direct", *report.MTLS_ROWS]}
+    lines = report._mtls_table(report.summarize(MTLS_SAMPLES), meta["rows"])
+    detour = next(line for line in lines if line.startswith("| detour-mtls |"))
+    assert "260 (120 + 140)" in detour and "| 1.30 |" in detour
+    text = "\n".join(lines)
+    assert "detour-mtls / envoy-mtls = 1.30 (target ≤ 1.30): **met**" in text
+    assert "needs 2.33 times its rate" in text
+    assert "not a handshake rate" not in text
+    pooled = [*MTLS_SAMPLES[:3], sample("envoy-mtls-tcp", "newconn", 1, newconn_rps=1.0)]
+    pooled[2] = sample("detour-mtls-tcp", "newconn", 1, newconn_rps=9.0,
+                       newconn_handshakes_per_req=0.01)  # fmt: skip
+    warned = "\n".join(report._mtls_table(report.summarize(pooled), meta["rows"]))
+    assert "detour-mtls-tcp: only 0.01 mTLS handshakes per new connection" in warned
