@@ -74,6 +74,12 @@ def _handshakes_per_req(before: dict, after: dict, good: int) -> float | None:
     return (after["server"] - before["server"]) / good if good else None
 
 
+def _resumed_share(before: dict, after: dict) -> float | None:
+    """The share of mTLS handshakes (both ends counted) that resumed a TLS session."""
+    handshakes = sum(after[side] - before[side] for side in ("client", "server"))
+    return (after["resumed"] - before["resumed"]) / handshakes if handshakes else None
+
+
 def wrk_group(lab: BenchLab, client: Client, s: Settings, number: int, close: bool) -> dict:
     """Saturation with wrk: every request on a new connection (``close``) or 16 keep-alive
     connections back to back. CPU per connection / per request is the proxy's tree CPU over
@@ -109,6 +115,7 @@ def wrk_group(lab: BenchLab, client: Client, s: Settings, number: int, close: bo
     if before is not None and after is not None:
         values.update(_split_us(group, noise, result["good"]))
         values[f"{group}_handshakes_per_req"] = _handshakes_per_req(before, after, result["good"])
+        values[f"{group}_resumed_share"] = _resumed_share(before, after)
         raw = {**raw, "handshakes": {"before": before, "after": after}}
     return _sample(
         client,

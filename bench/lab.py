@@ -272,18 +272,16 @@ class BenchLab:
 
     def handshakes(self, client: Client) -> dict[str, int]:
         """An mTLS row's handshake counters from both proxies' admin ports: mTLS connections
-        the client made, those the server terminated, and sessions resumed (Envoy counts
-        them; Detour never resumes)."""
+        the client made, those the server terminated, and sessions resumed (both ends'
+        counts summed)."""
         peer = envoy if client.row.peer == "envoy" else detour
         client_stats = self.admin_stats(client.pod)
         server_stats = self.admin_stats(client.server_pod)
         got = {
             "client": load.stat_sum(client_stats, peer.CLIENT_HANDSHAKES),
             "server": load.stat_sum(server_stats, peer.SERVER_HANDSHAKES),
-            "resumed": 0,
+            "resumed": load.stat_sum(client_stats + server_stats, peer.RESUMED),
         }
-        if peer is envoy:
-            got["resumed"] = load.stat_sum(client_stats + server_stats, envoy.RESUMED)
         return got
 
     def admin_stats(self, pod: Pod) -> str:

@@ -54,6 +54,9 @@ DOWNSTREAM_SSL_ERROR = Counter(
     "downstream_ssl_connection_error",
     "Inbound mesh TLS handshakes that failed (no client certificate, another root, expired)",
 )
+DOWNSTREAM_SSL_SESSION_REUSED = Counter(
+    "downstream_ssl_session_reused", "Inbound mesh mTLS connections that resumed a TLS session"
+)
 
 
 @dataclass(frozen=True, slots=True)

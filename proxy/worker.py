@@ -14,21 +14,27 @@ import random
 import socket
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from detour_common.original_dst import original_destination
 from proxy.access_log import AccessLog
 from proxy.admin.clusters import Row
 from proxy.config.model import Mesh, Service
-from proxy.inbound import Admitted, InboundAcceptor
+from proxy.inbound import (
+    DOWNSTREAM_SSL_ERROR,
+    DOWNSTREAM_SSL_SESSION_REUSED,
+    Admitted,
+    InboundAcceptor,
+)
 from proxy.pipeline.router import HttpRouter
 from proxy.platform.sockets import is_local_address
 from proxy.policy.evaluate import Authorizer
 from proxy.routing import RouteTable
 from proxy.session import ListenerInfo, Session
-from proxy.stats import Stats
+from proxy.stats import Stats, listener_labels
 from proxy.telemetry import Telemetry
-from proxy.tls.identity import INNER_PROTOCOL, TlsFiles, peer_identity
+from proxy.tls.identity import INNER_PROTOCOL, PeerCertificate, TlsFiles, peer_certificate
 from proxy.tls.watch import IdentitySource
 from proxy.transport.relay import RelayHalf
 from proxy.upstream.cluster import ClusterKey, ClusterRuntime, build_clusters, inbound_service
@@ -101,8 +107,16 @@ class Downstream(RelayHalf):
             )
             if admitted is not None and admitted.mesh_tls:
                 ssl_object = transport.get_extra_info("ssl_object")
-                peer = peer_identity(ssl_object)
-                session.peer_principal = peer.uri if peer is not None else None
+                peer = peer_certificate(ssl_object)
+                if ssl_object is not None and ssl_object.session_reused:
+                    if not self._resumption_allowed(peer):
+                        transport.abort()
+                        return
+                    self._worker.stats.inc(
+                        DOWNSTREAM_SSL_SESSION_REUSED, listener_labels(self._spec.info.name)
+                    )
+                spiffe = peer.spiffe if peer is not None else None
+                session.peer_principal = spiffe.uri if spiffe is not None else None
                 alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
                 session.inner_protocol = INNER_PROTOCOL.get(alpn or "", "tcp")
             self.on_lost = session.half_lost
@@ -113,6 +127,19 @@ class Downstream(RelayHalf):
             # worker) the same loop serves admin and readiness, so nothing may escape.
             log.exception("accepting a connection failed unexpectedly")
             transport.abort()
+
+    def _resumption_allowed(self, peer: PeerCertificate | None) -> bool:
+        """A resumed session skips verification, so the certificate it was verified with
+        must still be valid (OpenSSL would resume it after it expired)."""
+        if peer is not None and not peer.expired_at(datetime.now(UTC)):
+            return True
+        self._worker.stats.inc(DOWNSTREAM_SSL_ERROR, listener_labels(self._spec.info.name))
+        log.info(
+            "inbound mesh TLS session refused: resumed with a client certificate that "
+            "expired at %s",
+            peer.not_after if peer is not None else "?",
+        )
+        return False
 
 
 def _unattached(half: RelayHalf, exc: Exception | None) -> None:

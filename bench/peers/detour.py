@@ -25,6 +25,7 @@ Mode = Literal["passthrough", "mesh", "http", "mtls-http", "mtls-tcp", "mtls-ser
 # The sidecar's counters of mesh mTLS handshakes (admin /stats, "name.labels: value" lines).
 CLIENT_HANDSHAKES = r"^ssl_handshake(\.|$)"
 SERVER_HANDSHAKES = r"^downstream_ssl_handshake(\.|$)"
+RESUMED = r"^(downstream_)?ssl_session_reused(\.|$)"
 
 
 def render_mesh(vip: str, endpoint: str, ports: dict[str, int], protocol: str) -> str:
@@ -42,15 +43,20 @@ def render_mesh(vip: str, endpoint: str, ports: dict[str, int], protocol: str) -
                 "vip": [vip],
                 "ports": service_ports,
                 "endpoints": [{"address": endpoint}],
-                "traffic_policy": {
-                    "load_balancer": "round_robin",
-                    "connect_timeout": "1s",
-                    "circuit_breaker": {"max_connections": UNLIMITED, "max_pending": UNLIMITED},
-                },
+                "traffic_policy": _traffic_policy(),
             }
         ],
     }
     return yaml.safe_dump(mesh, sort_keys=False)
+
+
+def _traffic_policy() -> dict:
+    """Every bench service's: round robin, and a breaker that never trips (see UNLIMITED)."""
+    return {
+        "load_balancer": "round_robin",
+        "connect_timeout": "1s",
+        "circuit_breaker": {"max_connections": UNLIMITED, "max_pending": UNLIMITED},
+    }
 
 
 def render_mtls_client(plan: MtlsPlan) -> str:
@@ -73,11 +79,7 @@ def render_mtls_client(plan: MtlsPlan) -> str:
                 "vip": [plan.vip],
                 "ports": [{"name": "http", "port": plan.port, "protocol": plan.inner}],
                 "endpoints": [{"address": plan.server_ip, "service_account": SERVER_ACCOUNT}],
-                "traffic_policy": {
-                    "load_balancer": "round_robin",
-                    "connect_timeout": "1s",
-                    "circuit_breaker": {"max_connections": UNLIMITED, "max_pending": UNLIMITED},
-                },
+                "traffic_policy": _traffic_policy(),
             }
         ],
     }

@@ -29,6 +29,7 @@ from cryptography import x509
 from detour_common import certs
 from detour_common.certs import CertificateError
 from detour_common.spiffe import SpiffeError, SpiffeId, parse
+from proxy.tls.resumption import MeshClientContext
 
 # What rides inside mesh TLS, as Istio's sidecars say it in ALPN (its "istio-*" tokens), so a
 # Detour sidecar and an Envoy sidecar under Istio understand each other's choice.
@@ -138,7 +139,15 @@ def _own_spiffe_id(leaf: x509.Certificate, files: TlsFiles, trust_domain: str) -
 def _context(
     chain_pem: bytes, key_pem: bytes, root_pem: bytes, server: bool, alpn: tuple[str, ...]
 ) -> ssl.SSLContext:
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
+    context: ssl.SSLContext
+    if server:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        # One ticket per handshake (OpenSSL sends two): a client resumes with the newest.
+        # The ticket keys are this context's, so a renewed certificate ends resumption of
+        # sessions made with the old one.
+        context.num_tickets = 1
+    else:
+        context = MeshClientContext()  # resumes sessions with peers it verified
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.check_hostname = False  # a mesh peer is its SPIFFE ID, checked after the handshake
     context.verify_mode = ssl.CERT_REQUIRED
@@ -160,15 +169,36 @@ def _load_chain(context: ssl.SSLContext, chain_pem: bytes, key_pem: bytes) -> No
         context.load_cert_chain(path)
 
 
-def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> SpiffeId | None:
-    """The SPIFFE ID of a verified peer's certificate, or None when it has none."""
+@dataclass(frozen=True, slots=True)
+class PeerCertificate:
+    """What a connection's verified peer certificate says: who (None when its SAN is not
+    one SPIFFE ID) and until when."""
+
+    spiffe: SpiffeId | None
+    not_after: datetime
+
+    def expired_at(self, now: datetime) -> bool:
+        return now > self.not_after
+
+
+def peer_certificate(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> PeerCertificate | None:
+    """The peer's certificate of a connection (of its first handshake when the session was
+    resumed: OpenSSL does not verify it again), or None when there is none."""
     if ssl_object is None:
         return None
     der = ssl_object.getpeercert(binary_form=True)
     if not der:
         return None
-    uris = certs.uri_sans(x509.load_der_x509_certificate(der))
+    cert = x509.load_der_x509_certificate(der)
+    uris = certs.uri_sans(cert)
     try:
-        return parse(uris[0]) if len(uris) == 1 else None
+        spiffe = parse(uris[0]) if len(uris) == 1 else None
     except SpiffeError:
-        return None
+        spiffe = None
+    return PeerCertificate(spiffe, certs.not_after(cert))
+
+
+def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> SpiffeId | None:
+    """The SPIFFE ID of a verified peer's certificate, or None when it has none."""
+    peer = peer_certificate(ssl_object)
+    return peer.spiffe if peer is not None else None

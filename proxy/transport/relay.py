@@ -10,6 +10,14 @@ Half-close is passed through (EOF from one side becomes ``write_eof`` on the oth
 reverse direction keeps flowing); a reset on one side closes the other once what was relayed
 is delivered.
 
+A TLS side cannot be half-closed (an asyncio TLS transport has no ``write_eof``, and the
+receiving sidecar's transport ends the whole connection on a ``close_notify``). So an EOF that
+should cross to a TLS side is held while the TLS side still sends, and the TLS side is closed
+(``close_notify``, then the TCP close) once it has been quiet for ``HALF_CLOSE_LINGER``: a
+client that shut its write side and waits for an answer still gets one that starts within
+that time, and a client that closed whole (the common case: a FIN, then nothing) does not
+keep both sidecars' connections open until the server closes.
+
 A side paused by backpressure is watched for a reset (``platform.transport.ResetWatch``): on
 one, reading resumes and the loop reports it the usual way.
 """
@@ -21,6 +29,9 @@ from collections.abc import Callable
 
 from proxy.platform.transport import HIGH_WATER, LOW_WATER, ResetWatch
 
+# How long a TLS side that cannot be given a half-close may stay quiet before it is closed.
+HALF_CLOSE_LINGER = 5.0
+
 
 class RelayHalf(asyncio.Protocol):
     """One end of a relayed connection: what it reads is written to ``peer``."""
@@ -28,6 +39,7 @@ class RelayHalf(asyncio.Protocol):
     __slots__ = (
         "early",
         "eof",
+        "linger",
         "lost",
         "on_early",
         "on_lost",
@@ -54,6 +66,8 @@ class RelayHalf(asyncio.Protocol):
         # While our write buffer is full and the peer's reading is paused: its reset watch.
         self.paused_peer_check: ResetWatch | None = None
         self.peer_principal: str | None = None  # the mesh mTLS peer's, when verified
+        # A TLS side held open after the other side's EOF: closed once it is quiet.
+        self.linger: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -80,13 +94,34 @@ class RelayHalf(asyncio.Protocol):
             if self.on_early is not None:
                 self.on_early()
             return keep_open  # link() passes the EOF on
-        if peer is not None and not peer.lost and peer.transport.can_write_eof():
-            peer.transport.write_eof()
+        if peer is not None and not peer.lost:
+            if peer.transport.can_write_eof():
+                peer.transport.write_eof()
+            else:
+                peer.close_when_quiet(HALF_CLOSE_LINGER)
         if peer is not None and peer.eof:
             # Both directions are finished: close once the buffers are flushed.
             self.transport.close()  # type: ignore[union-attr]
             peer.transport.close()
         return keep_open
+
+    def close_when_quiet(self, after: float) -> None:
+        """Close this (TLS) side once it has received nothing for ``after`` seconds."""
+        if self.linger is None and not self.lost:
+            loop = asyncio.get_running_loop()
+            self.linger = loop.call_later(after, self._quiet_check, loop, after, self.received)
+
+    def _quiet_check(self, loop: asyncio.AbstractEventLoop, after: float, seen: int) -> None:
+        if self.lost:
+            return
+        peer = self.peer
+        busy = peer is not None and not peer.lost and peer.transport.get_write_buffer_size()
+        if self.received != seen or busy:  # still answering (or its answer still being
+            # delivered: our reading may be paused by it): look again later
+            self.linger = loop.call_later(after, self._quiet_check, loop, after, self.received)
+            return
+        self.linger = None
+        self.transport.close()  # type: ignore[union-attr]
 
     def pause_writing(self) -> None:
         # Our outgoing buffer is full: stop reading the side that fills it.
@@ -113,6 +148,9 @@ class RelayHalf(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self._stop_checking_peer()
+        if self.linger is not None:
+            self.linger.cancel()
+            self.linger = None
         peer = self.peer
         if peer is not None and not peer.lost:
             # Even after a reset, deliver what was relayed, then close (Envoy's FlushWrite):
@@ -131,6 +169,8 @@ def link(downstream: RelayHalf, upstream: RelayHalf) -> None:
     if downstream.eof:
         if upstream.transport.can_write_eof():  # type: ignore[union-attr]
             upstream.transport.write_eof()  # type: ignore[union-attr]
+        else:
+            upstream.close_when_quiet(HALF_CLOSE_LINGER)
         return
     if upstream.transport.get_write_buffer_size() <= HIGH_WATER:  # type: ignore[union-attr]
         downstream.transport.resume_reading()  # type: ignore[union-attr]

@@ -9,7 +9,8 @@ keep HTTP connections for the next request, and mesh mTLS: a connection to a mes
 (one with a service account) is TLS 1.3 with the workload's certificate, its ALPN saying what
 rides inside, and is kept only if the peer proves to be the service account the endpoint
 runs as (its SPIFFE ID; OpenSSL has already checked its chain to the mesh root). The verified
-principal is left on the protocol (``peer_principal``) for the metrics.
+principal is left on the protocol (``peer_principal``) for the metrics. A peer verified once
+is reached next time by resuming its TLS session (``proxy.tls.resumption``).
 
 The connect timeout is a timer that cancels the connecting task, not ``asyncio.timeout`` or
 ``wait_for``: those cost a task or two ``get_running_loop()`` calls (each a ``getpid()`` on
@@ -24,13 +25,15 @@ import asyncio
 import logging
 import ssl
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from proxy.http.channel import HttpChannel
 from proxy.http.codec import Connection
 from proxy.platform.sockets import transparent_socket
 from proxy.stats import Counter, Stats, cluster_labels
-from proxy.tls.identity import peer_identity
+from proxy.tls.identity import peer_certificate
+from proxy.tls.resumption import MeshClientContext
 from proxy.upstream.cluster import ClusterRuntime
 from proxy.upstream.hosts import Host
 
@@ -59,6 +62,9 @@ SSL_CONNECTION_ERROR = Counter(
 )
 SSL_FAIL_VERIFY_SAN = Counter(
     "ssl_fail_verify_san", "Upstream peers that were not the identity their endpoint runs as"
+)
+SSL_SESSION_REUSED = Counter(
+    "ssl_session_reused", "Mesh mTLS connections to upstreams that resumed a TLS session"
 )
 UPSTREAM_CX_POOL_REUSE = Counter(
     "upstream_cx_pool_reuse", "Requests sent on a pooled upstream connection instead of a new one"
@@ -183,7 +189,7 @@ class Connector:
         finally:
             timer.cancel()
         if tls is not None:
-            self._check_peer(protocol, tls, cluster_name, cluster, host)
+            self._check_peer(protocol, address, tls, cluster_name, cluster, host)
         if cluster is not None and host is not None:
             cluster.report_connect(host, True)
         self.stats.inc(UPSTREAM_CX_TOTAL, cluster_labels(cluster_name))
@@ -191,25 +197,42 @@ class Connector:
     def _check_peer(
         self,
         protocol: asyncio.Protocol,
+        address: str,
         tls: MeshTls,
         cluster_name: str,
         cluster: ClusterRuntime | None,
         host: Host | None,
     ) -> None:
         """The peer chained to the mesh root (OpenSSL checked); is it who the endpoint runs
-        as? Envoy's ``ssl.fail_verify_san`` when not: the connection is dropped."""
+        as? Envoy's ``ssl.fail_verify_san`` when not: the connection is dropped. A resumed
+        session was verified when it was made; its certificate must still be valid (the
+        session cache does not offer one past it: this is the clock's second opinion)."""
         transport = getattr(protocol, "transport", None)
         ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
-        peer = peer_identity(ssl_object)
-        if peer is not None and peer.uri == tls.expected:
-            protocol.peer_principal = peer.uri  # type: ignore[attr-defined]
-            self.stats.inc(SSL_HANDSHAKE, cluster_labels(cluster_name))
-            return
+        peer = peer_certificate(ssl_object)
+        labels = cluster_labels(cluster_name)
+        sessions = tls.context.sessions if isinstance(tls.context, MeshClientContext) else None
+        reused = ssl_object is not None and ssl_object.session_reused
+        if peer is not None and peer.spiffe is not None and peer.spiffe.uri == tls.expected:
+            if not (reused and peer.expired_at(datetime.now(UTC))):
+                protocol.peer_principal = peer.spiffe.uri  # type: ignore[attr-defined]
+                self.stats.inc(SSL_HANDSHAKE, labels)
+                if reused:
+                    self.stats.inc(SSL_SESSION_REUSED, labels)
+                if sessions is not None:
+                    sessions.verified(address, peer.not_after.timestamp())
+                return
+            failure, reason = SSL_CONNECTION_ERROR, "resumed a session of an expired certificate"
+        else:
+            failure = SSL_FAIL_VERIFY_SAN
+            reason = f"peer is {peer.spiffe if peer else None}, not {tls.expected}"
+        if sessions is not None:
+            sessions.forget(address)
         if transport is not None:
             transport.abort()
-        self.stats.inc(SSL_FAIL_VERIFY_SAN, cluster_labels(cluster_name))
+        self.stats.inc(failure, labels)
         self._failed(cluster_name, cluster, host, timed_out=False)
-        raise ConnectFailed(timed_out=False, reason=f"peer is {peer}, not {tls.expected}")
+        raise ConnectFailed(timed_out=False, reason=reason)
 
     async def _dial(
         self,

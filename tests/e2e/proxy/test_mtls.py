@@ -75,6 +75,22 @@ def meshed_pair(lab: MeshLab, mode: str = "PERMISSIVE", client_ca: str = "ca") -
     return client, backend
 
 
+def pair_with_a_connection_per_request(lab: MeshLab, client_ttl: str = "24h") -> tuple[Pod, Pod]:
+    """A meshed client and backend whose client sidecar opens an upstream connection per
+    request (``max_requests_per_connection: 1``): every request is a handshake."""
+    client = lab.add_pod("client", 10)
+    backend = lab.add_pod("backend", 20)
+    backend.serve_http11(8080, "backend")
+    lab.intercept(backend)
+    backend_tls = lab.issue_identity(backend, "backend")
+    lab.start_sidecar(backend, lab.write_config("b.yaml", backend_config(backend_tls)))
+    lab.intercept(client)
+    client_tls = lab.issue_identity(client, "client", ttl=client_ttl)
+    config = client_config(backend, client_tls, max_requests_per_connection=1)
+    lab.start_sidecar(client, lab.write_config("c.yaml", config))
+    return client, backend
+
+
 def prometheus(pod: Pod) -> list[str]:
     code, text = pod.admin("/stats/prometheus")
     assert code == 200, text
@@ -216,21 +232,25 @@ def test_certificates_renewed_on_both_sides_fail_no_request(mesh_lab: MeshLab) -
         wait_until(lambda pod=pod: stat(pod, "workload_cert_reload_total") == 1, 5, "a reload")
 
 
+def test_new_connections_to_a_verified_peer_resume_its_tls_session(mesh_lab: MeshLab) -> None:
+    """One request per upstream connection: the first is a full handshake, the next ones
+    resume its session, and both ends still see each other's SPIFFE ID."""
+    client, backend = pair_with_a_connection_per_request(mesh_lab)
+    for _ in range(3):
+        assert '"path": "/' in client.curl(f"{URL}/")
+    wait_until(lambda: stat(backend, "downstream_ssl_handshake") >= 3, 5, "three handshakes")
+    assert stat(client, "ssl_session_reused") >= 1
+    assert stat(backend, "downstream_ssl_session_reused") >= 1
+    principal = 'source_principal="spiffe://cluster.local/ns/default/sa/client"'
+    assert requests_with(backend, principal, 'connection_security_policy="mutual_tls"') == 3
+
+
 def test_an_expired_client_certificate_is_refused(mesh_lab: MeshLab) -> None:
     """The client's sidecar keeps presenting its certificate after it expired (a renewal that
     never came): the backend refuses the handshake and counts it."""
-    client = mesh_lab.add_pod("client", 10)
-    backend = mesh_lab.add_pod("backend", 20)
-    backend.serve_http11(8080, "backend")
-    mesh_lab.intercept(backend)
-    backend_tls = mesh_lab.issue_identity(backend, "backend")
-    mesh_lab.start_sidecar(backend, mesh_lab.write_config("b.yaml", backend_config(backend_tls)))
-    mesh_lab.intercept(client)
-    client_tls = mesh_lab.issue_identity(client, "client", ttl="5s")
     # One request per upstream connection: each needs a new handshake (a pooled connection
     # made before the expiry would carry on, as TLS sessions do).
-    config = client_config(backend, client_tls, max_requests_per_connection=1)
-    mesh_lab.start_sidecar(client, mesh_lab.write_config("c.yaml", config))
+    client, backend = pair_with_a_connection_per_request(mesh_lab, client_ttl="5s")
     assert '"path": "/' in client.curl(f"{URL}/")
 
     def expired() -> bool:

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from support.envoy_validate import envoy_validate
 from support.prereq import require
 
 from bench.peers import OUTBOUND_PORT, VenvPaths, detour, envoy, haproxy, mitmproxy, pproxy
@@ -70,13 +71,7 @@ def test_envoy_itself_accepts_the_rendered_bootstrap(layer, tmp_path):
     require(Path(VENV.envoy).exists(), "Envoy in build/bench-venv (make bench-peers)")
     config = tmp_path / "envoy.yaml"
     config.write_text(envoy.render_config(layer, str(tmp_path / "access.log")))
-    done = subprocess.run(
-        [VENV.envoy, "--mode", "validate", "-c", str(config), "--disable-hot-restart"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+    envoy_validate(VENV.envoy, config)
 
 
 @pytest.mark.parametrize("layer", ["tcp", "http"])
