@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test test-e2e test-vm demo lint clean images bench bench-quick bench-peers
+.PHONY: setup test test-e2e test-vm demo lint clean images bench bench-quick bench-peers bench-guard
 
 setup:
 	@./scripts/setup.sh
@@ -43,6 +43,11 @@ bench: setup bench-peers
 # when the harness breaks (a peer that does not start, a scenario without a number).
 bench-quick: setup bench-peers
 	$(PY) bench/run.py --quick --allow-busy --out build/bench-quick $(BENCH_ARGS)
+
+# The CPU regression guard (CI): instructions per request under callgrind for L4, HTTP/1.1
+# and HTTP/2, each within 10% of bench/instruction_budget.json (about two minutes).
+bench-guard: setup bench-peers
+	$(PY) bench/guard.py $(GUARD_ARGS)
 
 lint: setup
 	$(PY) -m ruff check .

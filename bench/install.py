@@ -1,6 +1,7 @@
 """Install the benchmark's peers and tools, idempotently and quietly when nothing is missing:
 
-- Debian packages: haproxy, nghttp2-client (h2load), wrk, nginx-light (only those missing);
+- Debian packages (only those missing): haproxy, nghttp2-client (h2load), wrk, nginx-light,
+  valgrind (callgrind, for bench/guard.py);
 - build/bench-venv: a venv of Debian's /usr/bin/python3 with requirements-peers.txt (Envoy,
   pproxy, mitmproxy, matplotlib), reinstalled only when that file changes.
 
@@ -19,7 +20,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 VENV = REPO / "build" / "bench-venv"
 REQUIREMENTS = REPO / "bench" / "requirements-peers.txt"
-DEBIAN = ("haproxy", "nghttp2-client", "wrk", "nginx-light", "util-linux", "curl")
+DEBIAN = ("haproxy", "nghttp2-client", "wrk", "nginx-light", "util-linux", "curl", "valgrind")
 STAMP = VENV / ".bench-requirements.sha256"
 
 

@@ -4,38 +4,70 @@ CPU time per request moves with whatever else the machine does; an instruction c
 (the same build, inputs and environment count the same, within 0.2% here, with the other core
 busy). So this is the measure to compare two versions of the data path by, when the question
 is "did this change make a request cheaper in Python", before a full ``make bench`` says what
-it is worth in CPU time beside the peers. It counts user-space instructions only: the system
-calls' work in the kernel is not in it.
+it is worth in CPU time beside the peers; and what ``bench/guard.py`` holds to a budget in CI.
+It counts user-space instructions only: the system calls' work in the kernel is not in it.
 
-The row's sidecar runs under ``valgrind --tool=callgrind`` twice, serving N1 and then N2
-keep-alive requests (h2load, 16 connections, 1 KiB answers); the difference of the two totals
-over N2 - N1 is the cost of one request without the start-up. Slow (callgrind runs a
-program some 50 times slower): about a minute per row.
+A case is a row and a load (``CASES``). Its sidecar runs under ``valgrind --tool=callgrind``
+twice, serving N1 and then N2 requests; the difference of the two totals over N2 - N1 is the
+cost of one request without the start-up. The loads:
 
-    sudo .venv/bin/python bench/instructions.py                 # detour-http
-    sudo .venv/bin/python bench/instructions.py --rows detour-http,detour-l4
+* ``keepalive``: h2load over HTTP/1.1, 16 connections kept open, 1 KiB answers;
+* ``newconn``: ``bench/newconn.py``, one connection per request, one at a time (accept,
+  original destination, route, upstream, close: every time);
+* ``h2``: h2load over HTTP/2 cleartext, one connection, 100 concurrent streams.
+
+Slow (callgrind runs a program some 50 times slower): 15-40 s per case.
+
+    sudo .venv/bin/python bench/instructions.py                      # every case
+    sudo .venv/bin/python bench/instructions.py --cases http1-keepalive,l4-keepalive
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
 import sys
 import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "tests"), str(REPO)]
 
 from bench import origin, scenarios  # noqa: E402
-from bench.lab import BenchLab, Client  # noqa: E402
+from bench.lab import SYSTEM_PYTHON, BenchLab, Client  # noqa: E402
 from bench.load import parse_h2load  # noqa: E402
 from bench.peers import VenvPaths  # noqa: E402
 
-DETOUR_ROWS = ("detour-l4", "detour-mesh", "detour-http")
+NEWCONN_SCRIPT = str(Path(__file__).resolve().parent / "newconn.py")
 _TOTALS = re.compile(rb"^(?:totals|summary): (\d+)", re.MULTILINE)
+
+Load = Literal["keepalive", "newconn", "h2"]
+
+
+@dataclass(frozen=True)
+class Case:
+    """What one count measures: a row's sidecar under one load, N1 then N2 requests."""
+
+    name: str
+    row: str
+    load: Load
+    requests: tuple[int, int]
+
+
+CASES = (
+    Case("l4-keepalive", "detour-l4", "keepalive", (500, 3500)),
+    Case("l4-newconn", "detour-l4", "newconn", (50, 350)),
+    Case("http1-keepalive", "detour-http", "keepalive", (500, 3500)),
+    Case("http1-newconn", "detour-http", "newconn", (50, 350)),
+    Case("http2", "detour-http", "h2", (500, 3500)),
+)
+CASE_NAMES = tuple(case.name for case in CASES)
 
 
 def total_instructions(callgrind_out: Path) -> int:
@@ -54,56 +86,103 @@ def per_request(first: tuple[int, int], second: tuple[int, int]) -> int:
     return round((total2 - total1) / (n2 - n1))
 
 
-def count(lab: BenchLab, client: Client | None, row, index: int, requests: int) -> tuple:
+def load_argv(load: Load, host: str, port: int, requests: int) -> list[str]:
+    """The client's command for ``requests`` requests of ``load`` to ``host:port``."""
+    if load == "newconn":
+        return [SYSTEM_PYTHON, NEWCONN_SCRIPT, host, str(port), str(requests)]
+    url = f"http://{host}:{port}/"
+    if load == "h2":
+        return ["h2load", "-t", "1", "-c", "1", "-m", "100", "-n", str(requests), url]
+    return ["h2load", "--h1", "-t", "1", "-c", "16", "-n", str(requests), url]
+
+
+def answered(load: Load, stdout: str) -> int:
+    """How many requests the client saw succeed."""
+    if load == "newconn":
+        return int(json.loads(stdout.strip().splitlines()[-1])["ok"])
+    return int(parse_h2load(stdout).get("succeeded") or 0)
+
+
+def count(lab: BenchLab, client: Client | None, row, index: int, case: Case, requests: int):
     """Start the row's sidecar under callgrind, serve ``requests``, stop it: (client, total)."""
     workdir = lab.logdir / row.name
     workdir.mkdir(exist_ok=True)
     os.chown(workdir, row.uid, row.uid)
-    out = workdir / f"callgrind-{requests}.out"
-    lab.proxy_wrapper = ("valgrind", "--tool=callgrind", f"--callgrind-out-file={out}")
+    out = workdir / f"callgrind-{case.name}-{requests}.out"
+    # A fixed hash seed: the same dict and set layouts on every run, so the same work.
+    lab.proxy_wrapper = (
+        "env",
+        "PYTHONHASHSEED=0",
+        "valgrind",
+        "--tool=callgrind",
+        f"--callgrind-out-file={out}",
+    )
     if client is None:
         client = lab.add_row(row, index)
     else:
         lab.start_proxy(client)
-    url = f"http://{client.target}:{origin.HTTP_PORT}/"
-    argv = ["h2load", "--h1", "-t", "1", "-c", "16", "-n", str(requests), url]
+    argv = load_argv(case.load, client.target, origin.HTTP_PORT, requests)
     done = lab.run_load(client.pod, argv, timeout=1800)
-    summary = parse_h2load(done.stdout)
-    if summary.get("succeeded") != requests:
-        raise RuntimeError(f"{row.name}: h2load did not get {requests} answers: {done.stdout}")
+    if answered(case.load, done.stdout) != requests:
+        raise RuntimeError(
+            f"{case.name}: the client did not get {requests} answers: {done.stdout[-2000:]}"
+            f"{done.stderr[-1000:]}"
+        )
     lab.stop_proxy(client)
     return client, total_instructions(out)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", default="detour-http", help=f"comma list of {DETOUR_ROWS}")
-    parser.add_argument("--requests", default="500,3500", help="N1,N2 (N2 > N1)")
-    args = parser.parse_args(argv)
+def measure_cases(
+    cases: list[Case], report: Callable[[Case, int], None] = lambda case, cost: None
+) -> dict[str, int]:
+    """Instructions per request of each case, in one lab (one client pod per row)."""
     if shutil.which("valgrind") is None:
-        parser.error("valgrind is not installed (apt-get install valgrind)")
-    wanted = args.rows.split(",")
-    unknown = [name for name in wanted if name not in DETOUR_ROWS]
-    if unknown:
-        parser.error(f"--rows: {unknown} are not among {DETOUR_ROWS}")
-    rows = [r for r in scenarios.ROWS if r.name in wanted]
-    counts = args.requests.split(",")
-    if len(counts) != 2 or not all(c.isdigit() for c in counts) or int(counts[1]) <= int(counts[0]):
-        parser.error(f"--requests: {args.requests!r} is not N1,N2 with N2 > N1")
-    n1, n2 = int(counts[0]), int(counts[1])
+        raise RuntimeError("valgrind is not installed (apt-get install valgrind)")
     logdir = Path(tempfile.mkdtemp(prefix="detour-instructions-"))
     logdir.chmod(0o755)
     lab = BenchLab(logdir, VenvPaths(REPO / "build" / "bench-venv"))
     lab.start_timeout, lab.stop_timeout = 300.0, 300.0
+    rows = {row.name: row for row in scenarios.ROWS}
+    clients: dict[str, Client] = {}
+    results: dict[str, int] = {}
     try:
         lab.create()
-        for index, row in enumerate(rows):
-            client, first = count(lab, None, row, index, n1)
-            _, second = count(lab, client, row, index, n2)
-            cost = per_request((n1, first), (n2, second))
-            print(f"{row.name}: {cost:,} instructions per request", flush=True)
+        for case in cases:
+            row = rows[case.row]
+            index = list(rows).index(case.row)
+            n1, n2 = case.requests
+            client, first = count(lab, clients.get(row.name), row, index, case, n1)
+            clients[row.name] = client
+            _, second = count(lab, client, row, index, case, n2)
+            results[case.name] = per_request((n1, first), (n2, second))
+            report(case, results[case.name])
     finally:
         lab.destroy()
+    return results
+
+
+def select_cases(spec: str) -> list[Case]:
+    """The cases a comma list names (in ``CASES`` order); ValueError naming the unknown."""
+    wanted = [name for name in spec.split(",") if name]
+    unknown = [name for name in wanted if name not in CASE_NAMES]
+    if unknown or not wanted:
+        raise ValueError(f"--cases: {unknown or spec!r} not among {', '.join(CASE_NAMES)}")
+    return [case for case in CASES if case.name in wanted]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", default=",".join(CASE_NAMES), help="comma list of cases")
+    args = parser.parse_args(argv)
+    try:
+        cases = select_cases(args.cases)
+    except ValueError as exc:
+        parser.error(str(exc))
+
+    def report(case: Case, cost: int) -> None:
+        print(f"{case.name} ({case.row}, {case.load}): {cost:,} instructions per request")
+
+    measure_cases(cases, report)
     return 0
 
 
