@@ -75,18 +75,20 @@ def parse_fields(
     headers: Headers = []
     special: list[tuple[bytes, bytes]] = []
     append = headers.append
+    names: list[bytes] = []
+    add_name = names.append
     for line in lines[start:] if start else lines:
         name, colon, value = line.partition(b":")
         if not colon:
             raise ProtocolError(_bad_line_reason(line), status)
-        name = name.lower()
-        append((name, value.strip(b" \t")))
-        if name in SPECIAL:
-            special.append((name, value.strip(b" \t")))
+        add_name(name)
+        field = (name.lower(), value.strip(b" \t"))
+        append(field)
+        if field[0] in SPECIAL:
+            special.append(field)
     # Field names are tokens, which rejects whitespace before the colon (RFC 9112 §5.1: a
     # server MUST reject it with 400, a smuggling vector) and obs-fold lines, whose "name"
     # starts with SP or HTAB (RFC 9112 §5.2: reject with 400 or unfold; we reject).
-    names = [h[0] for h in headers]
     if b"".join(names).translate(None, TCHAR) or b"" in names:
         for name in names:
             if not name:
@@ -135,6 +137,9 @@ def read_framing(
     """
     f = Framing()
     if not special:
+        return f
+    if len(special) == 1 and special[0][0] == b"host":  # most GET requests: Host alone
+        f.hosts, f.host = 1, special[0][1]
         return f
     lengths: list[bytes] = []
     codings: list[bytes] = []
