@@ -106,13 +106,16 @@ def main(argv: list[str] | None = None) -> int:
     for verdict in verdicts:
         print(f"bench-guard: {verdict.line}", flush=True)
     if args.update:
-        note = "User-space instructions per request (bench/instructions.py); bench/guard.py"
-        args.budget.write_text(render_budget(measured, note + " fails above +10%."))
+        note = (
+            "User-space instructions per request (bench/instructions.py); bench/guard.py"
+            f" fails above +{TOLERANCE:.0%}."
+        )
+        args.budget.write_text(render_budget(measured, note))
         print(f"bench-guard: wrote {args.budget}: {measured}")
         return 0
     over = [v.case for v in verdicts if v.over]
     if over:
-        print(f"bench-guard: FAILED: {', '.join(over)} over budget by more than 10%")
+        print(f"bench-guard: FAILED: {', '.join(over)} over budget by more than {TOLERANCE:.0%}")
         return 1
     print("bench-guard: every case within its budget")
     return 0
