@@ -30,6 +30,17 @@ EXIT_USAGE = 2
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="detour-proxy", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, help="mesh YAML file (watched; reloaded on change)")
+    parser.add_argument(
+        "--bootstrap",
+        type=Path,
+        help="Envoy-style bootstrap (node, ADS server): the mesh comes from that control plane",
+    )
+    parser.add_argument(
+        "--xds-cache",
+        type=Path,
+        help="keep the last applied xDS snapshot in this file; start from it when the control "
+        "plane cannot be reached",
+    )
     parser.add_argument("--outbound-port", type=int, default=15001)
     parser.add_argument("--inbound-port", type=int, default=15006)
     parser.add_argument("--admin-port", type=int, default=15000, help="admin, on 127.0.0.1 only")
@@ -87,9 +98,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run_as = _run_as(args.run_as)
         mesh = load_mesh(args.config) if args.config else Mesh()
+        bootstrap = _bootstrap(args.bootstrap)
     except (ValueError, MeshConfigError, OSError) as err:
         log.error("%s", err)
         return EXIT_USAGE
+    if args.xds_cache is not None and bootstrap is None:
+        log.error(
+            "--xds-cache=%s: it keeps a control plane's config; give --bootstrap", args.xds_cache
+        )
+        return EXIT_USAGE
+    if bootstrap is not None and not args.config:
+        mesh = _mesh_of_node(bootstrap, mesh)
     options = Options(
         config=args.config,
         outbound_port=args.outbound_port,
@@ -105,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_format=args.log_format,
         dns_port=args.dns_port,
         resolv_conf=args.resolv_conf,
+        xds_cache=args.xds_cache,
     )
     if not 1 <= options.concurrency <= 64:
         log.error("--concurrency=%d: expected 1 to 64 workers", options.concurrency)
@@ -140,7 +160,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("running as uid %d", os.getuid())
     import uvloop
 
-    return uvloop.run(Sidecar(options, mesh).run(listener_sets))
+    return uvloop.run(Sidecar(options, mesh, bootstrap).run(listener_sets))
+
+
+def _bootstrap(path: Path | None):
+    """The bootstrap file, parsed (grpc and the Envoy API load only when one is given)."""
+    if path is None:
+        return None
+    from proxy.xds.bootstrap import load_bootstrap
+
+    return load_bootstrap(path)
+
+
+def _mesh_of_node(bootstrap, mesh: Mesh) -> Mesh:
+    """Without a mesh file, an Istio node id names the workload and the cluster domain."""
+    import dataclasses
+
+    node = bootstrap.istio_node
+    if node is None:
+        return mesh
+    workload = dataclasses.replace(mesh.workload, name=node.pod, namespace=node.namespace)
+    return dataclasses.replace(mesh, workload=workload, cluster_domain=node.cluster_domain)
 
 
 if __name__ == "__main__":

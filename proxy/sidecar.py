@@ -23,6 +23,7 @@ import re
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from proxy.access_log import AccessLog
 from proxy.admin.clusters import merge_rows, render_rows
@@ -38,10 +39,17 @@ from proxy.stats import Counter, Gauge, Merged, Stats, merge
 from proxy.worker import OUTBOUND, ListenSpec, WorkerReport
 from proxy.workers import InProcessWorker, WorkerHandle, WorkerProcess, listener_info
 
+if TYPE_CHECKING:  # imported at run time only with --bootstrap (grpc is ~15 MiB resident)
+    from proxy.xds.bootstrap import Bootstrap
+    from proxy.xds.client import AdsClient
+
 log = logging.getLogger("detour.proxy")
 
 CONFIG_POLL_INTERVAL = 0.25
 WORKER_CHECK_INTERVAL = 0.2
+# Envoy's initial_fetch_timeout: with a control plane, ready once its first config is applied,
+# or after this long without one (serving the mesh file's config meanwhile).
+XDS_INITIAL_FETCH_TIMEOUT = 15.0
 
 # The supervisor's own metrics, reported at each scrape from the counts it keeps (_snapshot).
 CONFIG_RELOAD_TOTAL = Counter("config_reload_total", "Mesh config versions applied")
@@ -71,6 +79,7 @@ class Options:
     log_format: str = "text"
     dns_port: int = 15053  # 0 = no DNS proxy
     resolv_conf: Path = Path("/etc/resolv.conf")
+    xds_cache: Path | None = None  # the last applied xDS snapshot, for a start without it
 
 
 def bind_listeners(options: Options) -> list[tuple[ListenSpec, str]]:
@@ -120,9 +129,11 @@ class Sidecar:
     (ready, stopping, the workers' reports); moving them out would only pass that state
     around."""
 
-    def __init__(self, options: Options, mesh: Mesh) -> None:
+    def __init__(self, options: Options, mesh: Mesh, bootstrap: Bootstrap | None = None) -> None:
         self.options = options
         self.mesh = mesh
+        self.bootstrap = bootstrap
+        self.xds: AdsClient | None = None
         self.workers: list[WorkerHandle] = []
         self.ready = False
         self.stopping = False
@@ -133,6 +144,7 @@ class Sidecar:
         self.last_error = ""
         self._stop = asyncio.Event()
         self._config_stat: tuple | None = None
+        self._apply_lock = asyncio.Lock()
         self.stats = Stats()  # the supervisor's own: the DNS proxy counts here
         self.access_log = AccessLog(options.log_format, "main")
         self.dns: DnsProxy | None = None
@@ -164,8 +176,10 @@ class Sidecar:
         tasks = [loop.create_task(self._supervise())]
         if self.options.config:
             tasks.append(loop.create_task(self._watch_config()))
+        if self.bootstrap is not None:
+            tasks += self._start_xds(self.bootstrap)
         freeze_startup_objects()
-        self.ready = True
+        self.ready = self.xds is None
         log.info(
             "ready: %d workers, outbound :%d, inbound :%d (%s), %d services",
             len(self.workers),
@@ -195,6 +209,31 @@ class Sidecar:
         self.access_log.flush()
         log.info("stopped (%d connections cut at the drain deadline)", aborted)
         return 0
+
+    def _start_xds(self, bootstrap: Bootstrap) -> list[asyncio.Task]:
+        """The ADS stream, and readiness once its first config is applied."""
+        from proxy.xds.client import AdsClient
+        from proxy.xds.state import SotwState
+
+        state = SotwState(bootstrap.node, self.mesh, bootstrap.server)
+        self.xds = client = AdsClient(state, self.apply_mesh, cache_path=self.options.xds_cache)
+        log.info(
+            "xDS: %s ADS to %s as node %s", bootstrap.variant, bootstrap.server, bootstrap.node.id
+        )
+        loop = asyncio.get_running_loop()
+        return [loop.create_task(client.run()), loop.create_task(self._ready_after_xds(client))]
+
+    async def _ready_after_xds(self, client: AdsClient) -> None:
+        try:
+            await asyncio.wait_for(client.first_applied.wait(), XDS_INITIAL_FETCH_TIMEOUT)
+        except TimeoutError:
+            log.warning(
+                "xDS: no config from %s within %gs; ready with the local config",
+                client.state.server,
+                XDS_INITIAL_FETCH_TIMEOUT,
+            )
+        if not self.stopping:
+            self.ready = True
 
     async def _start_dns(self) -> list:
         """The DNS proxy answers from the supervisor: it needs the mesh, not the data path."""
@@ -268,23 +307,35 @@ class Sidecar:
             await self.reload()
 
     async def reload(self) -> bool:
+        """The mesh file changed: with a control plane, its resources are rebuilt on the new
+        file (a clash refuses the file); either way all or nothing."""
         try:
-            mesh = load_mesh(self.options.config)
+            mesh: Mesh | None = load_mesh(self.options.config)
             _check_restart_fields(self.mesh, mesh)
-        except (MeshConfigError, OSError) as err:
+            if self.xds is not None:
+                mesh = self.xds.state.rebuild(mesh) or mesh
+        except (MeshConfigError, OSError, ValueError) as err:
             self.rejected += 1
             self.last_error = str(err)
             log.error("config refused, the running config stays: %s", err)
             return False
-        self.mesh = mesh
-        if self.dns is not None:
-            self.dns.apply_mesh(mesh)
-        live = [w for w in self.workers if w.alive]
-        results = await asyncio.gather(*(w.apply_mesh(mesh) for w in live), return_exceptions=True)
-        for worker, result in zip(live, results, strict=True):
-            if isinstance(result, BaseException):  # a process that died is restarted with it
-                log.error("worker %d did not take the config: %r", worker.index, result)
-        self.reloads += 1
+        return await self.apply_mesh(mesh)
+
+    async def apply_mesh(self, mesh: Mesh) -> bool:
+        """Run ``mesh`` from now on (DNS answers and every worker): the one way the running
+        config changes, for the mesh file and the control plane alike."""
+        async with self._apply_lock:  # one version reaches every worker before the next
+            self.mesh = mesh
+            if self.dns is not None:
+                self.dns.apply_mesh(mesh)
+            live = [w for w in self.workers if w.alive]
+            results = await asyncio.gather(
+                *(w.apply_mesh(mesh) for w in live), return_exceptions=True
+            )
+            for worker, result in zip(live, results, strict=True):
+                if isinstance(result, BaseException):  # a dead process restarts with it
+                    log.error("worker %d did not take the config: %r", worker.index, result)
+            self.reloads += 1
         log.info("config applied: %d services from %s", len(mesh.services), mesh.source)
         return True
 
@@ -373,6 +424,8 @@ class Sidecar:
             "rejected": self.rejected,
             "last_error": self.last_error,
         }
+        if self.xds is not None:
+            dump["xds"] = self.xds.describe()
         return Response(200, json.dumps(dump, indent=2).encode(), "application/json")
 
     async def _health_fail(self, _request: Request) -> Response:

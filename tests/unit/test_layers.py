@@ -36,6 +36,7 @@ PROXY_LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "proxy.access_log",
         ),
     ),
+    ("control plane", ("proxy.xds",)),  # config from xDS: translated into proxy.config's model
     ("transport", ("proxy.transport", "proxy.routing", "proxy.tls")),
     ("codecs", ("proxy.http", "proxy.http2", "proxy.dns", "proxy.admin")),
     ("upstream", ("proxy.upstream",)),

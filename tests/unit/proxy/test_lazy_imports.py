@@ -37,8 +37,9 @@ def loaded_after(code: str, modules: set[str]) -> tuple[list[str], list[str]]:
             "parse_mesh('workload: {name: a, namespace: b}', 'mesh.yaml')",
             {"yaml"},
         ),
+        ("import proxy.xds.client", {"grpc", "envoy", "google"}),
     ],
-    ids=["h2-with-http2", "yaml-with-a-mesh-file"],
+    ids=["h2-with-http2", "yaml-with-a-mesh-file", "grpc-with-a-bootstrap"],
 )
 def test_starting_a_sidecar_does_not_load_it_and_using_it_does(code, modules):
     before, after = loaded_after(code, modules)

@@ -1,0 +1,237 @@
+"""The State-of-the-World ADS protocol as a state machine, without I/O.
+
+:class:`SotwState` takes each DiscoveryResponse and says what to send back (the ACK or the
+NACK, and any change of subscription) and, when the resources are complete, the mesh to run.
+The rules, from Envoy's xDS protocol document:
+
+- a response is ACKed with its ``version_info`` and ``nonce``; it is NACKed with the last
+  accepted version, its nonce and an ``error_detail`` naming the resource and field; a NACKed
+  response changes nothing;
+- Listener and Cluster responses carry every resource (wildcard subscriptions), so a name
+  missing from one is removed; endpoint and route responses carry the named resources they
+  update, and the subscription (``resource_names``) follows the clusters and listeners that
+  need them (an EDS cluster's ClusterLoadAssignment, an HTTP listener's RouteConfiguration);
+- warming: a mesh is built only when every cluster has its endpoints and every listener its
+  routes; until then the previous mesh keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+from google.rpc import status_pb2
+
+from proxy.config.model import Mesh
+from proxy.xds.cache import CachedType
+from proxy.xds.resources import (
+    SHORT_NAMES,
+    TYPE_CLUSTER,
+    TYPE_ENDPOINT,
+    TYPE_LISTENER,
+    TYPE_ROUTE,
+    Refusal,
+    XdsRejected,
+    resource_name,
+    unpack,
+)
+from proxy.xds.translate import (
+    Resources,
+    build_mesh,
+    check_resource,
+    missing,
+    wanted_endpoints,
+    wanted_routes,
+)
+
+MESSAGE_CLASSES = {
+    TYPE_LISTENER: listener_pb2.Listener,
+    TYPE_ROUTE: route_pb2.RouteConfiguration,
+    TYPE_CLUSTER: cluster_pb2.Cluster,
+    TYPE_ENDPOINT: endpoint_pb2.ClusterLoadAssignment,
+}
+WILDCARD_TYPES = (TYPE_CLUSTER, TYPE_LISTENER)
+# Envoy's order: clusters (then their endpoints) before listeners (then their routes).
+SUBSCRIPTION_ORDER = (TYPE_CLUSTER, TYPE_ENDPOINT, TYPE_LISTENER, TYPE_ROUTE)
+INVALID_ARGUMENT = 3  # google.rpc.Code
+
+
+@dataclass
+class TypeState:
+    version: str = ""  # the last accepted version_info
+    nonce: str = ""  # the last response's nonce
+    names: tuple[str, ...] = ()  # the subscription (empty on wildcard types)
+    subscribed: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one response leads to."""
+
+    requests: tuple[discovery_pb2.DiscoveryRequest, ...]
+    mesh: Mesh | None = None  # complete and new: apply it
+    error: str | None = None  # the NACK's message
+    waiting_for: tuple[str, ...] = ()  # warming: what is still missing
+
+
+@dataclass
+class SotwState:
+    """One sidecar's view of the ADS stream; it survives reconnects (the versions it sends
+    on a new stream tell the server what it already has)."""
+
+    node: base_pb2.Node
+    base: Mesh
+    server: str
+    accepted: Resources = field(default_factory=Resources)
+    types: dict[str, TypeState] = field(
+        default_factory=lambda: {t: TypeState() for t in SUBSCRIPTION_ORDER}
+    )
+    applied: Mesh | None = None
+    nacks: int = 0
+    last_error: str = ""
+
+    # --- requests ---------------------------------------------------------------------------
+
+    def initial_requests(self) -> tuple[discovery_pb2.DiscoveryRequest, ...]:
+        """A new stream: every type subscribed so far (CDS and LDS at least), with the
+        versions already held and no nonce."""
+        requests = []
+        for type_url in SUBSCRIPTION_ORDER:
+            state = self.types[type_url]
+            if type_url in WILDCARD_TYPES or state.names:
+                state.subscribed = True
+                state.nonce = ""
+                requests.append(self._request(type_url))
+        return tuple(requests)
+
+    def _request(self, type_url: str, error: str | None = None) -> discovery_pb2.DiscoveryRequest:
+        state = self.types[type_url]
+        request = discovery_pb2.DiscoveryRequest(
+            version_info=state.version,
+            node=self.node,
+            resource_names=list(state.names),
+            type_url=type_url,
+            response_nonce=state.nonce,
+        )
+        if error is not None:
+            request.error_detail.CopyFrom(status_pb2.Status(code=INVALID_ARGUMENT, message=error))
+        return request
+
+    # --- responses --------------------------------------------------------------------------
+
+    def on_response(self, response: discovery_pb2.DiscoveryResponse) -> Outcome:
+        type_url = response.type_url
+        state = self.types.get(type_url)
+        if state is None:  # a type never asked for (SDS today): nothing to answer
+            return Outcome(())
+        state.nonce = response.nonce
+        try:
+            candidate = self._candidate(response)
+            gaps = missing(candidate)
+            mesh = None if gaps else build_mesh(candidate, self.base, self._source(response))
+        except XdsRejected as rejected:
+            self.nacks += 1
+            self.last_error = str(rejected)
+            return Outcome((self._request(type_url, str(rejected)),), error=str(rejected))
+        self.accepted = candidate
+        state.version = response.version_info
+        requests = [self._request(type_url)]
+        requests += self._follow_subscriptions()
+        if mesh is not None:
+            self.applied = mesh
+        return Outcome(tuple(requests), mesh=mesh, waiting_for=gaps)
+
+    def _candidate(self, response: discovery_pb2.DiscoveryResponse) -> Resources:
+        type_url = response.type_url
+        decoded = {}
+        domain = self.base.cluster_domain
+        for index, packed in enumerate(response.resources):
+            try:
+                message = unpack(packed, MESSAGE_CLASSES[type_url], f"resources[{index}]")
+            except Refusal as refusal:
+                raise XdsRejected(
+                    type_url, f"resources[{index}]", refusal.field, refusal.value, refusal.reason
+                ) from None
+            name = resource_name(message)
+            if name in decoded:
+                raise XdsRejected(type_url, name, "name", name, "twice in one response")
+            check_resource(type_url, name, message, domain)
+            decoded[name] = message
+        if type_url in WILDCARD_TYPES:
+            return self.accepted.with_type(type_url, decoded)
+        names = self.types[type_url].names
+        kept = {n: m for n, m in self.accepted.of_type(type_url).items() if n in names}
+        kept.update((n, m) for n, m in decoded.items() if n in names)
+        return self.accepted.with_type(type_url, kept)
+
+    def _follow_subscriptions(self) -> list[discovery_pb2.DiscoveryRequest]:
+        """Endpoints follow the clusters, routes the listeners: a changed list of names is a
+        new request of that type (with its own last version and nonce)."""
+        requests = []
+        for type_url, wanted in (
+            (TYPE_ENDPOINT, wanted_endpoints(self.accepted.clusters)),
+            (TYPE_ROUTE, wanted_routes(self.accepted.listeners)),
+        ):
+            state = self.types[type_url]
+            if wanted == state.names:
+                continue
+            state.names = wanted
+            kept = {n: m for n, m in self.accepted.of_type(type_url).items() if n in wanted}
+            self.accepted = self.accepted.with_type(type_url, kept)
+            state.subscribed = True
+            requests.append(self._request(type_url))
+        return requests
+
+    def _source(self, response: discovery_pb2.DiscoveryResponse) -> str:
+        versions = {t: s.version for t, s in self.types.items()}
+        versions[response.type_url] = response.version_info
+        shown = ", ".join(f"{SHORT_NAMES[t]} {versions[t] or '-'}" for t in SUBSCRIPTION_ORDER)
+        return f"xds {self.server} ({shown})"
+
+    # --- the cache on disk -------------------------------------------------------------------
+
+    def cached(self) -> dict[str, CachedType]:
+        """What to keep on disk: the accepted resources and versions of every type."""
+        return {
+            t: CachedType(self.types[t].version, dict(self.accepted.of_type(t)))
+            for t in SUBSCRIPTION_ORDER
+        }
+
+    def restore(self, cached: dict[str, CachedType], where: str) -> Mesh | None:
+        """Start from a cached snapshot: the mesh it builds (None, state unchanged, when it
+        does not build on this base). The versions are sent on the first stream, so the
+        control plane sends only what changed since."""
+        resources = Resources()
+        for type_url, entry in cached.items():
+            if type_url in MESSAGE_CLASSES:
+                resources = resources.with_type(type_url, entry.resources)
+        try:
+            if missing(resources):
+                raise XdsRejected(TYPE_CLUSTER, where, "<cache>", missing(resources), "incomplete")
+            mesh = build_mesh(resources, self.base, f"xds cache {where}")
+        except XdsRejected as rejected:
+            logging.getLogger("detour.xds").warning("xDS cache %s not used: %s", where, rejected)
+            return None
+        self.accepted = resources
+        for type_url, entry in cached.items():
+            if type_url in self.types:
+                self.types[type_url].version = entry.version
+        self._follow_subscriptions()
+        self.applied = mesh
+        return mesh
+
+    def rebuild(self, base: Mesh) -> Mesh | None:
+        """The mesh on a new base (the mesh file changed); None while warming. Raises
+        XdsRejected when the new base and the resources clash."""
+        if missing(self.accepted):
+            self.base = base
+            return None
+        mesh = build_mesh(self.accepted, base, self.applied.source if self.applied else "xds")
+        self.base, self.applied = base, mesh
+        return mesh

@@ -1,0 +1,531 @@
+"""Envoy's resources (listeners, route configurations, clusters, endpoints) as Detour's Mesh.
+
+Pure: :func:`build_mesh` takes the accepted resources and the mesh file's own part (the
+workload, static services, domains) and returns the mesh the sidecar runs, or raises
+:class:`XdsRejected` naming the resource and field that Detour cannot represent. The
+per-resource checks (:func:`check_resource`) run on each resource as it arrives, so that a
+response is NACKed for the resource that is wrong; :func:`build_mesh` adds the checks that
+need several resources at once (a route to a cluster that does not exist, two services
+claiming one VIP).
+
+One service per cluster host (``NAME.NAMESPACE.svc.DOMAIN``): its ports are the ports of its
+subset-less clusters, its endpoints theirs (the same addresses on every port: Detour keeps one
+endpoint list per service), its subsets the subset clusters (an endpoint carries a
+``subset.detour.dev/NAME`` label for each subset cluster that lists it).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from google.protobuf.message import Message
+
+from proxy.config.model import (
+    Endpoint,
+    HttpRoute,
+    IPAddress,
+    Mesh,
+    Service,
+    ServicePort,
+    Subset,
+    TrafficPolicy,
+)
+from proxy.xds.clusters import (
+    BLACKHOLE,
+    PASSTHROUGH,
+    ClusterInfo,
+    ClusterName,
+    LbEndpoint,
+    lb_endpoints,
+    translate_cluster,
+)
+from proxy.xds.listeners import ListenerInfo, OutboundChain, translate_listener
+from proxy.xds.resources import (
+    TYPE_CLUSTER,
+    TYPE_ENDPOINT,
+    TYPE_LISTENER,
+    TYPE_ROUTE,
+    Refusal,
+    XdsRejected,
+    only_fields,
+    refuse,
+)
+from proxy.xds.routes import VirtualHostRoutes, translate_virtual_host
+
+SUBSET_LABEL_PREFIX = "subset.detour.dev/"
+
+
+@dataclass(frozen=True)
+class Resources:
+    """The accepted resources of each type, by name."""
+
+    listeners: Mapping[str, listener_pb2.Listener] = field(default_factory=dict)
+    routes: Mapping[str, route_pb2.RouteConfiguration] = field(default_factory=dict)
+    clusters: Mapping[str, cluster_pb2.Cluster] = field(default_factory=dict)
+    endpoints: Mapping[str, endpoint_pb2.ClusterLoadAssignment] = field(default_factory=dict)
+
+    def of_type(self, type_url: str) -> Mapping[str, Message]:
+        return {
+            TYPE_LISTENER: self.listeners,
+            TYPE_ROUTE: self.routes,
+            TYPE_CLUSTER: self.clusters,
+            TYPE_ENDPOINT: self.endpoints,
+        }[type_url]
+
+    def with_type(self, type_url: str, resources: Mapping[str, Message]) -> Resources:
+        name = {
+            TYPE_LISTENER: "listeners",
+            TYPE_ROUTE: "routes",
+            TYPE_CLUSTER: "clusters",
+            TYPE_ENDPOINT: "endpoints",
+        }[type_url]
+        return replace(self, **{name: dict(resources)})
+
+
+def check_resource(type_url: str, name: str, message: Message, cluster_domain: str) -> None:
+    """The checks one resource passes on its own; raises XdsRejected naming the field."""
+    with _rejecting(type_url, name):
+        if type_url == TYPE_CLUSTER:
+            translate_cluster(message, cluster_domain)  # type: ignore[arg-type]
+        elif type_url == TYPE_ENDPOINT:
+            lb_endpoints(message)  # type: ignore[arg-type]
+        elif type_url == TYPE_LISTENER:
+            info = translate_listener(message)  # type: ignore[arg-type]
+            for chain in info.chains:
+                if chain.inline_routes is not None:
+                    _route_config_hosts(chain.inline_routes, _any_cluster(cluster_domain))
+        elif type_url == TYPE_ROUTE:
+            _route_config_hosts(message, _any_cluster(cluster_domain))  # type: ignore[arg-type]
+
+
+def wanted_endpoints(clusters: Mapping[str, cluster_pb2.Cluster]) -> tuple[str, ...]:
+    """The ClusterLoadAssignments the EDS clusters wait for (their EDS subscription)."""
+    names = set()
+    for cluster in clusters.values():
+        if cluster.type == cluster_pb2.Cluster.EDS:
+            names.add(cluster.eds_cluster_config.service_name or cluster.name)
+    return tuple(sorted(names))
+
+
+def wanted_routes(listeners: Mapping[str, listener_pb2.Listener]) -> tuple[str, ...]:
+    """The RouteConfigurations the listeners' HTTP filter chains name (their RDS
+    subscription). Listeners that do not translate name none."""
+    names = set()
+    for listener in listeners.values():
+        try:
+            info = translate_listener(listener)
+        except Refusal:
+            continue
+        names.update(c.route_config_name for c in info.chains if c.route_config_name)
+    return tuple(sorted(names))
+
+
+def missing(resources: Resources) -> tuple[str, ...]:
+    """What the snapshot still waits for before it can be applied (Envoy's warming: a cluster
+    is used once its endpoints arrived, a listener once its routes did)."""
+    absent = [
+        f"EDS {n}" for n in wanted_endpoints(resources.clusters) if n not in resources.endpoints
+    ]
+    absent += [f"RDS {n}" for n in wanted_routes(resources.listeners) if n not in resources.routes]
+    return tuple(absent)
+
+
+# --- the mesh --------------------------------------------------------------------------------
+
+
+@dataclass
+class _ServiceParts:
+    """What the resources say about one service, gathered before it is built."""
+
+    host: ClusterName
+    ports: dict[int, ClusterInfo] = field(default_factory=dict)  # subset-less clusters
+    subsets: dict[str, list[ClusterInfo]] = field(default_factory=lambda: defaultdict(list))
+    protocols: dict[int, str] = field(default_factory=dict)
+    vips: set[IPAddress] = field(default_factory=set)
+    routes: tuple[HttpRoute, ...] | None = None
+    routes_from: str = ""  # the route configuration (or listener) the routes came from
+    tcp: dict[int, OutboundChain] = field(default_factory=dict)
+
+
+def build_mesh(resources: Resources, base: Mesh, source: str) -> Mesh:
+    """The mesh: the base's workload and own services, plus one service per cluster host."""
+    domain = base.cluster_domain
+    infos: dict[str, ClusterInfo] = {}
+    for name, cluster in resources.clusters.items():
+        with _rejecting(TYPE_CLUSTER, name):
+            infos[name] = translate_cluster(cluster, domain)
+    parts: dict[str, _ServiceParts] = {}
+    for info in infos.values():
+        if info.target is None:
+            continue
+        target = info.target
+        entry = parts.setdefault(target.host, _ServiceParts(target))
+        if target.subset:
+            entry.subsets[target.subset].append(info)
+        else:
+            entry.ports[target.port] = info
+    allow_any = _apply_listeners(resources, infos, parts)
+    services = [_service(entry, infos, resources.endpoints) for _, entry in sorted(parts.items())]
+    services = list(base.services) + services
+    _check_unique(services)
+    policy = base.outbound_traffic_policy
+    if allow_any is not None:
+        policy = "ALLOW_ANY" if allow_any else "REGISTRY_ONLY"
+    return replace(base, services=tuple(services), outbound_traffic_policy=policy, source=source)
+
+
+def _apply_listeners(
+    resources: Resources, infos: Mapping[str, ClusterInfo], parts: dict[str, _ServiceParts]
+) -> bool | None:
+    """Protocols, VIPs, routes and TCP settings from the listeners; returns the virtual
+    outbound listener's policy (None when there is none)."""
+    allow_any: bool | None = None
+    for name, listener in sorted(resources.listeners.items()):
+        with _rejecting(TYPE_LISTENER, name):
+            info: ListenerInfo = translate_listener(listener)
+        if info.allow_any is not None:
+            allow_any = info.allow_any
+        for index, chain in enumerate(info.chains):
+            where = f"filter_chains[{index}]"
+            if chain.kind == "tcp":
+                with _rejecting(TYPE_LISTENER, name):
+                    _tcp_chain(chain, where, infos, parts)
+                continue
+            if chain.inline_routes is not None:
+                config, type_url, owner = chain.inline_routes, TYPE_LISTENER, name
+            else:
+                config = resources.routes.get(chain.route_config_name)
+                type_url, owner = TYPE_ROUTE, chain.route_config_name
+                if config is None:  # warming: build_mesh is called once it is here
+                    raise XdsRejected(
+                        TYPE_LISTENER,
+                        name,
+                        f"{where}.rds.route_config_name",
+                        chain.route_config_name,
+                        "no such route configuration",
+                    )
+            with _rejecting(type_url, owner):
+                hosts = _route_config_hosts(config, _known_cluster(infos))
+            for host in hosts:
+                with _rejecting(type_url, owner):
+                    _http_host(host, chain, owner, infos, parts)
+    return allow_any
+
+
+def _tcp_chain(
+    chain: OutboundChain,
+    where: str,
+    infos: Mapping[str, ClusterInfo],
+    parts: dict[str, _ServiceParts],
+) -> None:
+    field_name = f"{where}.filters[0].typed_config.cluster"
+    if chain.cluster in (PASSTHROUGH, BLACKHOLE):
+        raise refuse(field_name, chain.cluster, "only the use_original_dst listener's default")
+    target = _known_cluster(infos)(chain.cluster, field_name)
+    if target.subset:
+        raise refuse(field_name, chain.cluster, "a TCP route goes to a cluster without subset")
+    if target.port != chain.port:
+        raise refuse(field_name, chain.cluster, f"the listener's port is {chain.port}")
+    entry = parts[target.host]
+    _claim_protocol(entry, chain.port, "tcp", field_name)
+    entry.vips.update(chain.addresses)
+    entry.tcp[chain.port] = chain
+
+
+def _http_host(
+    host: VirtualHostRoutes,
+    chain: OutboundChain,
+    owner: str,
+    infos: Mapping[str, ClusterInfo],
+    parts: dict[str, _ServiceParts],
+) -> None:
+    target = host.target
+    entry = parts[target.host]
+    if target.port not in entry.ports:
+        raise refuse(
+            "virtual_hosts", target.host, f"no cluster outbound|{target.port}||{target.host}"
+        )
+    protocol = "http2" if entry.ports[target.port].http2 else "http"
+    _claim_protocol(entry, target.port, protocol, "virtual_hosts")
+    entry.vips.update(chain.addresses)
+    entry.vips.update(
+        ipaddress.ip_address(d.rsplit(":", 1)[0] if d.count(":") == 1 else d.strip("[]"))
+        for d in host.ip_domains
+    )
+    if entry.routes is not None and entry.routes != host.routes:
+        raise refuse(
+            "virtual_hosts",
+            target.host,
+            f"routes differ from those of {entry.routes_from}: Detour keeps one "
+            "routing table per service",
+        )
+    entry.routes, entry.routes_from = host.routes, owner
+
+
+def _claim_protocol(entry: _ServiceParts, port: int, protocol: str, where: str) -> None:
+    earlier = entry.protocols.get(port)
+    if earlier is not None and earlier != protocol:
+        raise refuse(
+            where,
+            f"{entry.host.host}:{port}",
+            f"served as {protocol} here and as {earlier} by another listener",
+        )
+    entry.protocols[port] = protocol
+
+
+def _route_config_hosts(
+    config: route_pb2.RouteConfiguration, cluster_of
+) -> list[VirtualHostRoutes]:
+    only_fields(config, "", ("name", "virtual_hosts"), ("validate_clusters",))
+    hosts = []
+    for index, virtual_host in enumerate(config.virtual_hosts):
+        translated = translate_virtual_host(virtual_host, f"virtual_hosts[{index}]", cluster_of)
+        if translated is not None:
+            hosts.append(translated)
+    return hosts
+
+
+def _known_cluster(infos: Mapping[str, ClusterInfo]):
+    def lookup(name: str, where: str) -> ClusterName:
+        info = infos.get(name)
+        if info is None:
+            raise refuse(where, name, "no such cluster")
+        if info.target is None:
+            raise refuse(where, name, "not a service's cluster")
+        return info.target
+
+    return lookup
+
+
+def _any_cluster(cluster_domain: str):
+    """For the checks of one route configuration on its own: any well-formed name."""
+    from proxy.xds.clusters import parse_cluster_name
+
+    def lookup(name: str, where: str) -> ClusterName:
+        try:
+            return parse_cluster_name(name, cluster_domain)
+        except Refusal as refusal:
+            raise refuse(where, name, refusal.reason) from None
+
+    return lookup
+
+
+def _service(
+    entry: _ServiceParts,
+    infos: Mapping[str, ClusterInfo],
+    assignments: Mapping[str, endpoint_pb2.ClusterLoadAssignment],
+) -> Service:
+    host = entry.host
+    if not entry.ports:
+        some = next(iter(entry.subsets.values()))[0]
+        raise XdsRejected(
+            TYPE_CLUSTER,
+            some.name,
+            "name",
+            some.name,
+            f"a subset cluster needs outbound|{some.target.port}||{host.host}",
+        )
+    ports = tuple(
+        ServicePort(
+            f"{entry.protocols.get(port, 'tcp')}-{port}", port, entry.protocols.get(port, "tcp")
+        )  # type: ignore[arg-type]
+        for port in sorted(entry.ports)
+    )
+    by_port = {port: _endpoints_of(info, assignments) for port, info in sorted(entry.ports.items())}
+    endpoints = _merge_ports(ports, by_port, entry)
+    endpoints, subsets = _with_subsets(endpoints, entry, assignments)
+    policy = _one_policy(entry)
+    vips = _vips(entry)
+    return Service(
+        name=host.name,
+        namespace=host.namespace,
+        vips=vips,
+        ports=ports,
+        endpoints=endpoints,
+        policy=policy,
+        subsets=subsets,
+        http_routes=entry.routes or (),
+    )
+
+
+def _endpoints_of(
+    info: ClusterInfo, assignments: Mapping[str, endpoint_pb2.ClusterLoadAssignment]
+) -> tuple[LbEndpoint, ...]:
+    if info.static_endpoints is not None:
+        with _rejecting(TYPE_CLUSTER, info.name):
+            return lb_endpoints(info.static_endpoints)
+    name = info.eds_name or info.name
+    assignment = assignments.get(name)
+    if assignment is None:
+        raise XdsRejected(
+            TYPE_CLUSTER,
+            info.name,
+            "eds_cluster_config",
+            name,
+            "no endpoints (ClusterLoadAssignment) yet",
+        )
+    with _rejecting(TYPE_ENDPOINT, name):
+        return lb_endpoints(assignment)
+
+
+def _merge_ports(
+    ports: tuple[ServicePort, ...],
+    by_port: Mapping[int, tuple[LbEndpoint, ...]],
+    entry: _ServiceParts,
+) -> tuple[Endpoint, ...]:
+    """One Endpoint per address, with its port for each service port. Every port must list
+    the same addresses with the same weight and labels."""
+    first_port = ports[0].port
+    reference = {e.address: e for e in by_port[first_port]}
+    endpoint_ports: dict[IPAddress, list[tuple[str, int]]] = defaultdict(list)
+    for port in ports:
+        found = {e.address: e for e in by_port[port.port]}
+        if set(found) != set(reference) or any(
+            (found[a].weight, found[a].labels) != (reference[a].weight, reference[a].labels)
+            for a in found
+        ):
+            cluster = entry.ports[port.port].name
+            raise XdsRejected(
+                TYPE_ENDPOINT,
+                cluster,
+                "endpoints",
+                sorted(map(str, found)),
+                f"differ from those of port {first_port} of {entry.host.host}: "
+                "Detour keeps one endpoint list per service",
+            )
+        for address, endpoint in found.items():
+            endpoint_ports[address].append((port.name, endpoint.port))
+    return tuple(
+        Endpoint(
+            address=address,
+            weight=endpoint.weight,
+            labels=endpoint.labels,
+            ports=tuple(endpoint_ports[address]),
+        )
+        for address, endpoint in reference.items()
+    )
+
+
+def _with_subsets(
+    endpoints: tuple[Endpoint, ...],
+    entry: _ServiceParts,
+    assignments: Mapping[str, endpoint_pb2.ClusterLoadAssignment],
+) -> tuple[tuple[Endpoint, ...], tuple[Subset, ...]]:
+    labels: dict[IPAddress, list[tuple[str, str]]] = defaultdict(list)
+    subsets = []
+    known = {e.address for e in endpoints}
+    for subset, infos in sorted(entry.subsets.items()):
+        label = (SUBSET_LABEL_PREFIX + subset, "true")
+        subsets.append(Subset(subset, (label,)))
+        members: set[IPAddress] = set()
+        for info in infos:
+            for endpoint in _endpoints_of(info, assignments):
+                if endpoint.address not in known:
+                    raise XdsRejected(
+                        TYPE_ENDPOINT,
+                        info.eds_name or info.name,
+                        "endpoints",
+                        str(endpoint.address),
+                        f"not an endpoint of the service's own clusters ({entry.host.host})",
+                    )
+                members.add(endpoint.address)
+        for address in members:
+            labels[address].append(label)
+    marked = tuple(
+        replace(e, labels=e.labels + tuple(labels[e.address])) if e.address in labels else e
+        for e in endpoints
+    )
+    return marked, tuple(subsets)
+
+
+def _one_policy(entry: _ServiceParts) -> TrafficPolicy:
+    """Detour applies one traffic policy per service: every cluster of the service must have
+    the same one (TCP ports add their tcp_proxy settings)."""
+    clusters = list(entry.ports.values()) + [i for group in entry.subsets.values() for i in group]
+    policy = clusters[0].policy
+    for info in clusters[1:]:
+        if info.policy != policy:
+            raise XdsRejected(
+                TYPE_CLUSTER,
+                info.name,
+                "<traffic policy>",
+                info.name,
+                f"differs from {clusters[0].name}'s: Detour applies one traffic "
+                "policy to every port and subset of a service",
+            )
+    settings = {(c.idle_timeout, c.connect_attempts) for c in entry.tcp.values()}
+    if len(settings) > 1:
+        raise XdsRejected(
+            TYPE_LISTENER,
+            entry.host.host,
+            "tcp_proxy",
+            sorted(map(str, settings)),
+            "one idle_timeout and max_connect_attempts per service",
+        )
+    if settings:
+        idle, attempts = settings.pop()
+        policy = replace(
+            policy,
+            connect_attempts=attempts,
+            idle_timeout=idle if idle is not None else policy.idle_timeout,
+        )
+    return policy
+
+
+def _vips(entry: _ServiceParts) -> tuple[IPAddress, ...]:
+    vips = sorted(entry.vips, key=lambda v: (v.version, v))
+    for version in (4, 6):
+        same = [v for v in vips if v.version == version]
+        if len(same) > 1:
+            raise XdsRejected(
+                TYPE_LISTENER,
+                entry.host.host,
+                "address",
+                [str(v) for v in same],
+                f"a service has one IPv{version} VIP",
+            )
+    return tuple(vips)
+
+
+def _check_unique(services: list[Service]) -> None:
+    keys: dict[str, Service] = {}
+    vips: dict[IPAddress, str] = {}
+    for service in services:
+        if service.key in keys:
+            raise XdsRejected(
+                TYPE_CLUSTER,
+                service.key,
+                "name",
+                service.key,
+                "a service of the mesh file has this name",
+            )
+        keys[service.key] = service
+        for vip in service.vips:
+            if vip in vips:
+                raise XdsRejected(
+                    TYPE_LISTENER, service.key, "address", str(vip), f"also the VIP of {vips[vip]}"
+                )
+            vips[vip] = service.key
+
+
+class _rejecting:
+    """Turns a Refusal raised inside into an XdsRejected naming the resource."""
+
+    def __init__(self, type_url: str, name: str) -> None:
+        self.type_url, self.name = type_url, name
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, error, _traceback) -> None:
+        if isinstance(error, Refusal):
+            raise XdsRejected(
+                self.type_url, self.name, error.field, error.value, error.reason
+            ) from None

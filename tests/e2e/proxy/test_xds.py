@@ -1,0 +1,230 @@
+"""A sidecar driven by a control plane over ADS: real sidecar, real pods, a test control plane.
+
+The control plane (tests/support/xds_control_plane.py, a test control plane named as such:
+istiod cannot be built here) listens on the lab's bridge; the client pod's sidecar starts
+with ``--bootstrap`` naming it and an Istio node id, and no mesh file. Apps call services by
+VIP and by name, as they would under Istio; the snapshots are istiod-shaped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+from support.lab import wait_until
+from support.mesh_lab import GATEWAY_V4, PROXY_UID, MeshLab, Pod
+from support.xds_control_plane import TYPE_CLUSTER, TYPE_LISTENER, XdsTestControlPlane
+from support.xds_snapshots import (
+    assignment,
+    cluster,
+    http_listener,
+    outbound,
+    passthrough_cluster,
+    route,
+    route_config,
+    snapshot,
+    tcp_listener,
+    virtual_host,
+    virtual_outbound,
+)
+
+WEB_VIP = "10.96.0.7"
+RAW_VIP = "10.96.0.20"
+WEB = outbound(8080, "web.default")
+WEB_V1 = outbound(8080, "web.default", "v1")
+WEB_V2 = outbound(8080, "web.default", "v2")
+RAW = outbound(9000, "raw.default")
+NODE_ID = "sidecar~10.88.0.10~client-1.default~default.svc.cluster.local"
+
+BOOTSTRAP = """
+node:
+  id: {node_id}
+  cluster: client.default
+dynamic_resources:
+  ads_config:
+    api_type: GRPC
+    transport_api_version: V3
+    grpc_services: [{{envoy_grpc: {{cluster_name: xds-grpc}}}}]
+  cds_config: {{ads: {{}}}}
+  lds_config: {{ads: {{}}}}
+static_resources:
+  clusters:
+    - name: xds-grpc
+      type: STATIC
+      connect_timeout: 1s
+      load_assignment:
+        cluster_name: xds-grpc
+        endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address:
+          {{address: {host}, port_value: {port}}}}}}}}}]}}]
+"""
+
+
+def mesh_snapshot(web: list[Pod], canary: list[Pod], raw: list[Pod]) -> dict:
+    """web: v1 endpoints; canary: v2 ones (both in the service); /canary goes to v2."""
+    everyone = web + canary
+    return snapshot(
+        passthrough_cluster(),
+        cluster(WEB),
+        cluster(WEB_V1),
+        cluster(WEB_V2),
+        cluster(RAW),
+        assignment(WEB, [(p.ip, 8080) for p in everyone]),
+        assignment(WEB_V1, [(p.ip, 8080) for p in web]),
+        assignment(WEB_V2, [(p.ip, 8080) for p in canary]),
+        assignment(RAW, [(p.ip, 8080) for p in raw]),
+        virtual_outbound(),
+        tcp_listener(RAW_VIP, 9000, RAW),
+        http_listener(8080),
+        route_config(
+            "8080",
+            [
+                virtual_host(
+                    "web.default",
+                    8080,
+                    WEB_VIP,
+                    [
+                        route(WEB_V2, "/canary"),
+                        route(
+                            WEB_V1, retry_policy={"retry_on": "connect-failure", "num_retries": 2}
+                        ),
+                    ],
+                )
+            ],
+        ),
+    )
+
+
+@pytest.fixture
+def control_plane(mesh_lab: MeshLab):
+    plane = XdsTestControlPlane(GATEWAY_V4, 0, netns=mesh_lab.bridge_ns.name)
+    plane.start()
+    try:
+        yield plane
+    finally:
+        plane.stop()
+
+
+def start_client(lab: MeshLab, plane: XdsTestControlPlane, *extra: str) -> Pod:
+    client = lab.add_pod("client", 10)
+    host, port = plane.address.rsplit(":", 1)
+    bootstrap = lab.write_config(
+        "bootstrap.yaml", BOOTSTRAP.format(node_id=NODE_ID, host=host, port=port)
+    )
+    lab.intercept(client, "--capture-dns")
+    lab.start_sidecar(client, None, "--bootstrap", str(bootstrap), *extra)
+    return client
+
+
+def backends(lab: MeshLab, count: int) -> list[Pod]:
+    pods = [lab.add_pod(f"backend{n}", 10 + n) for n in range(1, count + 1)]
+    for pod in pods:
+        pod.serve_http(8080, pod.name)
+    return pods
+
+
+def answered_by(reply: str) -> str:
+    return reply.split(" ")[0]
+
+
+def config_dump(pod: Pod) -> dict:
+    code, body = pod.admin("/config_dump")
+    assert code == 200
+    return json.loads(body)
+
+
+def test_a_sidecar_runs_the_mesh_its_control_plane_sends_and_follows_an_eds_change(
+    mesh_lab: MeshLab, control_plane: XdsTestControlPlane
+) -> None:
+    one, two, three = backends(mesh_lab, 3)
+    control_plane.set_snapshot("v1", mesh_snapshot([one], [two], [three]))
+    client = start_client(mesh_lab, control_plane)  # ready only once v1 is applied
+    control_plane.wait_acked("v1", [TYPE_CLUSTER], node_id=NODE_ID)
+    assert answered_by(client.curl(f"http://{WEB_VIP}:8080/")) == "backend1"
+    assert answered_by(client.curl("http://web:8080/")) == "backend1"  # by name, DNS proxy
+    assert answered_by(client.curl("http://web.default.svc.cluster.local:8080/canary")) == (
+        "backend2"
+    )
+    assert answered_by(client.curl(f"http://{RAW_VIP}:9000/")) == "backend3"  # tcp_proxy
+    xds = config_dump(client)["xds"]
+    assert xds["versions"]["CDS"] == "v1" and xds["connected"]
+    # The service moves: v1's endpoint is now backend3.
+    control_plane.set_snapshot("v2", mesh_snapshot([three], [two], [three]))
+    wait_until(
+        lambda: answered_by(client.curl(f"http://{WEB_VIP}:8080/")) == "backend3",
+        10,
+        "the sidecar to follow the EDS change",
+    )
+    control_plane.wait_acked("v2", [TYPE_CLUSTER], node_id=NODE_ID)
+
+
+def test_a_snapshot_detour_cannot_apply_is_nacked_and_the_running_mesh_keeps_serving(
+    mesh_lab: MeshLab, control_plane: XdsTestControlPlane
+) -> None:
+    one, two = backends(mesh_lab, 2)
+    control_plane.set_snapshot("v1", mesh_snapshot([one], [two], [one]))
+    client = start_client(mesh_lab, control_plane)
+    # One cluster Detour cannot run, and RAW's cluster gone: CDS v2 is refused whole, so RAW
+    # (still in CDS v1) keeps serving; the other types of v2 are taken, as Envoy takes them.
+    bad = mesh_snapshot([one], [two], [one])
+    bad[TYPE_CLUSTER] = [
+        cluster(WEB, lb_policy="MAGLEV"),
+        *(c for c in bad[TYPE_CLUSTER] if c.name not in (WEB, RAW)),
+    ]
+    control_plane.set_snapshot("v2", bad)
+    nack = control_plane.wait_nacked(TYPE_CLUSTER, node_id=NODE_ID)
+    assert "lb_policy" in nack.error and WEB in nack.error
+    control_plane.wait_acked("v2", [TYPE_LISTENER], node_id=NODE_ID)
+    assert answered_by(client.curl(f"http://{RAW_VIP}:9000/")) == "backend1"
+    assert answered_by(client.curl(f"http://{WEB_VIP}:8080/")) == "backend1"
+    dump = config_dump(client)["xds"]
+    assert dump["versions"]["CDS"] == "v1" and "lb_policy" in dump["last_nack"]
+    assert RAW in dump["resources"]["CDS"]
+
+
+def test_traffic_outlives_the_control_plane_and_the_sidecar_resyncs_when_it_returns(
+    mesh_lab: MeshLab, control_plane: XdsTestControlPlane
+) -> None:
+    one, two = backends(mesh_lab, 2)
+    control_plane.set_snapshot("v1", mesh_snapshot([one], [two], [one]))
+    client = start_client(mesh_lab, control_plane)
+    control_plane.stop()
+    wait_until(lambda: not config_dump(client)["xds"]["connected"], 10, "the stream to end")
+    assert answered_by(client.curl(f"http://{WEB_VIP}:8080/")) == "backend1"
+    control_plane.set_snapshot("v2", mesh_snapshot([two], [two], [two]))
+    control_plane.start()  # the same port
+    control_plane.wait_acked("v2", [TYPE_CLUSTER], node_id=NODE_ID, timeout=40)
+    wait_until(
+        lambda: answered_by(client.curl(f"http://{WEB_VIP}:8080/")) == "backend2",
+        10,
+        "the resynced mesh to route",
+    )
+    assert config_dump(client)["xds"]["streams"] >= 2
+
+
+def test_a_restarted_sidecar_serves_its_cached_snapshot_while_the_control_plane_is_down(
+    mesh_lab: MeshLab, control_plane: XdsTestControlPlane
+) -> None:
+    one, two = backends(mesh_lab, 2)
+    control_plane.set_snapshot("v1", mesh_snapshot([one], [two], [one]))
+    cache_dir = mesh_lab.workdir / "xds"
+    cache_dir.mkdir()
+    os.chown(cache_dir, PROXY_UID, PROXY_UID)  # the sidecar writes it as uid 1337
+    cache = cache_dir / "snapshot.json"
+    client = start_client(mesh_lab, control_plane, "--xds-cache", str(cache))
+    control_plane.wait_acked("v1", [TYPE_CLUSTER], node_id=NODE_ID)
+    wait_until(cache.exists, 10, "the applied snapshot to be written")
+    assert stat.S_IMODE(cache.stat().st_mode) == 0o600
+    control_plane.stop()
+    client.sidecar.terminate()
+    client.sidecar.wait(10)
+    bootstrap = mesh_lab.workdir / "bootstrap.yaml"
+    mesh_lab.start_sidecar(
+        client, None, "--bootstrap", str(bootstrap), "--xds-cache", str(cache)
+    )  # ready from the cache, the control plane still down
+    assert answered_by(client.curl(f"http://{WEB_VIP}:8080/")) == "backend1"
+    assert answered_by(client.curl("http://web:8080/canary")) == "backend2"
+    xds = config_dump(client)["xds"]
+    assert not xds["connected"] and xds["applied"].startswith("xds cache")
+    assert xds["versions"]["CDS"] == "v1"

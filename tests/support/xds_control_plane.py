@@ -1,0 +1,347 @@
+"""A TEST control plane: an ADS (State of the World) server for the xDS tests.
+
+istiod and go-control-plane cannot be built here (no Go module proxy), so the tests serve
+their own snapshots with this: a grpc.aio server, in a thread of its own with its own event
+loop, speaking Envoy's aggregated discovery service from xds-protos. It does what a
+control plane must for a sidecar to be tested against it, and no more:
+
+- one snapshot at a time, one version for all its types (go-control-plane's snapshot cache
+  works the same way); :meth:`set_snapshot` pushes it to every connected stream;
+- Cluster and Listener subscriptions are wildcard (every resource is sent), endpoint and
+  route subscriptions get the resources they name;
+- each response has a fresh nonce; a request carrying the nonce of the last response of its
+  type is that response's ACK (or NACK, with ``error_detail``), recorded per node id for the
+  tests to wait on; a request with no nonce (a new stream) or with new resource names is
+  answered with the current resources.
+
+It can listen inside a network namespace (the lab's bridge), so pods reach it the way they
+would reach istiod: the server thread joins the namespace before it binds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import itertools
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.protobuf import any_pb2
+from google.protobuf.message import Message
+
+from proxy.xds.resources import (
+    TYPE_CLUSTER,
+    TYPE_ENDPOINT,
+    TYPE_LISTENER,
+    TYPE_ROUTE,
+    resource_name,
+)
+
+__all__ = ["TYPE_CLUSTER", "TYPE_ENDPOINT", "TYPE_LISTENER", "TYPE_ROUTE", "Reply"]
+
+WILDCARD_TYPES = (TYPE_CLUSTER, TYPE_LISTENER)
+PUSH_ORDER = (TYPE_CLUSTER, TYPE_ENDPOINT, TYPE_LISTENER, TYPE_ROUTE)
+CLONE_NEWNET = 0x40000000
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A sidecar's answer to one response: an ACK (error empty) or a NACK."""
+
+    node_id: str
+    type_url: str
+    version: str  # the version the sidecar reports holding
+    nonce: str
+    error: str  # error_detail.message; empty on an ACK
+
+    @property
+    def acked(self) -> bool:
+        return not self.error
+
+
+@dataclass
+class _Sent:
+    version: str
+    nonce: str
+    names: tuple[str, ...]
+
+
+@dataclass(eq=False)  # hashed by identity: kept in a set of live streams
+class _Stream:
+    """One ADS stream: what it subscribed to and what it was last sent, per type."""
+
+    queue: asyncio.Queue[object]
+    node_id: str = ""
+    subscriptions: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    sent: dict[str, _Sent] = field(default_factory=dict)
+
+
+PUSH = object()  # queued on a stream when the snapshot changed
+
+
+def _join_netns(name: str) -> None:
+    """Move the calling thread (only it) into /run/netns/<name>."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns into netns {name}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+class XdsTestControlPlane:
+    """Start, stop and start again (on the same port); set snapshots; wait on ACKs/NACKs."""
+
+    def __init__(self, host: str, port: int, netns: str | None = None) -> None:
+        self.host = host
+        self.port = port  # 0: any free port, then kept for restarts
+        self.netns = netns
+        self._version = ""
+        self._snapshot: dict[str, list[Message]] = {}
+        self._replies: list[Reply] = []
+        self._changed = threading.Condition()
+        self._nonces = itertools.count(1)
+        self._streams: set[_Stream] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping: asyncio.Event | None = None
+        self.streams_opened = 0
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    # --- the test's side ----------------------------------------------------------------------
+
+    def start(self, timeout: float = 10.0) -> None:
+        if self._thread is not None:
+            raise RuntimeError("the test control plane is already running")
+        ready = threading.Event()
+        failure: list[BaseException] = []
+        self._thread = threading.Thread(
+            target=self._serve, args=(ready, failure), name="xds-test-cp", daemon=True
+        )
+        self._thread.start()
+        if not ready.wait(timeout):
+            raise TimeoutError(f"the test control plane did not start within {timeout}s")
+        if failure:
+            self._thread.join()
+            self._thread = None
+            raise failure[0]
+
+    def stop(self) -> None:
+        """End every stream and close the port (the sidecars see the control plane go)."""
+        thread, loop, stopping = self._thread, self._loop, self._stopping
+        if thread is None or loop is None or stopping is None:
+            return
+        loop.call_soon_threadsafe(stopping.set)
+        thread.join(10)
+        self._thread = None
+
+    def set_snapshot(self, version: str, resources: Mapping[str, Sequence[Message]]) -> None:
+        """The resources every sidecar should have, as {type_url: [messages]}; pushed to
+        every connected stream at once."""
+        with self._changed:
+            self._version = version
+            self._snapshot = {t: list(messages) for t, messages in resources.items()}
+        loop = self._loop
+        if loop is not None and self._thread is not None:
+            loop.call_soon_threadsafe(self._push_all)
+
+    def replies(self, node_id: str | None = None) -> list[Reply]:
+        with self._changed:
+            return [r for r in self._replies if node_id is None or r.node_id == node_id]
+
+    def wait_acked(
+        self, version: str, type_urls: Sequence[str], node_id: str, timeout: float = 15.0
+    ) -> None:
+        """Until the node has ACKed ``version`` of every type in ``type_urls``."""
+
+        def done() -> bool:
+            acked = {
+                r.type_url
+                for r in self._replies
+                if r.node_id == node_id and r.acked and r.version == version
+            }
+            return set(type_urls) <= acked
+
+        with self._changed:
+            if not self._changed.wait_for(done, timeout):
+                raise AssertionError(
+                    f"{node_id} did not ACK version {version} of {list(type_urls)} within "
+                    f"{timeout}s; its replies: {self._replies_of(node_id)}"
+                )
+
+    def wait_nacked(self, type_url: str, node_id: str, timeout: float = 15.0) -> Reply:
+        """The node's first NACK of ``type_url`` (waiting for it if there is none yet)."""
+
+        def first() -> Reply | None:
+            for r in self._replies:
+                if r.node_id == node_id and r.type_url == type_url and not r.acked:
+                    return r
+            return None
+
+        with self._changed:
+            if not self._changed.wait_for(lambda: first() is not None, timeout):
+                raise AssertionError(
+                    f"{node_id} did not NACK {type_url} within {timeout}s; its replies: "
+                    f"{self._replies_of(node_id)}"
+                )
+            reply = first()
+            assert reply is not None
+            return reply
+
+    def _replies_of(self, node_id: str) -> list[tuple[str, str, str]]:
+        return [
+            (r.type_url.rsplit(".", 1)[-1], r.version, r.error)
+            for r in self._replies
+            if r.node_id == node_id
+        ]
+
+    # --- the server thread --------------------------------------------------------------------
+
+    def _serve(self, ready: threading.Event, failure: list[BaseException]) -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            if self.netns is not None:
+                _join_netns(self.netns)
+            loop.run_until_complete(self._run(ready))
+        except BaseException as err:  # reported to start(), which re-raises it
+            failure.append(err)
+            ready.set()
+        finally:
+            self._loop = None
+            loop.close()
+
+    async def _run(self, ready: threading.Event) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stopping = asyncio.Event()
+        # so_reuseport off: a second server on the same port is an error, not a silent share.
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Servicer(self), server)
+        bound = server.add_insecure_port(f"{self.host}:{self.port}")
+        if bound == 0:
+            raise OSError(f"the test control plane cannot listen on {self.address}")
+        self.port = bound
+        await server.start()
+        ready.set()
+        await self._stopping.wait()
+        await server.stop(grace=None)
+        self._streams.clear()
+        # The streams' tasks end before the loop closes (no "task destroyed" at teardown).
+        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+
+    def _push_all(self) -> None:
+        for stream in self._streams:
+            stream.queue.put_nowait(PUSH)
+
+    # --- one stream ---------------------------------------------------------------------------
+
+    async def serve_stream(self, context: grpc.aio.ServicerContext) -> None:
+        stream = _Stream(queue=asyncio.Queue())
+        self._streams.add(stream)
+        self.streams_opened += 1
+        reader = asyncio.create_task(self._read(context, stream))
+        try:
+            while True:
+                event = await stream.queue.get()
+                if event is None:  # the sidecar closed its side
+                    return
+                if event is PUSH:
+                    responses = self._on_push(stream)
+                else:
+                    assert isinstance(event, discovery_pb2.DiscoveryRequest)
+                    responses = self._on_request(stream, event)
+                for response in responses:
+                    await context.write(response)
+        finally:
+            reader.cancel()
+            self._streams.discard(stream)
+
+    async def _read(self, context: grpc.aio.ServicerContext, stream: _Stream) -> None:
+        while True:
+            request = await context.read()
+            if request is grpc.aio.EOF:
+                stream.queue.put_nowait(None)
+                return
+            stream.queue.put_nowait(request)
+
+    def _on_request(
+        self, stream: _Stream, request: discovery_pb2.DiscoveryRequest
+    ) -> list[discovery_pb2.DiscoveryResponse]:
+        if request.node.id:
+            stream.node_id = request.node.id
+        type_url = request.type_url
+        names = tuple(request.resource_names)
+        sent = stream.sent.get(type_url)
+        if request.response_nonce and sent is not None and request.response_nonce == sent.nonce:
+            self._record(
+                Reply(
+                    stream.node_id,
+                    type_url,
+                    request.version_info,
+                    request.response_nonce,
+                    request.error_detail.message,
+                )
+            )
+        elif request.response_nonce:
+            return []  # a stale nonce: the reply to a response since superseded
+        changed = stream.subscriptions.get(type_url) != names
+        stream.subscriptions[type_url] = names
+        if sent is None or changed:
+            response = self._response(stream, type_url)
+            return [response] if response is not None else []
+        return []
+
+    def _on_push(self, stream: _Stream) -> list[discovery_pb2.DiscoveryResponse]:
+        responses = []
+        for type_url in PUSH_ORDER:
+            sent = stream.sent.get(type_url)
+            if type_url in stream.subscriptions and (sent is None or sent.version != self._version):
+                response = self._response(stream, type_url)
+                if response is not None:
+                    responses.append(response)
+        return responses
+
+    def _response(self, stream: _Stream, type_url: str) -> discovery_pb2.DiscoveryResponse | None:
+        with self._changed:
+            version, messages = self._version, self._snapshot.get(type_url, [])
+        if not version:
+            return None  # no snapshot yet: the request waits for the first one
+        names = stream.subscriptions.get(type_url, ())
+        if type_url not in WILDCARD_TYPES:
+            messages = [m for m in messages if resource_name(m) in names]
+        packed = []
+        for message in messages:
+            any_message = any_pb2.Any()
+            any_message.Pack(message)
+            packed.append(any_message)
+        nonce = str(next(self._nonces))
+        stream.sent[type_url] = _Sent(version, nonce, names)
+        return discovery_pb2.DiscoveryResponse(
+            version_info=version, resources=packed, type_url=type_url, nonce=nonce
+        )
+
+    def _record(self, reply: Reply) -> None:
+        with self._changed:
+            self._replies.append(reply)
+            self._changed.notify_all()
+
+
+class _Servicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
+    def __init__(self, plane: XdsTestControlPlane) -> None:
+        self._plane = plane
+
+    async def StreamAggregatedResources(
+        self, request_iterator: object, context: grpc.aio.ServicerContext
+    ) -> None:
+        await self._plane.serve_stream(context)
