@@ -213,9 +213,11 @@ class Sidecar:
     def _start_xds(self, bootstrap: Bootstrap) -> list[asyncio.Task]:
         """The ADS stream, and readiness once its first config is applied."""
         from proxy.xds.client import AdsClient
+        from proxy.xds.delta import DeltaState
         from proxy.xds.state import SotwState
 
-        state = SotwState(bootstrap.node, self.mesh, bootstrap.server)
+        variant = DeltaState if bootstrap.variant == "delta" else SotwState
+        state = variant(bootstrap.node, self.mesh, bootstrap.server)
         self.xds = client = AdsClient(state, self.apply_mesh, cache_path=self.options.xds_cache)
         log.info(
             "xDS: %s ADS to %s as node %s", bootstrap.variant, bootstrap.server, bootstrap.node.id

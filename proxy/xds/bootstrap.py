@@ -25,6 +25,10 @@ from typing import Literal
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.core.v3 import base_pb2, config_source_pb2
+
+# Registers the typed message an Envoy/Istio bootstrap's gRPC cluster names in
+# typed_extension_protocol_options (HTTP/2 to the control plane), so "@type" parses.
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
 from google.protobuf import json_format
 
 from proxy.xds.resources import Refusal, only_fields, refuse

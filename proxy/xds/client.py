@@ -1,6 +1,7 @@
-"""The ADS stream to the control plane (State of the World), on grpc.aio.
+"""The ADS stream to the control plane (State of the World or Delta), on grpc.aio.
 
-One long-lived bidirectional stream: the requests of :class:`SotwState` go out, each response
+One long-lived bidirectional stream: the requests of the state machine (:class:`SotwState`
+or :class:`~proxy.xds.delta.DeltaState`, which picks the gRPC method) go out, each response
 comes back through it, and a complete mesh is handed to ``apply`` (the sidecar's one way of
 changing the running config, shared with the mesh file's reload). When the stream ends or
 cannot be opened, the client reconnects after an exponential back-off with full jitter
@@ -18,11 +19,12 @@ from pathlib import Path
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.protobuf.message import Message
 
 from proxy.config.model import Mesh
 from proxy.xds import cache
 from proxy.xds.resources import SHORT_NAMES
-from proxy.xds.state import MESSAGE_CLASSES, SotwState
+from proxy.xds.state import MESSAGE_CLASSES, AdsState
 
 log = logging.getLogger("detour.xds")
 
@@ -43,7 +45,7 @@ def backoff_delay(failures: int, rng: random.Random) -> float:
 class AdsClient:
     def __init__(
         self,
-        state: SotwState,
+        state: AdsState,
         apply: Callable[[Mesh], Awaitable[bool]],
         rng: random.Random | None = None,
         cache_path: Path | None = None,
@@ -61,7 +63,7 @@ class AdsClient:
         state = self.state
         return {
             "server": state.server,
-            "variant": "sotw",
+            "variant": state.variant,
             "node": state.node.id,
             "connected": self.connected,
             "streams": self.streams,
@@ -117,7 +119,11 @@ class AdsClient:
         try:
             async with grpc.aio.insecure_channel(self.state.server, options=options) as channel:
                 stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
-                call = stub.StreamAggregatedResources()
+                call = (
+                    stub.DeltaAggregatedResources()
+                    if self.state.variant == "delta"
+                    else stub.StreamAggregatedResources()
+                )
                 self.streams += 1
                 for request in self.state.initial_requests():
                     await call.write(request)
@@ -134,19 +140,31 @@ class AdsClient:
                 "xDS stream to %s: %s %s", self.state.server, err.code().name, err.details()
             )
             return delivered
+        except asyncio.CancelledError:
+            raise
+        except Exception as err:  # whatever ends a stream, the next one follows
+            # A write on a stream the server has just cancelled raises InvalidStateError or
+            # UsageError, not AioRpcError; the sidecar must reconnect all the same.
+            log.warning("xDS stream to %s ended: %r", self.state.server, err)
+            return delivered
         finally:
             self.connected = False
 
     async def _handle(
-        self, response: discovery_pb2.DiscoveryResponse
-    ) -> tuple[discovery_pb2.DiscoveryRequest, ...]:
+        self, response: discovery_pb2.DiscoveryResponse | discovery_pb2.DeltaDiscoveryResponse
+    ) -> tuple[Message, ...]:
         kind = SHORT_NAMES.get(response.type_url, response.type_url)
+        version = (
+            response.system_version_info
+            if isinstance(response, discovery_pb2.DeltaDiscoveryResponse)
+            else response.version_info
+        )
         outcome = self.state.on_response(response)
         if outcome.error is not None:
             log.error(
                 "xDS %s version %s refused (NACK), the running config stays: %s",
                 kind,
-                response.version_info,
+                version,
                 outcome.error,
             )
         elif outcome.mesh is not None:
@@ -157,7 +175,7 @@ class AdsClient:
             log.info(
                 "xDS %s version %s accepted; warming, waiting for %s",
                 kind,
-                response.version_info,
+                version,
                 ", ".join(outcome.waiting_for),
             )
         return outcome.requests

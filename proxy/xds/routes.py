@@ -11,6 +11,7 @@ is not given is 15 s (0 turns it off).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -156,7 +157,7 @@ def _match(match: rc.RouteMatch, where: str) -> RouteMatch:
         uri = StringMatch("exact", match.path)
     elif kind == "safe_regex":
         only_fields(match.safe_regex, f"{where}.safe_regex", ("regex", "google_re2"))
-        uri = StringMatch("regex", match.safe_regex.regex)
+        uri = StringMatch("regex", _re2(match.safe_regex.regex, f"{where}.safe_regex.regex"))
     else:
         raise refuse(where, kind, "a route needs prefix, path or safe_regex")
     method = authority = None
@@ -174,6 +175,24 @@ def _match(match: rc.RouteMatch, where: str) -> RouteMatch:
     return RouteMatch(uri=uri, method=method, authority=authority, headers=tuple(headers))
 
 
+# What Python's re takes and RE2 (Envoy's engine) refuses: lookaround and backreferences. A
+# pattern Envoy would NACK is refused here too, rather than run with another meaning.
+_NOT_RE2 = re.compile(r"\(\?<?[=!]|\\[1-9]|\(\?P=")
+
+
+def _re2(pattern: str, where: str) -> str:
+    """The pattern, once it compiles (as text and as UTF-8 bytes, which the router matches)
+    and uses nothing RE2 lacks."""
+    try:
+        re.compile(pattern)
+        re.compile(pattern.encode())
+    except re.error as err:
+        raise refuse(where, pattern, f"not a valid regular expression: {err}") from None
+    if _NOT_RE2.search(pattern):
+        raise refuse(where, pattern, "lookaround and backreferences are not RE2 (Envoy's syntax)")
+    return pattern
+
+
 def _header_match(header: rc.HeaderMatcher, where: str) -> tuple[str, StringMatch]:
     only_fields(
         header, where, ("name", "exact_match", "safe_regex_match", "prefix_match", "string_match")
@@ -185,7 +204,8 @@ def _header_match(header: rc.HeaderMatcher, where: str) -> tuple[str, StringMatc
     if kind == "prefix_match":
         return name, StringMatch("prefix", header.prefix_match)
     if kind == "safe_regex_match":
-        return name, StringMatch("regex", header.safe_regex_match.regex)
+        regex = _re2(header.safe_regex_match.regex, f"{where}.safe_regex_match.regex")
+        return name, StringMatch("regex", regex)
     if kind == "string_match":
         matcher = header.string_match
         only_fields(matcher, f"{where}.string_match", ("exact", "prefix", "safe_regex"))
@@ -195,7 +215,8 @@ def _header_match(header: rc.HeaderMatcher, where: str) -> tuple[str, StringMatc
         if pattern == "prefix":
             return name, StringMatch("prefix", matcher.prefix)
         if pattern == "safe_regex":
-            return name, StringMatch("regex", matcher.safe_regex.regex)
+            regex = _re2(matcher.safe_regex.regex, f"{where}.string_match.safe_regex.regex")
+            return name, StringMatch("regex", regex)
     raise refuse(where, kind, "supported: exact, prefix and regex header matches")
 
 

@@ -1,8 +1,11 @@
-"""The State-of-the-World ADS protocol as a state machine, without I/O.
+"""The ADS protocol as a state machine, without I/O: what both variants share, and State of
+the World.
 
-:class:`SotwState` takes each DiscoveryResponse and says what to send back (the ACK or the
-NACK, and any change of subscription) and, when the resources are complete, the mesh to run.
-The rules, from Envoy's xDS protocol document:
+:class:`AdsState` holds what a sidecar accepted, which names it subscribes to, warming and
+the mesh built from it; :class:`SotwState` takes each DiscoveryResponse and says what to send
+back (the ACK or the NACK, and any change of subscription) and, when the resources are
+complete, the mesh to run (the Delta variant is :mod:`proxy.xds.delta`). The rules, from
+Envoy's xDS protocol document:
 
 - a response is ACKed with its ``version_info`` and ``nonce``; it is NACKed with the last
   accepted version, its nonce and an ``error_detail`` naming the resource and field; a NACKed
@@ -18,7 +21,9 @@ The rules, from Envoy's xDS protocol document:
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.core.v3 import base_pb2
@@ -26,6 +31,8 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf.any_pb2 import Any as AnyMessage
+from google.protobuf.message import Message
 from google.rpc import status_pb2
 
 from proxy.config.model import Mesh
@@ -68,6 +75,8 @@ class TypeState:
     nonce: str = ""  # the last response's nonce
     names: tuple[str, ...] = ()  # the subscription (empty on wildcard types)
     subscribed: bool = False
+    # Delta only: each accepted resource's version, sent back on a new stream.
+    resource_versions: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -81,10 +90,11 @@ class Outcome:
 
 
 @dataclass
-class SotwState:
-    """One sidecar's view of the ADS stream; it survives reconnects (the versions it sends
-    on a new stream tell the server what it already has)."""
+class AdsState:
+    """One sidecar's view of the ADS stream, whichever the variant; it survives reconnects
+    (what it sends on a new stream tells the server what it already has)."""
 
+    variant: ClassVar[str]
     node: base_pb2.Node
     base: Mesh
     server: str
@@ -96,64 +106,30 @@ class SotwState:
     nacks: int = 0
     last_error: str = ""
 
-    # --- requests ---------------------------------------------------------------------------
+    # --- what a variant provides ---------------------------------------------------------------
 
-    def initial_requests(self) -> tuple[discovery_pb2.DiscoveryRequest, ...]:
-        """A new stream: every type subscribed so far (CDS and LDS at least), with the
-        versions already held and no nonce."""
-        requests = []
-        for type_url in SUBSCRIPTION_ORDER:
-            state = self.types[type_url]
-            if type_url in WILDCARD_TYPES or state.names:
-                state.subscribed = True
-                state.nonce = ""
-                requests.append(self._request(type_url))
-        return tuple(requests)
+    def initial_requests(self) -> tuple[Message, ...]:
+        raise NotImplementedError
 
-    def _request(self, type_url: str, error: str | None = None) -> discovery_pb2.DiscoveryRequest:
-        state = self.types[type_url]
-        request = discovery_pb2.DiscoveryRequest(
-            version_info=state.version,
-            node=self.node,
-            resource_names=list(state.names),
-            type_url=type_url,
-            response_nonce=state.nonce,
-        )
-        if error is not None:
-            request.error_detail.CopyFrom(status_pb2.Status(code=INVALID_ARGUMENT, message=error))
-        return request
+    def on_response(self, response: Any) -> Outcome:
+        """What to answer to ``response`` (its variant's message), and the mesh to apply."""
+        raise NotImplementedError
 
-    # --- responses --------------------------------------------------------------------------
+    def _subscription_change(
+        self, type_url: str, before: tuple[str, ...], after: tuple[str, ...]
+    ) -> Message:
+        """The request that moves the subscription of ``type_url`` from ``before`` to ``after``."""
+        raise NotImplementedError
 
-    def on_response(self, response: discovery_pb2.DiscoveryResponse) -> Outcome:
-        type_url = response.type_url
-        state = self.types.get(type_url)
-        if state is None:  # a type never asked for (SDS today): nothing to answer
-            return Outcome(())
-        state.nonce = response.nonce
-        try:
-            candidate = self._candidate(response)
-            gaps = missing(candidate)
-            mesh = None if gaps else build_mesh(candidate, self.base, self._source(response))
-        except XdsRejected as rejected:
-            self.nacks += 1
-            self.last_error = str(rejected)
-            return Outcome((self._request(type_url, str(rejected)),), error=str(rejected))
-        self.accepted = candidate
-        state.version = response.version_info
-        requests = [self._request(type_url)]
-        requests += self._follow_subscriptions()
-        if mesh is not None:
-            self.applied = mesh
-        return Outcome(tuple(requests), mesh=mesh, waiting_for=gaps)
+    # --- shared: decoding, warming, building --------------------------------------------------
 
-    def _candidate(self, response: discovery_pb2.DiscoveryResponse) -> Resources:
-        type_url = response.type_url
+    def _decode(self, type_url: str, packed: Iterable[AnyMessage]) -> dict[str, Message]:
+        """The resources of one response by name, each checked on its own (XdsRejected)."""
         decoded = {}
         domain = self.base.cluster_domain
-        for index, packed in enumerate(response.resources):
+        for index, item in enumerate(packed):
             try:
-                message = unpack(packed, MESSAGE_CLASSES[type_url], f"resources[{index}]")
+                message = unpack(item, MESSAGE_CLASSES[type_url], f"resources[{index}]")
             except Refusal as refusal:
                 raise XdsRejected(
                     type_url, f"resources[{index}]", refusal.field, refusal.value, refusal.reason
@@ -163,16 +139,24 @@ class SotwState:
                 raise XdsRejected(type_url, name, "name", name, "twice in one response")
             check_resource(type_url, name, message, domain)
             decoded[name] = message
-        if type_url in WILDCARD_TYPES:
-            return self.accepted.with_type(type_url, decoded)
-        names = self.types[type_url].names
-        kept = {n: m for n, m in self.accepted.of_type(type_url).items() if n in names}
-        kept.update((n, m) for n, m in decoded.items() if n in names)
-        return self.accepted.with_type(type_url, kept)
+        return decoded
 
-    def _follow_subscriptions(self) -> list[discovery_pb2.DiscoveryRequest]:
+    def _complete(self, candidate: Resources, source: str) -> tuple[Mesh | None, tuple[str, ...]]:
+        """The mesh of ``candidate`` (None while warming) and what is still missing; raises
+        XdsRejected when the resources do not make a mesh together."""
+        gaps = missing(candidate)
+        if gaps or (candidate == self.accepted and self.applied is not None):
+            return None, gaps  # warming, or nothing changed (the mesh running is this one)
+        return build_mesh(candidate, self.base, source), gaps
+
+    def _refused(self, rejected: XdsRejected) -> str:
+        self.nacks += 1
+        self.last_error = str(rejected)
+        return self.last_error
+
+    def _follow_subscriptions(self) -> list[Message]:
         """Endpoints follow the clusters, routes the listeners: a changed list of names is a
-        new request of that type (with its own last version and nonce)."""
+        new request of that type."""
         requests = []
         for type_url, wanted in (
             (TYPE_ENDPOINT, wanted_endpoints(self.accepted.clusters)),
@@ -181,16 +165,19 @@ class SotwState:
             state = self.types[type_url]
             if wanted == state.names:
                 continue
-            state.names = wanted
+            before, state.names = state.names, wanted
             kept = {n: m for n, m in self.accepted.of_type(type_url).items() if n in wanted}
             self.accepted = self.accepted.with_type(type_url, kept)
+            state.resource_versions = {
+                n: v for n, v in state.resource_versions.items() if n in wanted
+            }
             state.subscribed = True
-            requests.append(self._request(type_url))
+            requests.append(self._subscription_change(type_url, before, wanted))
         return requests
 
-    def _source(self, response: discovery_pb2.DiscoveryResponse) -> str:
+    def _source(self, type_url: str, version: str) -> str:
         versions = {t: s.version for t, s in self.types.items()}
-        versions[response.type_url] = response.version_info
+        versions[type_url] = version
         shown = ", ".join(f"{SHORT_NAMES[t]} {versions[t] or '-'}" for t in SUBSCRIPTION_ORDER)
         return f"xds {self.server} ({shown})"
 
@@ -235,3 +222,76 @@ class SotwState:
         mesh = build_mesh(self.accepted, base, self.applied.source if self.applied else "xds")
         self.base, self.applied = base, mesh
         return mesh
+
+
+@dataclass
+class SotwState(AdsState):
+    """State of the World: every response carries the whole set of its type (wildcard
+    types) or of the names subscribed, with one version."""
+
+    variant: ClassVar[str] = "sotw"
+
+    # --- requests ---------------------------------------------------------------------------
+
+    def initial_requests(self) -> tuple[discovery_pb2.DiscoveryRequest, ...]:
+        """A new stream: every type subscribed so far (CDS and LDS at least), with the
+        versions already held and no nonce."""
+        requests = []
+        for type_url in SUBSCRIPTION_ORDER:
+            state = self.types[type_url]
+            if type_url in WILDCARD_TYPES or state.names:
+                state.subscribed = True
+                state.nonce = ""
+                requests.append(self._request(type_url))
+        return tuple(requests)
+
+    def _request(self, type_url: str, error: str | None = None) -> discovery_pb2.DiscoveryRequest:
+        state = self.types[type_url]
+        request = discovery_pb2.DiscoveryRequest(
+            version_info=state.version,
+            node=self.node,
+            resource_names=list(state.names),
+            type_url=type_url,
+            response_nonce=state.nonce,
+        )
+        if error is not None:
+            request.error_detail.CopyFrom(status_pb2.Status(code=INVALID_ARGUMENT, message=error))
+        return request
+
+    def _subscription_change(
+        self, type_url: str, before: tuple[str, ...], after: tuple[str, ...]
+    ) -> discovery_pb2.DiscoveryRequest:
+        return self._request(type_url)  # SotW restates the whole list, with its own nonce
+
+    # --- responses --------------------------------------------------------------------------
+
+    # --- responses --------------------------------------------------------------------------
+
+    def on_response(self, response: discovery_pb2.DiscoveryResponse) -> Outcome:
+        type_url = response.type_url
+        state = self.types.get(type_url)
+        if state is None:  # a type never asked for (SDS today): nothing to answer
+            return Outcome(())
+        state.nonce = response.nonce
+        try:
+            candidate = self._candidate(response)
+            mesh, gaps = self._complete(candidate, self._source(type_url, response.version_info))
+        except XdsRejected as rejected:
+            error = self._refused(rejected)
+            return Outcome((self._request(type_url, error),), error=error)
+        self.accepted = candidate
+        state.version = response.version_info
+        requests = [self._request(type_url), *self._follow_subscriptions()]
+        if mesh is not None:
+            self.applied = mesh
+        return Outcome(tuple(requests), mesh=mesh, waiting_for=gaps)
+
+    def _candidate(self, response: discovery_pb2.DiscoveryResponse) -> Resources:
+        type_url = response.type_url
+        decoded = self._decode(type_url, response.resources)
+        if type_url in WILDCARD_TYPES:
+            return self.accepted.with_type(type_url, decoded)
+        names = self.types[type_url].names
+        kept = {n: m for n, m in self.accepted.of_type(type_url).items() if n in names}
+        kept.update((n, m) for n, m in decoded.items() if n in names)
+        return self.accepted.with_type(type_url, kept)

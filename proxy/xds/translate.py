@@ -44,6 +44,7 @@ from proxy.xds.clusters import (
     ClusterName,
     LbEndpoint,
     lb_endpoints,
+    parse_cluster_name,
     translate_cluster,
 )
 from proxy.xds.listeners import ListenerInfo, OutboundChain, translate_listener
@@ -161,18 +162,14 @@ def build_mesh(resources: Resources, base: Mesh, source: str) -> Mesh:
     for name, cluster in resources.clusters.items():
         with _rejecting(TYPE_CLUSTER, name):
             infos[name] = translate_cluster(cluster, domain)
-    parts: dict[str, _ServiceParts] = {}
+    clusters = _Clusters(infos, domain)
     for info in infos.values():
-        if info.target is None:
-            continue
-        target = info.target
-        entry = parts.setdefault(target.host, _ServiceParts(target))
-        if target.subset:
-            entry.subsets[target.subset].append(info)
-        else:
-            entry.ports[target.port] = info
-    allow_any = _apply_listeners(resources, infos, parts)
-    services = [_service(entry, infos, resources.endpoints) for _, entry in sorted(parts.items())]
+        clusters.add(info)
+    allow_any = _apply_listeners(resources, clusters)
+    services = [
+        _service(entry, clusters, resources.endpoints)
+        for _, entry in sorted(clusters.parts.items())
+    ]
     services = list(base.services) + services
     _check_unique(services)
     policy = base.outbound_traffic_policy
@@ -181,9 +178,60 @@ def build_mesh(resources: Resources, base: Mesh, source: str) -> Mesh:
     return replace(base, services=tuple(services), outbound_traffic_policy=policy, source=source)
 
 
-def _apply_listeners(
-    resources: Resources, infos: Mapping[str, ClusterInfo], parts: dict[str, _ServiceParts]
-) -> bool | None:
+class _Clusters:
+    """The clusters by name and the services they make, and the stand-ins for clusters that
+    a listener or route names but the snapshot does not have.
+
+    Envoy takes such a listener or route and answers it as "no cluster" (503 NC, or a TCP
+    connection closed at once); a control plane sends one when it removes a service, the
+    clusters going before the listeners and routes that name them. Refusing it would keep
+    the removed service serving; here it stands in as a cluster with no endpoints, whose
+    requests get 503 and whose connections are closed, until the listener or route goes.
+    """
+
+    def __init__(self, infos: dict[str, ClusterInfo], domain: str) -> None:
+        self.infos = infos
+        self.domain = domain
+        self.parts: dict[str, _ServiceParts] = {}
+        self.absent: set[str] = set()
+
+    def add(self, info: ClusterInfo) -> None:
+        if info.target is None:
+            return
+        target = info.target
+        entry = self.parts.setdefault(target.host, _ServiceParts(target))
+        if target.subset:
+            entry.subsets[target.subset].append(info)
+        else:
+            entry.ports[target.port] = info
+
+    def target(self, name: str, where: str) -> ClusterName:
+        info = self.infos.get(name)
+        if info is None:
+            try:
+                target = parse_cluster_name(name, self.domain)
+            except Refusal as refusal:
+                raise refuse(where, name, f"no such cluster ({refusal.reason})") from None
+            info = ClusterInfo(name, target, TrafficPolicy(), False, None, _NO_ENDPOINTS)
+            self.infos[name] = info
+            self.absent.add(name)
+            self.add(info)
+        if info.target is None:
+            raise refuse(where, name, "not a service's cluster")
+        return info.target
+
+    def port_cluster(self, target: ClusterName, where: str) -> ClusterInfo:
+        """The subset-less cluster of ``target``'s port (a stand-in when there is none)."""
+        entry = self.parts[target.host]
+        if target.port not in entry.ports:
+            self.target(f"outbound|{target.port}||{target.host}", where)
+        return entry.ports[target.port]
+
+
+_NO_ENDPOINTS = endpoint_pb2.ClusterLoadAssignment()
+
+
+def _apply_listeners(resources: Resources, clusters: _Clusters) -> bool | None:
     """Protocols, VIPs, routes and TCP settings from the listeners; returns the virtual
     outbound listener's policy (None when there is none)."""
     allow_any: bool | None = None
@@ -196,7 +244,7 @@ def _apply_listeners(
             where = f"filter_chains[{index}]"
             if chain.kind == "tcp":
                 with _rejecting(TYPE_LISTENER, name):
-                    _tcp_chain(chain, where, infos, parts)
+                    _tcp_chain(chain, where, clusters)
                 continue
             if chain.inline_routes is not None:
                 config, type_url, owner = chain.inline_routes, TYPE_LISTENER, name
@@ -212,47 +260,34 @@ def _apply_listeners(
                         "no such route configuration",
                     )
             with _rejecting(type_url, owner):
-                hosts = _route_config_hosts(config, _known_cluster(infos))
+                hosts = _route_config_hosts(config, clusters.target)
             for host in hosts:
                 with _rejecting(type_url, owner):
-                    _http_host(host, chain, owner, infos, parts)
+                    _http_host(host, chain, owner, clusters)
     return allow_any
 
 
-def _tcp_chain(
-    chain: OutboundChain,
-    where: str,
-    infos: Mapping[str, ClusterInfo],
-    parts: dict[str, _ServiceParts],
-) -> None:
+def _tcp_chain(chain: OutboundChain, where: str, clusters: _Clusters) -> None:
     field_name = f"{where}.filters[0].typed_config.cluster"
     if chain.cluster in (PASSTHROUGH, BLACKHOLE):
         raise refuse(field_name, chain.cluster, "only the use_original_dst listener's default")
-    target = _known_cluster(infos)(chain.cluster, field_name)
+    target = clusters.target(chain.cluster, field_name)
     if target.subset:
         raise refuse(field_name, chain.cluster, "a TCP route goes to a cluster without subset")
     if target.port != chain.port:
         raise refuse(field_name, chain.cluster, f"the listener's port is {chain.port}")
-    entry = parts[target.host]
+    entry = clusters.parts[target.host]
     _claim_protocol(entry, chain.port, "tcp", field_name)
     entry.vips.update(chain.addresses)
     entry.tcp[chain.port] = chain
 
 
 def _http_host(
-    host: VirtualHostRoutes,
-    chain: OutboundChain,
-    owner: str,
-    infos: Mapping[str, ClusterInfo],
-    parts: dict[str, _ServiceParts],
+    host: VirtualHostRoutes, chain: OutboundChain, owner: str, clusters: _Clusters
 ) -> None:
     target = host.target
-    entry = parts[target.host]
-    if target.port not in entry.ports:
-        raise refuse(
-            "virtual_hosts", target.host, f"no cluster outbound|{target.port}||{target.host}"
-        )
-    protocol = "http2" if entry.ports[target.port].http2 else "http"
+    entry = clusters.parts[target.host]
+    protocol = "http2" if clusters.port_cluster(target, "virtual_hosts").http2 else "http"
     _claim_protocol(entry, target.port, protocol, "virtual_hosts")
     entry.vips.update(chain.addresses)
     entry.vips.update(
@@ -292,21 +327,8 @@ def _route_config_hosts(
     return hosts
 
 
-def _known_cluster(infos: Mapping[str, ClusterInfo]):
-    def lookup(name: str, where: str) -> ClusterName:
-        info = infos.get(name)
-        if info is None:
-            raise refuse(where, name, "no such cluster")
-        if info.target is None:
-            raise refuse(where, name, "not a service's cluster")
-        return info.target
-
-    return lookup
-
-
 def _any_cluster(cluster_domain: str):
     """For the checks of one route configuration on its own: any well-formed name."""
-    from proxy.xds.clusters import parse_cluster_name
 
     def lookup(name: str, where: str) -> ClusterName:
         try:
@@ -319,7 +341,7 @@ def _any_cluster(cluster_domain: str):
 
 def _service(
     entry: _ServiceParts,
-    infos: Mapping[str, ClusterInfo],
+    clusters: _Clusters,
     assignments: Mapping[str, endpoint_pb2.ClusterLoadAssignment],
 ) -> Service:
     host = entry.host
@@ -341,7 +363,7 @@ def _service(
     by_port = {port: _endpoints_of(info, assignments) for port, info in sorted(entry.ports.items())}
     endpoints = _merge_ports(ports, by_port, entry)
     endpoints, subsets = _with_subsets(endpoints, entry, assignments)
-    policy = _one_policy(entry)
+    policy = _one_policy(entry, clusters.absent)
     vips = _vips(entry)
     return Service(
         name=host.name,
@@ -445,10 +467,14 @@ def _with_subsets(
     return marked, tuple(subsets)
 
 
-def _one_policy(entry: _ServiceParts) -> TrafficPolicy:
+def _one_policy(entry: _ServiceParts, absent: set[str]) -> TrafficPolicy:
     """Detour applies one traffic policy per service: every cluster of the service must have
-    the same one (TCP ports add their tcp_proxy settings)."""
-    clusters = list(entry.ports.values()) + [i for group in entry.subsets.values() for i in group]
+    the same one (TCP ports add their tcp_proxy settings); stand-ins for absent clusters
+    take the others'."""
+    every = list(entry.ports.values()) + [i for group in entry.subsets.values() for i in group]
+    clusters = [c for c in every if c.name not in absent]
+    if not clusters:
+        return TrafficPolicy()
     policy = clusters[0].policy
     for info in clusters[1:]:
         if info.policy != policy:

@@ -12,7 +12,10 @@ control plane must for a sidecar to be tested against it, and no more:
 - each response has a fresh nonce; a request carrying the nonce of the last response of its
   type is that response's ACK (or NACK, with ``error_detail``), recorded per node id for the
   tests to wait on; a request with no nonce (a new stream) or with new resource names is
-  answered with the current resources.
+  answered with the current resources;
+- both variants: State of the World (every resource of the type, or of the names asked for,
+  in each response) and Delta (per resource versions, only what changed and the names
+  removed, ``initial_resource_versions`` honoured on a new stream).
 
 It can listen inside a network namespace (the lab's bridge), so pods reach it the way they
 would reach istiod: the server thread joins the namespace before it binds.
@@ -22,11 +25,13 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import hashlib
 import itertools
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
@@ -70,16 +75,6 @@ class _Sent:
     names: tuple[str, ...]
 
 
-@dataclass(eq=False)  # hashed by identity: kept in a set of live streams
-class _Stream:
-    """One ADS stream: what it subscribed to and what it was last sent, per type."""
-
-    queue: asyncio.Queue[object]
-    node_id: str = ""
-    subscriptions: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    sent: dict[str, _Sent] = field(default_factory=dict)
-
-
 PUSH = object()  # queued on a stream when the snapshot changed
 
 
@@ -107,7 +102,7 @@ class XdsTestControlPlane:
         self._replies: list[Reply] = []
         self._changed = threading.Condition()
         self._nonces = itertools.count(1)
-        self._streams: set[_Stream] = set()
+        self._streams: set[_Protocol] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._stopping: asyncio.Event | None = None
@@ -244,49 +239,77 @@ class XdsTestControlPlane:
         for stream in self._streams:
             stream.queue.put_nowait(PUSH)
 
-    # --- one stream ---------------------------------------------------------------------------
+    # --- streams ------------------------------------------------------------------------------
 
-    async def serve_stream(self, context: grpc.aio.ServicerContext) -> None:
-        stream = _Stream(queue=asyncio.Queue())
-        self._streams.add(stream)
+    async def serve_stream(self, context: grpc.aio.ServicerContext, protocol: _Protocol) -> None:
+        self._streams.add(protocol)
         self.streams_opened += 1
-        reader = asyncio.create_task(self._read(context, stream))
+        reader = asyncio.create_task(self._read(context, protocol.queue))
         try:
             while True:
-                event = await stream.queue.get()
+                event = await protocol.queue.get()
                 if event is None:  # the sidecar closed its side
                     return
-                if event is PUSH:
-                    responses = self._on_push(stream)
-                else:
-                    assert isinstance(event, discovery_pb2.DiscoveryRequest)
-                    responses = self._on_request(stream, event)
+                responses = protocol.on_push() if event is PUSH else protocol.on_request(event)
                 for response in responses:
                     await context.write(response)
         finally:
             reader.cancel()
-            self._streams.discard(stream)
+            self._streams.discard(protocol)
 
-    async def _read(self, context: grpc.aio.ServicerContext, stream: _Stream) -> None:
+    async def _read(self, context: grpc.aio.ServicerContext, queue: asyncio.Queue) -> None:
         while True:
             request = await context.read()
             if request is grpc.aio.EOF:
-                stream.queue.put_nowait(None)
+                queue.put_nowait(None)
                 return
-            stream.queue.put_nowait(request)
+            queue.put_nowait(request)
 
-    def _on_request(
-        self, stream: _Stream, request: discovery_pb2.DiscoveryRequest
-    ) -> list[discovery_pb2.DiscoveryResponse]:
+    def current(self, type_url: str) -> tuple[str, list[Message]]:
+        """The snapshot's version and its resources of ``type_url``."""
+        with self._changed:
+            return self._version, list(self._snapshot.get(type_url, []))
+
+    def nonce(self) -> str:
+        return str(next(self._nonces))
+
+    def record(self, reply: Reply) -> None:
+        with self._changed:
+            self._replies.append(reply)
+            self._changed.notify_all()
+
+
+class _Protocol:
+    """One stream's side of the protocol: requests in, responses out."""
+
+    def __init__(self, plane: XdsTestControlPlane) -> None:
+        self.plane = plane
+        self.queue: asyncio.Queue[object] = asyncio.Queue()
+        self.node_id = ""
+
+    def on_request(self, request: Any) -> list[Message]:
+        raise NotImplementedError
+
+    def on_push(self) -> list[Message]:
+        raise NotImplementedError
+
+
+class _SotwStream(_Protocol):
+    def __init__(self, plane: XdsTestControlPlane) -> None:
+        super().__init__(plane)
+        self.subscriptions: dict[str, tuple[str, ...]] = {}
+        self.sent: dict[str, _Sent] = {}
+
+    def on_request(self, request: discovery_pb2.DiscoveryRequest) -> list[Message]:
         if request.node.id:
-            stream.node_id = request.node.id
+            self.node_id = request.node.id
         type_url = request.type_url
         names = tuple(request.resource_names)
-        sent = stream.sent.get(type_url)
+        sent = self.sent.get(type_url)
         if request.response_nonce and sent is not None and request.response_nonce == sent.nonce:
-            self._record(
+            self.plane.record(
                 Reply(
-                    stream.node_id,
+                    self.node_id,
                     type_url,
                     request.version_info,
                     request.response_nonce,
@@ -295,46 +318,154 @@ class XdsTestControlPlane:
             )
         elif request.response_nonce:
             return []  # a stale nonce: the reply to a response since superseded
-        changed = stream.subscriptions.get(type_url) != names
-        stream.subscriptions[type_url] = names
+        changed = self.subscriptions.get(type_url) != names
+        self.subscriptions[type_url] = names
         if sent is None or changed:
-            response = self._response(stream, type_url)
+            response = self._response(type_url)
             return [response] if response is not None else []
         return []
 
-    def _on_push(self, stream: _Stream) -> list[discovery_pb2.DiscoveryResponse]:
+    def on_push(self) -> list[Message]:
         responses = []
         for type_url in PUSH_ORDER:
-            sent = stream.sent.get(type_url)
-            if type_url in stream.subscriptions and (sent is None or sent.version != self._version):
-                response = self._response(stream, type_url)
+            sent = self.sent.get(type_url)
+            version, _ = self.plane.current(type_url)
+            if type_url in self.subscriptions and (sent is None or sent.version != version):
+                response = self._response(type_url)
                 if response is not None:
                     responses.append(response)
         return responses
 
-    def _response(self, stream: _Stream, type_url: str) -> discovery_pb2.DiscoveryResponse | None:
-        with self._changed:
-            version, messages = self._version, self._snapshot.get(type_url, [])
+    def _response(self, type_url: str) -> discovery_pb2.DiscoveryResponse | None:
+        version, messages = self.plane.current(type_url)
         if not version:
             return None  # no snapshot yet: the request waits for the first one
-        names = stream.subscriptions.get(type_url, ())
+        names = self.subscriptions.get(type_url, ())
         if type_url not in WILDCARD_TYPES:
             messages = [m for m in messages if resource_name(m) in names]
-        packed = []
-        for message in messages:
-            any_message = any_pb2.Any()
-            any_message.Pack(message)
-            packed.append(any_message)
-        nonce = str(next(self._nonces))
-        stream.sent[type_url] = _Sent(version, nonce, names)
+        nonce = self.plane.nonce()
+        self.sent[type_url] = _Sent(version, nonce, names)
         return discovery_pb2.DiscoveryResponse(
-            version_info=version, resources=packed, type_url=type_url, nonce=nonce
+            version_info=version,
+            resources=[_packed(m) for m in messages],
+            type_url=type_url,
+            nonce=nonce,
         )
 
-    def _record(self, reply: Reply) -> None:
-        with self._changed:
-            self._replies.append(reply)
-            self._changed.notify_all()
+
+class _DeltaStream(_Protocol):
+    """Incremental xDS: per type, the names subscribed (or wildcard) and the version of each
+    resource the sidecar holds; a response carries what differs and the names removed. One
+    response per type is in flight at a time (the next diff is computed from what the
+    sidecar ACKed, so it must be known): changes meanwhile wait for the reply."""
+
+    def __init__(self, plane: XdsTestControlPlane) -> None:
+        super().__init__(plane)
+        self.wildcard: set[str] = set()
+        self.names: dict[str, set[str]] = {}
+        self.held: dict[str, dict[str, str]] = {}  # type -> name -> version the sidecar has
+        # type -> (nonce, version, what the sidecar held before) of the unanswered response
+        self.pending: dict[str, tuple[str, str, dict[str, str]]] = {}
+        self.dirty: set[str] = set()  # types that changed while a response was in flight
+        self.acked: dict[str, str] = {}  # type -> the last version ACKed
+        self.sent_version: dict[str, str] = {}
+
+    def on_request(self, request: discovery_pb2.DeltaDiscoveryRequest) -> list[Message]:
+        if request.node.id:
+            self.node_id = request.node.id
+        type_url = request.type_url
+        first = type_url not in self.names
+        replied = False
+        if request.response_nonce:
+            nonce, version, before = self.pending.get(type_url, ("", "", {}))
+            if request.response_nonce != nonce:
+                return []  # a stale nonce
+            del self.pending[type_url]
+            replied = True
+            error = request.error_detail.message
+            if error:  # NACKed: the sidecar kept what it held before that response
+                self.held[type_url] = before
+            else:
+                self.acked[type_url] = version
+            held_version = self.acked.get(type_url, "")
+            self.plane.record(Reply(self.node_id, type_url, held_version, nonce, error))
+        names = self.names.setdefault(type_url, set())
+        subscribe = set(request.resource_names_subscribe)
+        unsubscribe = set(request.resource_names_unsubscribe)
+        if first:
+            if type_url in WILDCARD_TYPES and (not subscribe or "*" in subscribe):
+                self.wildcard.add(type_url)
+            self.held[type_url] = dict(request.initial_resource_versions)
+        names |= subscribe - {"*"}
+        names -= unsubscribe
+        for name in unsubscribe:
+            self.held.get(type_url, {}).pop(name, None)
+        if first or subscribe or unsubscribe or (replied and type_url in self.dirty):
+            response = self._response(type_url, always=first)
+            return [response] if response is not None else []
+        return []
+
+    def on_push(self) -> list[Message]:
+        responses = []
+        for type_url in PUSH_ORDER:
+            if type_url in self.names:
+                response = self._response(type_url)
+                if response is not None:
+                    responses.append(response)
+        return responses
+
+    def _response(
+        self, type_url: str, always: bool = False
+    ) -> discovery_pb2.DeltaDiscoveryResponse | None:
+        version, messages = self.plane.current(type_url)
+        if not version:
+            return None
+        if type_url in self.pending:
+            self.dirty.add(type_url)
+            return None
+        self.dirty.discard(type_url)
+        wanted = {
+            resource_name(m): m
+            for m in messages
+            if type_url in self.wildcard or resource_name(m) in self.names[type_url]
+        }
+        held = self.held.setdefault(type_url, {})
+        before = dict(held)
+        changed = []
+        for name, message in wanted.items():
+            digest = _digest(message)
+            if held.get(name) != digest:
+                changed.append(
+                    discovery_pb2.Resource(name=name, version=digest, resource=_packed(message))
+                )
+                held[name] = digest
+        removed = sorted(n for n in held if n not in wanted)
+        for name in removed:
+            del held[name]
+        # A new version is announced even with nothing in it for this type (an empty
+        # response), so every type's ACK of each version can be waited on.
+        if not (changed or removed or always or version != self.sent_version.get(type_url)):
+            return None
+        nonce = self.plane.nonce()
+        self.sent_version[type_url] = version
+        self.pending[type_url] = (nonce, version, before)
+        return discovery_pb2.DeltaDiscoveryResponse(
+            system_version_info=version,
+            resources=changed,
+            removed_resources=removed,
+            type_url=type_url,
+            nonce=nonce,
+        )
+
+
+def _packed(message: Message) -> any_pb2.Any:
+    packed = any_pb2.Any()
+    packed.Pack(message)
+    return packed
+
+
+def _digest(message: Message) -> str:
+    return hashlib.sha256(message.SerializeToString(deterministic=True)).hexdigest()[:16]
 
 
 class _Servicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
@@ -344,4 +475,9 @@ class _Servicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     async def StreamAggregatedResources(
         self, request_iterator: object, context: grpc.aio.ServicerContext
     ) -> None:
-        await self._plane.serve_stream(context)
+        await self._plane.serve_stream(context, _SotwStream(self._plane))
+
+    async def DeltaAggregatedResources(
+        self, request_iterator: object, context: grpc.aio.ServicerContext
+    ) -> None:
+        await self._plane.serve_stream(context, _DeltaStream(self._plane))

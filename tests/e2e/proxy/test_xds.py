@@ -44,7 +44,7 @@ node:
   cluster: client.default
 dynamic_resources:
   ads_config:
-    api_type: GRPC
+    api_type: {api_type}
     transport_api_version: V3
     grpc_services: [{{envoy_grpc: {{cluster_name: xds-grpc}}}}]
   cds_config: {{ads: {{}}}}
@@ -106,11 +106,18 @@ def control_plane(mesh_lab: MeshLab):
         plane.stop()
 
 
-def start_client(lab: MeshLab, plane: XdsTestControlPlane, *extra: str) -> Pod:
+# Both variants of ADS, on every test: State of the World and Delta (incremental).
+@pytest.fixture(params=["GRPC", "DELTA_GRPC"], ids=["sotw", "delta"])
+def api_type(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def start_client(lab: MeshLab, plane: XdsTestControlPlane, api_type: str, *extra: str) -> Pod:
     client = lab.add_pod("client", 10)
     host, port = plane.address.rsplit(":", 1)
     bootstrap = lab.write_config(
-        "bootstrap.yaml", BOOTSTRAP.format(node_id=NODE_ID, host=host, port=port)
+        "bootstrap.yaml",
+        BOOTSTRAP.format(node_id=NODE_ID, host=host, port=port, api_type=api_type),
     )
     lab.intercept(client, "--capture-dns")
     lab.start_sidecar(client, None, "--bootstrap", str(bootstrap), *extra)
@@ -135,11 +142,11 @@ def config_dump(pod: Pod) -> dict:
 
 
 def test_a_sidecar_runs_the_mesh_its_control_plane_sends_and_follows_an_eds_change(
-    mesh_lab: MeshLab, control_plane: XdsTestControlPlane
+    mesh_lab: MeshLab, control_plane: XdsTestControlPlane, api_type: str
 ) -> None:
     one, two, three = backends(mesh_lab, 3)
     control_plane.set_snapshot("v1", mesh_snapshot([one], [two], [three]))
-    client = start_client(mesh_lab, control_plane)  # ready only once v1 is applied
+    client = start_client(mesh_lab, control_plane, api_type)  # ready only once v1 is applied
     control_plane.wait_acked("v1", [TYPE_CLUSTER], node_id=NODE_ID)
     assert answered_by(client.curl(f"http://{WEB_VIP}:8080/")) == "backend1"
     assert answered_by(client.curl("http://web:8080/")) == "backend1"  # by name, DNS proxy
@@ -149,6 +156,7 @@ def test_a_sidecar_runs_the_mesh_its_control_plane_sends_and_follows_an_eds_chan
     assert answered_by(client.curl(f"http://{RAW_VIP}:9000/")) == "backend3"  # tcp_proxy
     xds = config_dump(client)["xds"]
     assert xds["versions"]["CDS"] == "v1" and xds["connected"]
+    assert xds["variant"] == {"GRPC": "sotw", "DELTA_GRPC": "delta"}[api_type]
     # The service moves: v1's endpoint is now backend3.
     control_plane.set_snapshot("v2", mesh_snapshot([three], [two], [three]))
     wait_until(
@@ -160,11 +168,11 @@ def test_a_sidecar_runs_the_mesh_its_control_plane_sends_and_follows_an_eds_chan
 
 
 def test_a_snapshot_detour_cannot_apply_is_nacked_and_the_running_mesh_keeps_serving(
-    mesh_lab: MeshLab, control_plane: XdsTestControlPlane
+    mesh_lab: MeshLab, control_plane: XdsTestControlPlane, api_type: str
 ) -> None:
     one, two = backends(mesh_lab, 2)
     control_plane.set_snapshot("v1", mesh_snapshot([one], [two], [one]))
-    client = start_client(mesh_lab, control_plane)
+    client = start_client(mesh_lab, control_plane, api_type)
     # One cluster Detour cannot run, and RAW's cluster gone: CDS v2 is refused whole, so RAW
     # (still in CDS v1) keeps serving; the other types of v2 are taken, as Envoy takes them.
     bad = mesh_snapshot([one], [two], [one])
@@ -184,11 +192,11 @@ def test_a_snapshot_detour_cannot_apply_is_nacked_and_the_running_mesh_keeps_ser
 
 
 def test_traffic_outlives_the_control_plane_and_the_sidecar_resyncs_when_it_returns(
-    mesh_lab: MeshLab, control_plane: XdsTestControlPlane
+    mesh_lab: MeshLab, control_plane: XdsTestControlPlane, api_type: str
 ) -> None:
     one, two = backends(mesh_lab, 2)
     control_plane.set_snapshot("v1", mesh_snapshot([one], [two], [one]))
-    client = start_client(mesh_lab, control_plane)
+    client = start_client(mesh_lab, control_plane, api_type)
     control_plane.stop()
     wait_until(lambda: not config_dump(client)["xds"]["connected"], 10, "the stream to end")
     assert answered_by(client.curl(f"http://{WEB_VIP}:8080/")) == "backend1"
@@ -204,7 +212,7 @@ def test_traffic_outlives_the_control_plane_and_the_sidecar_resyncs_when_it_retu
 
 
 def test_a_restarted_sidecar_serves_its_cached_snapshot_while_the_control_plane_is_down(
-    mesh_lab: MeshLab, control_plane: XdsTestControlPlane
+    mesh_lab: MeshLab, control_plane: XdsTestControlPlane, api_type: str
 ) -> None:
     one, two = backends(mesh_lab, 2)
     control_plane.set_snapshot("v1", mesh_snapshot([one], [two], [one]))
@@ -212,7 +220,7 @@ def test_a_restarted_sidecar_serves_its_cached_snapshot_while_the_control_plane_
     cache_dir.mkdir()
     os.chown(cache_dir, PROXY_UID, PROXY_UID)  # the sidecar writes it as uid 1337
     cache = cache_dir / "snapshot.json"
-    client = start_client(mesh_lab, control_plane, "--xds-cache", str(cache))
+    client = start_client(mesh_lab, control_plane, api_type, "--xds-cache", str(cache))
     control_plane.wait_acked("v1", [TYPE_CLUSTER], node_id=NODE_ID)
     wait_until(cache.exists, 10, "the applied snapshot to be written")
     assert stat.S_IMODE(cache.stat().st_mode) == 0o600

@@ -24,6 +24,10 @@ static_resources:
     - name: xds-grpc
       type: STATIC
       connect_timeout: 1s
+      typed_extension_protocol_options:  # gRPC needs HTTP/2 (Envoy's and istiod's bootstrap)
+        envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+          "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+          explicit_http_config: {http2_protocol_options: {}}
       load_assignment:
         cluster_name: xds-grpc
         endpoints:

@@ -147,14 +147,17 @@ def test_http_listeners_subscribe_to_their_route_configurations():
 def test_a_snapshot_that_fails_as_a_whole_is_nacked_on_the_response_that_completed_it():
     state = new_state()
     state.initial_requests()
-    state.on_response(response(TYPE_CLUSTER, "c1", cluster(WEB)))
-    state.on_response(response(TYPE_ENDPOINT, "e1", assignment(WEB, [("10.88.0.7", 80)])))
+    other = outbound(8080, "other.default")
+    state.on_response(response(TYPE_CLUSTER, "c1", cluster(WEB), cluster(other)))
+    assignments = (assignment(WEB, [("10.88.0.7", 80)]), assignment(other, [("10.88.0.8", 80)]))
+    state.on_response(response(TYPE_ENDPOINT, "e1", *assignments))
     before = state.applied  # clusters and endpoints, no listener yet
     state.on_response(response(TYPE_LISTENER, "l1", http_listener(8080)))
-    ghost = outbound(8080, "ghost.default")
-    rds = route_config("8080", [virtual_host("web.default", 8080, "10.96.0.7", [route(ghost)])])
+    # One virtual host routing to two services: fine on its own, not in Detour's model.
+    mixed = [route(WEB, "/a"), route(other)]
+    rds = route_config("8080", [virtual_host("web.default", 8080, "10.96.0.7", mixed)])
     outcome = state.on_response(response(TYPE_ROUTE, "r1", rds))
-    assert outcome.error is not None and "no such cluster" in outcome.error
+    assert outcome.error is not None and "routes[1].route.cluster" in outcome.error
     assert outcome.requests[0].version_info == ""  # nothing of RDS accepted yet
     assert state.applied is before and "r1" not in str(state.types[TYPE_ROUTE])
 

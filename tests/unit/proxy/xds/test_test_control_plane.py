@@ -133,3 +133,96 @@ def test_it_restarts_on_the_same_port(plane: XdsTestControlPlane) -> None:
         assert again.receive().version_info == "v3"
     finally:
         again.close()
+
+
+class BareDeltaClient(BareClient):
+    """The Delta stream, driven by hand."""
+
+    def __init__(self, address: str) -> None:
+        self._channel = grpc.insecure_channel(address)
+        self._requests = queue.Queue()
+        stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(self._channel)
+        self._responses = stub.DeltaAggregatedResources(self._pending())
+
+    def send_delta(
+        self, type_url: str, subscribe=(), unsubscribe=(), nonce="", error="", held=None
+    ):
+        request = discovery_pb2.DeltaDiscoveryRequest(
+            node=NODE,
+            type_url=type_url,
+            resource_names_subscribe=list(subscribe),
+            resource_names_unsubscribe=list(unsubscribe),
+            response_nonce=nonce,
+            initial_resource_versions=held or {},
+        )
+        if error:
+            request.error_detail.message = error
+        self._requests.put(request)
+
+
+@pytest.fixture
+def delta_client(plane: XdsTestControlPlane) -> Iterator[BareDeltaClient]:
+    bare = BareDeltaClient(plane.address)
+    try:
+        yield bare
+    finally:
+        bare.close()
+
+
+def delta_names(response) -> list[str]:
+    return [r.name for r in response.resources]
+
+
+def test_delta_sends_what_changed_and_the_names_removed(
+    plane: XdsTestControlPlane, delta_client: BareDeltaClient
+) -> None:
+    plane.set_snapshot("v1", snapshot(cluster(A), cluster(B)))
+    delta_client.send_delta(TYPE_CLUSTER)  # wildcard
+    first = delta_client.receive()
+    assert (first.system_version_info, delta_names(first)) == ("v1", [A, B])
+    delta_client.send_delta(TYPE_CLUSTER, nonce=first.nonce)
+    plane.wait_acked("v1", [TYPE_CLUSTER], node_id=NODE.id, timeout=5)
+    plane.set_snapshot("v2", snapshot(cluster(A), cluster(B, connect_timeout="2s")))
+    changed = delta_client.receive()
+    assert delta_names(changed) == [B] and list(changed.removed_resources) == []
+    delta_client.send_delta(TYPE_CLUSTER, nonce=changed.nonce)
+    plane.set_snapshot("v3", snapshot(cluster(B, connect_timeout="2s")))
+    removed = delta_client.receive()
+    assert delta_names(removed) == [] and list(removed.removed_resources) == [A]
+
+
+def test_delta_a_nack_restores_what_the_sidecar_holds(
+    plane: XdsTestControlPlane, delta_client: BareDeltaClient
+) -> None:
+    plane.set_snapshot("v1", snapshot(cluster(A)))
+    delta_client.send_delta(TYPE_CLUSTER)
+    first = delta_client.receive()
+    delta_client.send_delta(TYPE_CLUSTER, nonce=first.nonce)
+    plane.set_snapshot("v2", snapshot(cluster(B)))  # A removed, B added: NACKed
+    bad = delta_client.receive()
+    delta_client.send_delta(TYPE_CLUSTER, nonce=bad.nonce, error="no")
+    nack = plane.wait_nacked(TYPE_CLUSTER, node_id=NODE.id, timeout=5)
+    assert (nack.version, nack.error) == ("v1", "no")
+    plane.set_snapshot("v3", snapshot(cluster(B)))  # the same again: still sent, A removed
+    again = delta_client.receive()
+    assert delta_names(again) == [B] and list(again.removed_resources) == [A]
+
+
+def test_delta_named_subscriptions_and_initial_versions(
+    plane: XdsTestControlPlane, delta_client: BareDeltaClient
+) -> None:
+    one, two = assignment(A, [("10.0.0.1", 80)]), assignment(B, [("10.0.0.2", 80)])
+    plane.set_snapshot("v1", snapshot(one, two))
+    delta_client.send_delta(TYPE_ENDPOINT, subscribe=[A])
+    first = delta_client.receive()
+    assert delta_names(first) == [A]
+    delta_client.send_delta(TYPE_ENDPOINT, nonce=first.nonce)
+    delta_client.send_delta(TYPE_ENDPOINT, subscribe=[B], unsubscribe=[A])
+    assert delta_names(delta_client.receive()) == [B]
+    # A new stream that already holds A at its version is sent nothing for A.
+    again = BareDeltaClient(plane.address)
+    try:
+        again.send_delta(TYPE_ENDPOINT, subscribe=[A, B], held={A: first.resources[0].version})
+        assert delta_names(again.receive()) == [B]
+    finally:
+        again.close()

@@ -232,6 +232,20 @@ def test_fault_and_header_rules_of_a_route_are_taken():
 # --- refusals: each names the resource and the field -------------------------------------------
 
 
+def regex_route(match: dict) -> object:
+    return route_config(
+        "8080",
+        [
+            virtual_host(
+                "backend.default",
+                8080,
+                "10.96.0.8",
+                [{"match": match, "route": {"cluster": BACKEND}}],
+            )
+        ],
+    )
+
+
 @pytest.mark.parametrize(
     ("messages", "kind", "name", "field"),
     [
@@ -329,6 +343,33 @@ def test_fault_and_header_rules_of_a_route_are_taken():
             "8080",
             "virtual_hosts[0].routes[0].match.query_parameters",
         ),
+        (
+            (regex_route({"safe_regex": {"regex": "/canary("}}),),
+            TYPE_ROUTE,
+            "8080",
+            "virtual_hosts[0].routes[0].match.safe_regex.regex",
+        ),
+        (
+            (regex_route({"safe_regex": {"regex": "/(?!admin).*"}}),),  # Python's, not RE2's
+            TYPE_ROUTE,
+            "8080",
+            "virtual_hosts[0].routes[0].match.safe_regex.regex",
+        ),
+        (
+            (
+                regex_route(
+                    {
+                        "prefix": "/",
+                        "headers": [
+                            {"name": "x-a", "string_match": {"safe_regex": {"regex": "["}}}
+                        ],
+                    }
+                ),
+            ),
+            TYPE_ROUTE,
+            "8080",
+            "virtual_hosts[0].routes[0].match.headers[0].string_match.safe_regex.regex",
+        ),
     ],
     ids=[
         "maglev",
@@ -339,6 +380,9 @@ def test_fault_and_header_rules_of_a_route_are_taken():
         "prefix-rewrite",
         "retry-on-4xx",
         "query-match",
+        "invalid-path-regex",
+        "lookahead-not-re2",
+        "invalid-header-regex",
     ],
 )
 def test_a_resource_with_a_field_detour_does_not_implement_is_refused_naming_it(
@@ -375,10 +419,26 @@ def test_a_route_to_another_service_is_refused_when_the_snapshot_is_built():
     assert caught.value.field == "virtual_hosts[0].routes[1].route.cluster"
 
 
-def test_a_route_to_a_cluster_that_does_not_exist_is_refused():
-    messages = http_backend(route(outbound(8080, "ghost.default")))
-    with pytest.raises(XdsRejected, match="no such cluster"):
-        mesh_of(*messages)
+def test_a_route_to_a_removed_subset_cluster_stands_in_with_no_endpoints():
+    """Envoy answers a route to a cluster it does not have 503 NC; here the subset is there
+    with no endpoints, so its requests get 503 (and a malformed name is still refused)."""
+    gone = outbound(8080, "backend.default", "v2")
+    mesh = mesh_of(*http_backend(route(gone, "/canary"), route(BACKEND)))
+    backend = service(mesh, "backend.default")
+    assert [s.name for s in backend.subsets] == ["v2"]
+    assert not [e for e in backend.endpoints if backend.subsets[0].selects(e)]
+    assert len(backend.endpoints) == 2  # the service's own endpoints are untouched
+
+
+def test_a_removed_service_whose_listener_remains_has_no_endpoints_and_keeps_its_vip():
+    mesh = mesh_of(tcp_listener("10.96.0.9", 9000, DB))  # the cluster went first
+    db = service(mesh, "db.default")
+    assert db.endpoints == () and db.vips == (ipaddress.ip_address("10.96.0.9"),)
+
+
+def test_a_route_to_a_cluster_name_that_is_not_istios_is_refused():
+    with pytest.raises(XdsRejected, match="by Istio's name"):
+        mesh_of(*http_backend(route("ghost")))
 
 
 def test_endpoints_that_differ_between_ports_of_one_service_are_refused():
