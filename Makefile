@@ -25,7 +25,7 @@ test-vm: setup
 	@./vagrant/test-vm.sh
 
 demo: setup
-	@./scripts/demo.sh
+	@./scripts/demo.sh $(DEMO)
 
 # Container image localhost/detour:dev (init + sidecar), see deploy/README.md.
 images: setup

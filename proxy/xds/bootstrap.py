@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from envoy.config.bootstrap.v3 import bootstrap_pb2
 from envoy.config.core.v3 import base_pb2, config_source_pb2
@@ -136,11 +136,11 @@ def _bootstrap(message: bootstrap_pb2.Bootstrap, source: str) -> Bootstrap:
     return Bootstrap(message.node, server, variant, source)
 
 
-def _server(message: bootstrap_pb2.Bootstrap, service, where: str) -> str:
+def _server(message: bootstrap_pb2.Bootstrap, service: Any, where: str) -> str:
     only_fields(service, where, ("envoy_grpc", "google_grpc", "timeout"))
     if service.HasField("google_grpc"):
         only_fields(service.google_grpc, f"{where}.google_grpc", ("target_uri", "stat_prefix"))
-        return service.google_grpc.target_uri
+        return str(service.google_grpc.target_uri)
     name = service.envoy_grpc.cluster_name
     static = message.static_resources
     only_fields(static, "static_resources", ("clusters",))

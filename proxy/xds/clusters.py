@@ -24,6 +24,7 @@ from proxy.config.model import (
     CircuitBreaker,
     HealthCheck,
     IPAddress,
+    LbPolicy,
     LoadBalancer,
     TrafficPolicy,
 )
@@ -36,7 +37,7 @@ ENVOY_CONNECT_TIMEOUT = 5.0
 HTTP_OPTIONS_EXTENSION = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 _Cluster = cluster_pb2.Cluster
-_LB_POLICIES = {
+_LB_POLICIES: dict[int, LbPolicy] = {
     _Cluster.ROUND_ROBIN: "round_robin",
     _Cluster.LEAST_REQUEST: "least_request",
     _Cluster.RANDOM: "random",
@@ -342,7 +343,9 @@ def lb_endpoints(assignment: endpoint_pb2.ClusterLoadAssignment) -> tuple[LbEndp
     return tuple(found)
 
 
-def _locality_labels(group: endpoint_components_pb2.LocalityLbEndpoints) -> tuple:
+def _locality_labels(
+    group: endpoint_components_pb2.LocalityLbEndpoints,
+) -> tuple[tuple[str, str], ...]:
     locality = group.locality
     pairs = (
         ("topology.kubernetes.io/region", locality.region),
@@ -353,7 +356,7 @@ def _locality_labels(group: endpoint_components_pb2.LocalityLbEndpoints) -> tupl
 
 
 def _lb_endpoint(
-    entry: endpoint_components_pb2.LbEndpoint, where: str, labels: tuple
+    entry: endpoint_components_pb2.LbEndpoint, where: str, labels: tuple[tuple[str, str], ...]
 ) -> LbEndpoint | None:
     only_fields(entry, where, ("endpoint", "health_status", "load_balancing_weight"), ("metadata",))
     if entry.health_status in _EXCLUDED:

@@ -40,7 +40,7 @@ class DeltaState(AdsState):
     def initial_requests(self) -> tuple[discovery_pb2.DeltaDiscoveryRequest, ...]:
         """A new stream: every type subscribed so far, the names it wants and the versions of
         the resources it holds; the node on the first request only."""
-        requests = []
+        requests: list[discovery_pb2.DeltaDiscoveryRequest] = []
         for type_url in SUBSCRIPTION_ORDER:
             state = self.types[type_url]
             if type_url in WILDCARD_TYPES or state.names:

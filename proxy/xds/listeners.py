@@ -141,7 +141,7 @@ def _virtual_outbound_policy(listener: listener_pb2.Listener) -> bool:
             cluster,
             f"{PASSTHROUGH} (ALLOW_ANY) or {BLACKHOLE} (REGISTRY_ONLY)",
         )
-    return cluster == PASSTHROUGH
+    return bool(cluster == PASSTHROUGH)
 
 
 def _chain(

@@ -10,10 +10,13 @@ and the README's coverage table is that list.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TypeVar
 
 from google.protobuf.any_pb2 import Any as AnyMessage
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import DecodeError, Message
+
+M = TypeVar("M", bound=Message)
 
 TYPE_PREFIX = "type.googleapis.com/"
 TYPE_LISTENER = TYPE_PREFIX + "envoy.config.listener.v3.Listener"
@@ -79,7 +82,7 @@ def only_fields(
             )
 
 
-def unpack(packed: AnyMessage, message_class: type[Message], where: str) -> Message:
+def unpack(packed: AnyMessage, message_class: type[M], where: str) -> M:
     """``packed`` as ``message_class``; a wrong type or bytes that do not parse are refused."""
     expected = TYPE_PREFIX + message_class.DESCRIPTOR.full_name
     if packed.type_url != expected:

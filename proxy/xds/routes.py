@@ -12,8 +12,9 @@ is not given is 15 s (0 turns it off).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
@@ -305,7 +306,9 @@ def _retry_policy(policy: rc.RetryPolicy, where: str) -> RetryPolicy:
     )
 
 
-def _header_operations(adds, removes, where: str, side: str) -> HeaderOperations:
+def _header_operations(
+    adds: Iterable[Any], removes: Iterable[str], where: str, side: str
+) -> HeaderOperations:
     """Envoy's HeaderValueOption: APPEND_IF_EXISTS_OR_ADD (the default) appends, and
     OVERWRITE_IF_EXISTS_OR_ADD (or ``append: false``) replaces."""
     set_: list[tuple[str, str]] = []
@@ -357,4 +360,4 @@ def _fault(route: rc.Route, where: str) -> Fault | None:
 
 
 def _percent(fraction: percent_pb2.FractionalPercent) -> float:
-    return fraction.numerator * 100 / _FRACTION_DENOMINATORS[fraction.denominator]
+    return float(fraction.numerator * 100 / _FRACTION_DENOMINATORS[fraction.denominator])

@@ -32,6 +32,7 @@ from proxy.config.model import (
     HttpRoute,
     IPAddress,
     Mesh,
+    Protocol,
     Service,
     ServicePort,
     Subset,
@@ -58,7 +59,7 @@ from proxy.xds.resources import (
     only_fields,
     refuse,
 )
-from proxy.xds.routes import VirtualHostRoutes, translate_virtual_host
+from proxy.xds.routes import ClusterLookup, VirtualHostRoutes, translate_virtual_host
 
 SUBSET_LABEL_PREFIX = "subset.detour.dev/"
 
@@ -94,16 +95,16 @@ def check_resource(type_url: str, name: str, message: Message, cluster_domain: s
     """The checks one resource passes on its own; raises XdsRejected naming the field."""
     with _rejecting(type_url, name):
         if type_url == TYPE_CLUSTER:
-            translate_cluster(message, cluster_domain)  # type: ignore[arg-type]
+            translate_cluster(message, cluster_domain)
         elif type_url == TYPE_ENDPOINT:
-            lb_endpoints(message)  # type: ignore[arg-type]
+            lb_endpoints(message)
         elif type_url == TYPE_LISTENER:
-            info = translate_listener(message)  # type: ignore[arg-type]
+            info = translate_listener(message)
             for chain in info.chains:
                 if chain.inline_routes is not None:
                     _route_config_hosts(chain.inline_routes, _any_cluster(cluster_domain))
         elif type_url == TYPE_ROUTE:
-            _route_config_hosts(message, _any_cluster(cluster_domain))  # type: ignore[arg-type]
+            _route_config_hosts(message, _any_cluster(cluster_domain))
 
 
 def wanted_endpoints(clusters: Mapping[str, cluster_pb2.Cluster]) -> tuple[str, ...]:
@@ -118,7 +119,7 @@ def wanted_endpoints(clusters: Mapping[str, cluster_pb2.Cluster]) -> tuple[str, 
 def wanted_routes(listeners: Mapping[str, listener_pb2.Listener]) -> tuple[str, ...]:
     """The RouteConfigurations the listeners' HTTP filter chains name (their RDS
     subscription). Listeners that do not translate name none."""
-    names = set()
+    names: set[str] = set()
     for listener in listeners.values():
         try:
             info = translate_listener(listener)
@@ -148,7 +149,7 @@ class _ServiceParts:
     host: ClusterName
     ports: dict[int, ClusterInfo] = field(default_factory=dict)  # subset-less clusters
     subsets: dict[str, list[ClusterInfo]] = field(default_factory=lambda: defaultdict(list))
-    protocols: dict[int, str] = field(default_factory=dict)
+    protocols: dict[int, Protocol] = field(default_factory=dict)
     vips: set[IPAddress] = field(default_factory=set)
     routes: tuple[HttpRoute, ...] | None = None
     routes_from: str = ""  # the route configuration (or listener) the routes came from
@@ -287,7 +288,7 @@ def _http_host(
 ) -> None:
     target = host.target
     entry = clusters.parts[target.host]
-    protocol = "http2" if clusters.port_cluster(target, "virtual_hosts").http2 else "http"
+    protocol: Protocol = "http2" if clusters.port_cluster(target, "virtual_hosts").http2 else "http"
     _claim_protocol(entry, target.port, protocol, "virtual_hosts")
     entry.vips.update(chain.addresses)
     entry.vips.update(
@@ -304,7 +305,7 @@ def _http_host(
     entry.routes, entry.routes_from = host.routes, owner
 
 
-def _claim_protocol(entry: _ServiceParts, port: int, protocol: str, where: str) -> None:
+def _claim_protocol(entry: _ServiceParts, port: int, protocol: Protocol, where: str) -> None:
     earlier = entry.protocols.get(port)
     if earlier is not None and earlier != protocol:
         raise refuse(
@@ -316,7 +317,7 @@ def _claim_protocol(entry: _ServiceParts, port: int, protocol: str, where: str) 
 
 
 def _route_config_hosts(
-    config: route_pb2.RouteConfiguration, cluster_of
+    config: route_pb2.RouteConfiguration, cluster_of: ClusterLookup
 ) -> list[VirtualHostRoutes]:
     only_fields(config, "", ("name", "virtual_hosts"), ("validate_clusters",))
     hosts = []
@@ -327,7 +328,7 @@ def _route_config_hosts(
     return hosts
 
 
-def _any_cluster(cluster_domain: str):
+def _any_cluster(cluster_domain: str) -> ClusterLookup:
     """For the checks of one route configuration on its own: any well-formed name."""
 
     def lookup(name: str, where: str) -> ClusterName:
@@ -347,6 +348,7 @@ def _service(
     host = entry.host
     if not entry.ports:
         some = next(iter(entry.subsets.values()))[0]
+        assert some.target is not None  # only a service's clusters are in its parts
         raise XdsRejected(
             TYPE_CLUSTER,
             some.name,
@@ -357,7 +359,7 @@ def _service(
     ports = tuple(
         ServicePort(
             f"{entry.protocols.get(port, 'tcp')}-{port}", port, entry.protocols.get(port, "tcp")
-        )  # type: ignore[arg-type]
+        )
         for port in sorted(entry.ports)
     )
     by_port = {port: _endpoints_of(info, assignments) for port, info in sorted(entry.ports.items())}
@@ -550,7 +552,7 @@ class _rejecting:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind, error, _traceback) -> None:
+    def __exit__(self, kind: object, error: BaseException | None, _traceback: object) -> None:
         if isinstance(error, Refusal):
             raise XdsRejected(
                 self.type_url, self.name, error.field, error.value, error.reason

@@ -248,15 +248,85 @@ class Lines:
         return self.snapshot()
 
 
+@dataclass(frozen=True)
+class Node:
+    """A "host" of the lab: a bridge in a namespace of its own with a /24 and a /64 of pods.
+    The first node is the lab's bridge; others are routed to it over a point-to-point link,
+    as two hosts of a cluster are (pods on different nodes reach each other by routing)."""
+
+    ns: Netns
+    subnet_v4: str  # the first three octets
+    subnet_v6: str  # a prefix to which the host number is appended in hex
+
+    @property
+    def gateway_v4(self) -> str:
+        return f"{self.subnet_v4}.1"
+
+    @property
+    def gateway_v6(self) -> str:
+        return f"{self.subnet_v6}1"
+
+
 @dataclass
 class MeshLab:
-    """A bridge namespace and the pods attached to it."""
+    """A bridge namespace and the pods attached to it (and more nodes, when a test adds
+    them)."""
 
     bridge_ns: Netns
     workdir: Path
     cgroup_parent: Path
     pods: list[Pod] = field(default_factory=list)
     interception: str = "iptables"  # one of INTERCEPTIONS
+    more_nodes: list[Node] = field(default_factory=list)
+
+    @property
+    def first_node(self) -> Node:
+        return Node(self.bridge_ns, SUBNET_V4, SUBNET_V6)
+
+    def add_node(self) -> Node:
+        """Another node: its own bridge, subnet 10.88.N.0/24 (fd88:0:0:N::/64), routed to the
+        first node's (where the cluster DNS and a test control plane listen)."""
+        n = len(self.more_nodes) + 1
+        node = Node(Netns.create(f"node{n + 1}"), f"10.88.{n}", f"fd88:0:0:{n}::")
+        node.ns.run("ip", "link", "add", "br0", "type", "bridge")
+        node.ns.run("ip", "addr", "add", f"{node.gateway_v4}/24", "dev", "br0")
+        node.ns.run("ip", "addr", "add", f"{node.gateway_v6}/64", "dev", "br0", "nodad")
+        node.ns.run("ip", "link", "set", "br0", "up")
+        near, far = f"tr{n}a", f"tr{n}b"
+        subprocess.run(
+            [
+                "ip",
+                "link",
+                "add",
+                near,
+                "netns",
+                self.bridge_ns.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                far,
+                "netns",
+                node.ns.name,
+            ],
+            check=True,
+        )
+        for ns, link, v4, v6 in (
+            (self.bridge_ns, near, f"10.87.{n}.1/30", f"fd87:{n}::1/64"),
+            (node.ns, far, f"10.87.{n}.2/30", f"fd87:{n}::2/64"),
+        ):
+            ns.run("ip", "addr", "add", v4, "dev", link)
+            ns.run("ip", "addr", "add", v6, "dev", link, "nodad")
+            ns.run("ip", "link", "set", link, "up")
+            ns.run("sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+        self.bridge_ns.run("ip", "route", "add", f"{node.subnet_v4}.0/24", "via", f"10.87.{n}.2")
+        self.bridge_ns.run(
+            "ip", "-6", "route", "add", f"{node.subnet_v6}/64", "via", f"fd87:{n}::2"
+        )
+        node.ns.run("ip", "route", "add", "default", "via", f"10.87.{n}.1")
+        node.ns.run("ip", "-6", "route", "add", "default", "via", f"fd87:{n}::1")
+        self.more_nodes.append(node)
+        return node
 
     @classmethod
     def create(cls, interception: str = "iptables") -> MeshLab:
@@ -274,7 +344,9 @@ class MeshLab:
         cgroup_parent.mkdir()
         return cls(bridge_ns, workdir, cgroup_parent, interception=interception)
 
-    def add_pod(self, role: str, host: int) -> Pod:
+    def add_pod(self, role: str, host: int, node: Node | None = None) -> Pod:
+        """A pod on ``node`` (the first one by default) at host number ``host``."""
+        node = node or self.first_node
         ns = Netns.create(role)
         # "ip netns exec" bind-mounts /etc/netns/<name>/resolv.conf over /etc/resolv.conf: the
         # pod's resolvers are the lab's cluster DNS, with Kubernetes' search list.
@@ -299,18 +371,18 @@ class MeshLab:
                 "name",
                 bridge_if,
                 "netns",
-                self.bridge_ns.name,
+                node.ns.name,
             ],
             check=True,
         )
-        self.bridge_ns.run("ip", "link", "set", bridge_if, "master", "br0", "up")
+        node.ns.run("ip", "link", "set", bridge_if, "master", "br0", "up")
         ns.run("ip", "link", "set", "dev", staged, "name", pod_if)
-        ip, ip6 = f"{SUBNET_V4}.{host}", f"{SUBNET_V6}{host:x}"
+        ip, ip6 = f"{node.subnet_v4}.{host}", f"{node.subnet_v6}{host:x}"
         ns.run("ip", "addr", "add", f"{ip}/24", "dev", pod_if)
         ns.run("ip", "addr", "add", f"{ip6}/64", "dev", pod_if, "nodad")
         ns.run("ip", "link", "set", pod_if, "up")
-        ns.run("ip", "route", "add", "default", "via", GATEWAY_V4)
-        ns.run("ip", "-6", "route", "add", "default", "via", GATEWAY_V6)
+        ns.run("ip", "route", "add", "default", "via", node.gateway_v4)
+        ns.run("ip", "-6", "route", "add", "default", "via", node.gateway_v6)
         cgroup = self.cgroup_parent / role
         cgroup.mkdir()
         pod = Pod(role, ns, ip, ip6, cgroup)
@@ -424,6 +496,8 @@ class MeshLab:
             pod.ns.delete()
             if pod.ebpf_attached:
                 ebpf("detach", "--cgroup", str(pod.cgroup), check=True)
+        for node in self.more_nodes:
+            node.ns.delete()
         self.bridge_ns.delete()
         for cgroup in sorted((p for p in self.cgroup_parent.iterdir() if p.is_dir()), reverse=True):
             _rmdir_cgroup(cgroup)

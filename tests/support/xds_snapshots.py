@@ -196,3 +196,44 @@ def snapshot(*resources: Any) -> dict[str, list]:
     for resource in resources:
         by_type[kinds[type(resource)]].append(resource)
     return by_type
+
+
+def bootstrap(node_id: str, server: str, api_type: str = "GRPC") -> dict:
+    """Envoy's bootstrap for a sidecar of node ``node_id`` whose ADS server is ``server``
+    ("host:port"), as a dict (written as JSON): the same file starts Envoy and Detour (which
+    ignores ``admin``). ``api_type`` GRPC is State of the World, DELTA_GRPC incremental."""
+    host, port = server.rsplit(":", 1)
+    h2 = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    endpoint = {"address": {"socket_address": {"address": host, "port_value": int(port)}}}
+    return {
+        "node": {"id": node_id, "cluster": node_id.split("~")[2].split(".")[0]},
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 15000}}},
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": api_type,
+                "transport_api_version": "V3",
+                "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}],
+            },
+            "cds_config": {"ads": {}, "resource_api_version": "V3"},
+            "lds_config": {"ads": {}, "resource_api_version": "V3"},
+        },
+        "static_resources": {
+            "clusters": [
+                {
+                    "name": "xds-grpc",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "typed_extension_protocol_options": {  # gRPC is HTTP/2
+                        h2: {
+                            "@type": f"type.googleapis.com/{h2}",
+                            "explicit_http_config": {"http2_protocol_options": {}},
+                        }
+                    },
+                    "load_assignment": {
+                        "cluster_name": "xds-grpc",
+                        "endpoints": [{"lb_endpoints": [{"endpoint": endpoint}]}],
+                    },
+                }
+            ]
+        },
+    }

@@ -18,6 +18,7 @@ from support.mesh_lab import GATEWAY_V4, PROXY_UID, MeshLab, Pod
 from support.xds_control_plane import TYPE_CLUSTER, TYPE_LISTENER, XdsTestControlPlane
 from support.xds_snapshots import (
     assignment,
+    bootstrap,
     cluster,
     http_listener,
     outbound,
@@ -37,28 +38,6 @@ WEB_V1 = outbound(8080, "web.default", "v1")
 WEB_V2 = outbound(8080, "web.default", "v2")
 RAW = outbound(9000, "raw.default")
 NODE_ID = "sidecar~10.88.0.10~client-1.default~default.svc.cluster.local"
-
-BOOTSTRAP = """
-node:
-  id: {node_id}
-  cluster: client.default
-dynamic_resources:
-  ads_config:
-    api_type: {api_type}
-    transport_api_version: V3
-    grpc_services: [{{envoy_grpc: {{cluster_name: xds-grpc}}}}]
-  cds_config: {{ads: {{}}}}
-  lds_config: {{ads: {{}}}}
-static_resources:
-  clusters:
-    - name: xds-grpc
-      type: STATIC
-      connect_timeout: 1s
-      load_assignment:
-        cluster_name: xds-grpc
-        endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address:
-          {{address: {host}, port_value: {port}}}}}}}}}]}}]
-"""
 
 
 def mesh_snapshot(web: list[Pod], canary: list[Pod], raw: list[Pod]) -> dict:
@@ -114,13 +93,11 @@ def api_type(request: pytest.FixtureRequest) -> str:
 
 def start_client(lab: MeshLab, plane: XdsTestControlPlane, api_type: str, *extra: str) -> Pod:
     client = lab.add_pod("client", 10)
-    host, port = plane.address.rsplit(":", 1)
-    bootstrap = lab.write_config(
-        "bootstrap.yaml",
-        BOOTSTRAP.format(node_id=NODE_ID, host=host, port=port, api_type=api_type),
+    config = lab.write_config(
+        "bootstrap.json", json.dumps(bootstrap(NODE_ID, plane.address, api_type))
     )
     lab.intercept(client, "--capture-dns")
-    lab.start_sidecar(client, None, "--bootstrap", str(bootstrap), *extra)
+    lab.start_sidecar(client, None, "--bootstrap", str(config), *extra)
     return client
 
 
@@ -227,9 +204,9 @@ def test_a_restarted_sidecar_serves_its_cached_snapshot_while_the_control_plane_
     control_plane.stop()
     client.sidecar.terminate()
     client.sidecar.wait(10)
-    bootstrap = mesh_lab.workdir / "bootstrap.yaml"
+    config = mesh_lab.workdir / "bootstrap.json"
     mesh_lab.start_sidecar(
-        client, None, "--bootstrap", str(bootstrap), "--xds-cache", str(cache)
+        client, None, "--bootstrap", str(config), "--xds-cache", str(cache)
     )  # ready from the cache, the control plane still down
     assert answered_by(client.curl(f"http://{WEB_VIP}:8080/")) == "backend1"
     assert answered_by(client.curl("http://web:8080/canary")) == "backend2"

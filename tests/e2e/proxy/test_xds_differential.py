@@ -30,6 +30,7 @@ from support.xds_control_plane import (
 from support.xds_snapshots import (
     FAULT_TYPE,
     assignment,
+    bootstrap,
     cluster,
     http_listener,
     outbound,
@@ -48,52 +49,6 @@ WEB_VIP = "10.96.0.7"
 WEB = outbound(8080, "web.default")
 WEB_V1 = outbound(8080, "web.default", "v1")
 WEB_V2 = outbound(8080, "web.default", "v2")
-
-# Envoy's own bootstrap (Detour's takes the same file less `admin`, which it ignores).
-BOOTSTRAP = {
-    "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 15000}}},
-    "dynamic_resources": {
-        "ads_config": {
-            "api_type": "GRPC",
-            "transport_api_version": "V3",
-            "grpc_services": [{"envoy_grpc": {"cluster_name": "xds-grpc"}}],
-        },
-        "cds_config": {"ads": {}, "resource_api_version": "V3"},
-        "lds_config": {"ads": {}, "resource_api_version": "V3"},
-    },
-}
-
-
-def bootstrap(node_id: str, plane: XdsTestControlPlane, api_type: str) -> dict:
-    host, port = plane.address.rsplit(":", 1)
-    h2 = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-    endpoint = {"address": {"socket_address": {"address": host, "port_value": int(port)}}}
-    dynamic = json.loads(json.dumps(BOOTSTRAP["dynamic_resources"]))
-    dynamic["ads_config"]["api_type"] = api_type
-    return {
-        **BOOTSTRAP,
-        "dynamic_resources": dynamic,
-        "node": {"id": node_id, "cluster": node_id.split("~")[2]},
-        "static_resources": {
-            "clusters": [
-                {
-                    "name": "xds-grpc",
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "typed_extension_protocol_options": {
-                        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                            "@type": h2,
-                            "explicit_http_config": {"http2_protocol_options": {}},
-                        }
-                    },
-                    "load_assignment": {
-                        "cluster_name": "xds-grpc",
-                        "endpoints": [{"lb_endpoints": [{"endpoint": endpoint}]}],
-                    },
-                }
-            ]
-        },
-    }
 
 
 def node_id(pod: Pod) -> str:
@@ -193,7 +148,8 @@ class Pair:
         for pod in (self.envoy, self.detour):
             self.lab.intercept(pod)
         envoy_config = self.lab.write_config(
-            "envoy.json", json.dumps(bootstrap(self.nodes["envoy"], self.plane, self.api_type))
+            "envoy.json",
+            json.dumps(bootstrap(self.nodes["envoy"], self.plane.address, self.api_type)),
         )
         self.envoy.sidecar_log = self.lab.workdir / "envoy.sidecar.log"
         with self.envoy.sidecar_log.open("w") as log:
@@ -214,7 +170,8 @@ class Pair:
             )
         self.envoy.ns._procs.append(self.envoy.sidecar)
         detour_config = self.lab.write_config(
-            "detour.json", json.dumps(bootstrap(self.nodes["detour"], self.plane, self.api_type))
+            "detour.json",
+            json.dumps(bootstrap(self.nodes["detour"], self.plane.address, self.api_type)),
         )
         self.lab.start_sidecar(self.detour, None, "--bootstrap", str(detour_config))
         wait_until(lambda: self.envoy.admin("/ready")[0] == 200, 15, "Envoy to be ready")

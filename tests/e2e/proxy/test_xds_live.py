@@ -9,6 +9,7 @@ stopped and started again; every request must succeed.
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
@@ -24,6 +25,7 @@ from support.xds_control_plane import (
 )
 from support.xds_snapshots import (
     assignment,
+    bootstrap,
     cluster,
     http_listener,
     outbound,
@@ -111,14 +113,13 @@ def run_under_load(
     lab: MeshLab, plane: XdsTestControlPlane, pods: list[Pod], api_type: str
 ) -> None:
     node = "sidecar~10.88.0.20~client-1.default~default.svc.cluster.local"
-    host, port = plane.address.rsplit(":", 1)
-    bootstrap = lab.write_config(
-        "bootstrap.yaml", BOOTSTRAP.format(node=node, host=host, port=port, api_type=api_type)
+    config = lab.write_config(
+        "bootstrap.json", json.dumps(bootstrap(node, plane.address, api_type))
     )
     plane.set_snapshot("v0", version(0, pods))
     client = lab.add_pod("client", 20)
     lab.intercept(client)
-    lab.start_sidecar(client, None, "--bootstrap", str(bootstrap))
+    lab.start_sidecar(client, None, "--bootstrap", str(config))
     plane.wait_acked("v0", ALL_TYPES, node_id=node)
     load = client.spawn(
         "h2load",
@@ -163,23 +164,3 @@ def run_under_load(
     assert (result["succeeded"], result["ok_2xx"], result["errors"]) == (REQUESTS, REQUESTS, 0), (
         stdout
     )
-
-
-BOOTSTRAP = """
-node: {{id: {node}, cluster: client.default}}
-dynamic_resources:
-  ads_config:
-    api_type: {api_type}
-    transport_api_version: V3
-    grpc_services: [{{envoy_grpc: {{cluster_name: xds-grpc}}}}]
-  cds_config: {{ads: {{}}}}
-  lds_config: {{ads: {{}}}}
-static_resources:
-  clusters:
-    - name: xds-grpc
-      type: STATIC
-      load_assignment:
-        cluster_name: xds-grpc
-        endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address:
-          {{address: {host}, port_value: {port}}}}}}}}}]}}]
-"""
