@@ -104,15 +104,15 @@ class DeltaState(AdsState):
         resource's version; raises XdsRejected."""
         type_url = response.type_url
         decoded = self._decode(type_url, (r.resource for r in response.resources))
-        for index, item in enumerate(response.resources):
-            named = item.resource.type_url and item.name
-            if named and item.name not in decoded:
+        # _decode keeps the order (and refuses a name twice): the i-th name is resources[i]'s.
+        for index, (item, name) in enumerate(zip(response.resources, decoded, strict=True)):
+            if item.name and item.name != name:
                 raise XdsRejected(
                     type_url,
                     item.name,
                     f"resources[{index}].name",
                     item.name,
-                    "differs from the name inside the resource",
+                    f"differs from the name inside the resource ({name})",
                 )
         state = self.types[type_url]
         current = dict(self.accepted.of_type(type_url))
@@ -122,7 +122,7 @@ class DeltaState(AdsState):
             versions.pop(name, None)
         current.update(decoded)
         versions.update(
-            (r.name or name, r.version) for r, name in zip(response.resources, decoded, strict=True)
+            (name, r.version) for r, name in zip(response.resources, decoded, strict=True)
         )
         if type_url not in WILDCARD_TYPES:  # a resource not (or no longer) asked for: dropped
             current = {n: m for n, m in current.items() if n in state.names}
