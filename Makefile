@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test test-e2e test-vm demo lint clean images bench bench-quick bench-peers bench-guard
+.PHONY: setup test test-e2e test-vm demo lint clean images bench bench-quick bench-peers bench-guard bench-xds
 
 setup:
 	@./scripts/setup.sh
@@ -38,11 +38,18 @@ bench-peers:
 
 bench: setup bench-peers
 	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) bench/xds_scale.py $(XDS_ARGS)
+
+# xDS at scale alone: one control plane, 10/50/100 Detour sidecars and 10 Envoys, 1,000
+# services / 10,000 endpoints (about 30 minutes on two cores); XDS_ARGS adds options.
+bench-xds: setup bench-peers
+	$(PY) bench/xds_scale.py $(XDS_ARGS)
 
 # Every scenario once, briefly; marks (does not refuse) a busy machine; exits non-zero only
 # when the harness breaks (a peer that does not start, a scenario without a number).
 bench-quick: setup bench-peers
 	$(PY) bench/run.py --quick --allow-busy --out build/bench-quick $(BENCH_ARGS)
+	$(PY) bench/xds_scale.py --quick --out build/bench-quick
 
 # The CPU regression guard (CI): instructions per request under callgrind for L4, HTTP/1.1
 # and HTTP/2, each within 10% of bench/instruction_budget.json (about two minutes).

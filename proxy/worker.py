@@ -173,7 +173,8 @@ class Worker:
         self._inbound_http: dict[tuple[str, int], tuple[Service, ClusterRuntime]] = {}
 
     def apply_mesh(self, mesh: Mesh) -> None:
-        """Swap routes and clusters; endpoint state is carried over where endpoints stay."""
+        """Swap routes and clusters; endpoint state is carried over where endpoints stay, and a
+        cluster whose service is the very same object is kept as it is."""
         old = self.clusters
         self.clusters = build_clusters(mesh, old, self.stats)
         self.routes = RouteTable.build(mesh, self._is_local)
@@ -183,8 +184,9 @@ class Worker:
         for _service, cluster in self._inbound_http.values():
             cluster.retire()
         self._inbound_http = {}
-        for cluster in old.values():
-            cluster.retire()
+        for key, cluster in old.items():
+            if self.clusters.get(key) is not cluster:  # kept whole when its service is
+                cluster.retire()
         for cluster in self.clusters.values():
             cluster.start_health_checks()
 

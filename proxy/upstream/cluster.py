@@ -106,6 +106,7 @@ class ClusterRuntime:
         )
         self.outlier = self._outlier(previous, hosts)
         self.health_task: asyncio.Task[None] | None = None
+        self.built_from: Service | None = None  # the mesh's service (before a subset narrowed it)
         # HTTP: requests and retries in flight (max_requests breaker, retry budget), and the
         # keep-alive pool, made on first use (it needs the running loop).
         self.requests_active = 0
@@ -252,6 +253,12 @@ def build_clusters(
     rng = rng or random.Random()
     clusters: dict[ClusterKey, ClusterRuntime] = {}
     for service in mesh.services:
+        if _unchanged(service, previous, mesh.cluster_domain):
+            for port in service.ports:
+                for subset in ("", *(s.name for s in service.subsets)):
+                    key = (service.key, port.port, subset)
+                    clusters[key] = previous[key]
+            continue
         variants = [("", service)] + [
             (s.name, replace(service, endpoints=tuple(filter(s.selects, service.endpoints))))
             for s in service.subsets
@@ -260,8 +267,29 @@ def build_clusters(
             for subset, narrowed in variants:
                 key = (service.key, port.port, subset)
                 name = cluster_name(service, port, mesh.cluster_domain, subset)
-                clusters[key] = ClusterRuntime(name, narrowed, port, stats, previous.get(key), rng)
+                runtime = ClusterRuntime(name, narrowed, port, stats, previous.get(key), rng)
+                runtime.built_from = service
+                clusters[key] = runtime
     return clusters
+
+
+def _unchanged(
+    service: Service, previous: dict[ClusterKey, ClusterRuntime], cluster_domain: str
+) -> bool:
+    """Whether every cluster of ``service`` in ``previous`` was built from this very Service
+    object (an xDS update keeps the objects of the services it did not touch): then they are
+    kept whole, balancer, pools and health checks with them, as Envoy keeps a cluster whose
+    resource did not change."""
+    for port in service.ports:
+        for subset in ("", *(s.name for s in service.subsets)):
+            runtime = previous.get((service.key, port.port, subset))
+            if (
+                runtime is None
+                or runtime.built_from is not service
+                or runtime.name != cluster_name(service, port, cluster_domain, subset)
+            ):
+                return False
+    return True
 
 
 def inbound_service(workload: Workload, address: str, port: int) -> Service:

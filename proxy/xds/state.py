@@ -16,12 +16,16 @@ Envoy's xDS protocol document:
   need them (an EDS cluster's ClusterLoadAssignment, an HTTP listener's RouteConfiguration);
 - warming: a mesh is built only when every cluster has its endpoints and every listener its
   routes; until then the previous mesh keeps serving.
+
+The cost of an update follows what it changed: translations are kept per resource object
+(:mod:`proxy.xds.memo`), and a State of the World response's resource whose bytes are those
+of the one accepted before is that same object again (neither decoded nor checked twice).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -37,6 +41,7 @@ from google.rpc import status_pb2
 
 from proxy.config.model import Mesh
 from proxy.xds.cache import CachedType
+from proxy.xds.memo import TranslationMemo
 from proxy.xds.resources import (
     SHORT_NAMES,
     TYPE_CLUSTER,
@@ -105,6 +110,7 @@ class AdsState:
     applied: Mesh | None = None
     nacks: int = 0
     last_error: str = ""
+    memo: TranslationMemo = field(default_factory=TranslationMemo, repr=False)
 
     # --- what a variant provides ---------------------------------------------------------------
 
@@ -123,11 +129,25 @@ class AdsState:
 
     # --- shared: decoding, warming, building --------------------------------------------------
 
-    def _decode(self, type_url: str, packed: Iterable[AnyMessage]) -> dict[str, Message]:
-        """The resources of one response by name, each checked on its own (XdsRejected)."""
-        decoded = {}
+    def _decode(
+        self,
+        type_url: str,
+        packed: Iterable[AnyMessage],
+        known: Mapping[bytes, tuple[str, Message]] | None = None,
+    ) -> dict[str, Message]:
+        """The resources of one response by name, each checked on its own (XdsRejected).
+        A resource whose bytes are in ``known`` (those accepted last time) is taken as the
+        message it was then, already checked."""
+        decoded: dict[str, Message] = {}
         domain = self.base.cluster_domain
         for index, item in enumerate(packed):
+            same = known.get(item.value) if known is not None else None
+            if same is not None and item.type_url == type_url:
+                name, message = same
+                if name in decoded:
+                    raise XdsRejected(type_url, name, "name", name, "twice in one response")
+                decoded[name] = message
+                continue
             try:
                 message = unpack(item, MESSAGE_CLASSES[type_url], f"resources[{index}]")
             except Refusal as refusal:
@@ -137,7 +157,7 @@ class AdsState:
             name = resource_name(message)
             if name in decoded:
                 raise XdsRejected(type_url, name, "name", name, "twice in one response")
-            check_resource(type_url, name, message, domain)
+            check_resource(type_url, name, message, domain, self.memo)
             decoded[name] = message
         return decoded
 
@@ -147,7 +167,7 @@ class AdsState:
         gaps = missing(candidate)
         if gaps or (candidate == self.accepted and self.applied is not None):
             return None, gaps  # warming, or nothing changed (the mesh running is this one)
-        return build_mesh(candidate, self.base, source), gaps
+        return build_mesh(candidate, self.base, source, self.memo), gaps
 
     def _refused(self, rejected: XdsRejected) -> str:
         self.nacks += 1
@@ -201,7 +221,7 @@ class AdsState:
         try:
             if missing(resources):
                 raise XdsRejected(TYPE_CLUSTER, where, "<cache>", missing(resources), "incomplete")
-            mesh = build_mesh(resources, self.base, f"xds cache {where}")
+            mesh = build_mesh(resources, self.base, f"xds cache {where}", self.memo)
         except XdsRejected as rejected:
             logging.getLogger("detour.xds").warning("xDS cache %s not used: %s", where, rejected)
             return None
@@ -219,7 +239,9 @@ class AdsState:
         if missing(self.accepted):
             self.base = base
             return None
-        mesh = build_mesh(self.accepted, base, self.applied.source if self.applied else "xds")
+        mesh = build_mesh(
+            self.accepted, base, self.applied.source if self.applied else "xds", self.memo
+        )
         self.base, self.applied = base, mesh
         return mesh
 
@@ -230,6 +252,8 @@ class SotwState(AdsState):
     types) or of the names subscribed, with one version."""
 
     variant: ClassVar[str] = "sotw"
+    # type -> the bytes of each resource of its last accepted response -> (name, message)
+    known: dict[str, dict[bytes, tuple[str, Message]]] = field(default_factory=dict, repr=False)
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -265,8 +289,6 @@ class SotwState(AdsState):
 
     # --- responses --------------------------------------------------------------------------
 
-    # --- responses --------------------------------------------------------------------------
-
     def on_response(self, response: discovery_pb2.DiscoveryResponse) -> Outcome:
         type_url = response.type_url
         state = self.types.get(type_url)
@@ -274,24 +296,33 @@ class SotwState(AdsState):
             return Outcome(())
         state.nonce = response.nonce
         try:
-            candidate = self._candidate(response)
+            candidate, known = self._candidate(response)
             mesh, gaps = self._complete(candidate, self._source(type_url, response.version_info))
         except XdsRejected as rejected:
             error = self._refused(rejected)
             return Outcome((self._request(type_url, error),), error=error)
         self.accepted = candidate
+        self.known[type_url] = known
         state.version = response.version_info
         requests = [self._request(type_url), *self._follow_subscriptions()]
         if mesh is not None:
             self.applied = mesh
         return Outcome(tuple(requests), mesh=mesh, waiting_for=gaps)
 
-    def _candidate(self, response: discovery_pb2.DiscoveryResponse) -> Resources:
+    def _candidate(
+        self, response: discovery_pb2.DiscoveryResponse
+    ) -> tuple[Resources, dict[bytes, tuple[str, Message]]]:
+        """The accepted resources with this response's, and its resources by their bytes."""
         type_url = response.type_url
-        decoded = self._decode(type_url, response.resources)
+        decoded = self._decode(type_url, response.resources, self.known.get(type_url))
+        # _decode keeps the order (and refuses a name twice): the i-th name is resources[i]'s.
+        known = {
+            item.value: (name, decoded[name])
+            for item, name in zip(response.resources, decoded, strict=True)
+        }
         if type_url in WILDCARD_TYPES:
-            return self.accepted.with_type(type_url, decoded)
+            return self.accepted.with_type(type_url, decoded), known
         names = self.types[type_url].names
         kept = {n: m for n, m in self.accepted.of_type(type_url).items() if n in names}
         kept.update((n, m) for n, m in decoded.items() if n in names)
-        return self.accepted.with_type(type_url, kept)
+        return self.accepted.with_type(type_url, kept), known

@@ -8,6 +8,10 @@ response is NACKed for the resource that is wrong; :func:`build_mesh` adds the c
 need several resources at once (a route to a cluster that does not exist, two services
 claiming one VIP).
 
+Translations are kept per resource object in a :class:`~proxy.xds.memo.TranslationMemo`
+(the ADS state's), so a rebuild translates again only the resources and services whose inputs
+changed: one endpoint moved costs one ClusterLoadAssignment and one service, not the mesh.
+
 One service per cluster host (``NAME.NAMESPACE.svc.DOMAIN``): its ports are the ports of its
 subset-less clusters, its endpoints theirs (the same addresses on every port: Detour keeps one
 endpoint list per service), its subsets the subset clusters (an endpoint carries a
@@ -20,6 +24,7 @@ import ipaddress
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
@@ -49,6 +54,7 @@ from proxy.xds.clusters import (
     translate_cluster,
 )
 from proxy.xds.listeners import ListenerInfo, OutboundChain, translate_listener
+from proxy.xds.memo import TranslationMemo
 from proxy.xds.resources import (
     TYPE_CLUSTER,
     TYPE_ENDPOINT,
@@ -91,15 +97,28 @@ class Resources:
         return replace(self, **{name: dict(resources)})
 
 
-def check_resource(type_url: str, name: str, message: Message, cluster_domain: str) -> None:
-    """The checks one resource passes on its own; raises XdsRejected naming the field."""
+def check_resource(
+    type_url: str,
+    name: str,
+    message: Message,
+    cluster_domain: str,
+    memo: TranslationMemo | None = None,
+) -> None:
+    """The checks one resource passes on its own; raises XdsRejected naming the field. With
+    ``memo``, the build that follows reuses what the checks translated."""
+    memo = memo if memo is not None else TranslationMemo()
     with _rejecting(type_url, name):
         if type_url == TYPE_CLUSTER:
-            translate_cluster(message, cluster_domain)
+            memo.get(
+                "cluster",
+                (message,),
+                (cluster_domain,),
+                lambda: translate_cluster(message, cluster_domain),
+            )
         elif type_url == TYPE_ENDPOINT:
-            lb_endpoints(message)
+            memo.get("endpoints", (message,), (), lambda: lb_endpoints(message))
         elif type_url == TYPE_LISTENER:
-            info = translate_listener(message)
+            info = memo.get("listener", (message,), (), lambda: translate_listener(message))
             for chain in info.chains:
                 if chain.inline_routes is not None:
                     _route_config_hosts(chain.inline_routes, _any_cluster(cluster_domain))
@@ -156,20 +175,36 @@ class _ServiceParts:
     tcp: dict[int, OutboundChain] = field(default_factory=dict)
 
 
-def build_mesh(resources: Resources, base: Mesh, source: str) -> Mesh:
-    """The mesh: the base's workload and own services, plus one service per cluster host."""
+def build_mesh(
+    resources: Resources, base: Mesh, source: str, memo: TranslationMemo | None = None
+) -> Mesh:
+    """The mesh: the base's workload and own services, plus one service per cluster host.
+    ``memo`` keeps translations for the next build (a fresh one without)."""
+    memo = memo if memo is not None else TranslationMemo()
+    try:
+        mesh = _build(resources, base, source, memo)
+    except BaseException:
+        memo.abandon()
+        raise
+    memo.commit()
+    return mesh
+
+
+def _build(resources: Resources, base: Mesh, source: str, memo: TranslationMemo) -> Mesh:
     domain = base.cluster_domain
     infos: dict[str, ClusterInfo] = {}
     for name, cluster in resources.clusters.items():
         with _rejecting(TYPE_CLUSTER, name):
-            infos[name] = translate_cluster(cluster, domain)
-    clusters = _Clusters(infos, domain)
+            infos[name] = memo.get(
+                "cluster", (cluster,), (domain,), partial(translate_cluster, cluster, domain)
+            )
+    clusters = _Clusters(infos, domain, memo)
     for info in infos.values():
         clusters.add(info)
     allow_any = _apply_listeners(resources, clusters)
     services = [
-        _service(entry, clusters, resources.endpoints)
-        for _, entry in sorted(clusters.parts.items())
+        _memo_service(entry, clusters, resources.endpoints, memo)
+        for entry in clusters.sorted_parts()
     ]
     services = list(base.services) + services
     _check_unique(services)
@@ -190,11 +225,15 @@ class _Clusters:
     requests get 503 and whose connections are closed, until the listener or route goes.
     """
 
-    def __init__(self, infos: dict[str, ClusterInfo], domain: str) -> None:
+    def __init__(self, infos: dict[str, ClusterInfo], domain: str, memo: TranslationMemo) -> None:
         self.infos = infos
         self.domain = domain
+        self.memo = memo
         self.parts: dict[str, _ServiceParts] = {}
         self.absent: set[str] = set()
+
+    def sorted_parts(self) -> list[_ServiceParts]:
+        return [entry for _, entry in sorted(self.parts.items())]
 
     def add(self, info: ClusterInfo) -> None:
         if info.target is None:
@@ -238,7 +277,9 @@ def _apply_listeners(resources: Resources, clusters: _Clusters) -> bool | None:
     allow_any: bool | None = None
     for name, listener in sorted(resources.listeners.items()):
         with _rejecting(TYPE_LISTENER, name):
-            info: ListenerInfo = translate_listener(listener)
+            info: ListenerInfo = clusters.memo.get(
+                "listener", (listener,), (), partial(translate_listener, listener)
+            )
         if info.allow_any is not None:
             allow_any = info.allow_any
         for index, chain in enumerate(info.chains):
@@ -261,7 +302,7 @@ def _apply_listeners(resources: Resources, clusters: _Clusters) -> bool | None:
                         "no such route configuration",
                     )
             with _rejecting(type_url, owner):
-                hosts = _route_config_hosts(config, clusters.target)
+                hosts = _routes_of(config, clusters)
             for host in hosts:
                 with _rejecting(type_url, owner):
                     _http_host(host, chain, owner, clusters)
@@ -291,10 +332,7 @@ def _http_host(
     protocol: Protocol = "http2" if clusters.port_cluster(target, "virtual_hosts").http2 else "http"
     _claim_protocol(entry, target.port, protocol, "virtual_hosts")
     entry.vips.update(chain.addresses)
-    entry.vips.update(
-        ipaddress.ip_address(d.rsplit(":", 1)[0] if d.count(":") == 1 else d.strip("[]"))
-        for d in host.ip_domains
-    )
+    entry.vips.update(clusters.memo.get("ip domains", (host,), (), lambda: _ip_domains(host)))
     if entry.routes is not None and entry.routes != host.routes:
         raise refuse(
             "virtual_hosts",
@@ -303,6 +341,14 @@ def _http_host(
             "routing table per service",
         )
     entry.routes, entry.routes_from = host.routes, owner
+
+
+def _ip_domains(host: VirtualHostRoutes) -> tuple[IPAddress, ...]:
+    """The virtual host's domains that are addresses (``VIP`` or ``VIP:PORT``): its VIPs."""
+    return tuple(
+        ipaddress.ip_address(d.rsplit(":", 1)[0] if d.count(":") == 1 else d.strip("[]"))
+        for d in host.ip_domains
+    )
 
 
 def _claim_protocol(entry: _ServiceParts, port: int, protocol: Protocol, where: str) -> None:
@@ -328,6 +374,28 @@ def _route_config_hosts(
     return hosts
 
 
+def _routes_of(
+    config: route_pb2.RouteConfiguration, clusters: _Clusters
+) -> list[VirtualHostRoutes]:
+    """The route configuration's virtual hosts, translated once per configuration object.
+    The clusters it names are looked up again on every build (a named cluster that is
+    absent gets its stand-in in this build too)."""
+
+    def translate() -> tuple[list[VirtualHostRoutes], list[tuple[str, str]]]:
+        named: list[tuple[str, str]] = []
+
+        def lookup(name: str, where: str) -> ClusterName:
+            named.append((name, where))
+            return clusters.target(name, where)
+
+        return _route_config_hosts(config, lookup), named
+
+    hosts, named = clusters.memo.get("routes", (config,), (clusters.domain,), translate)
+    for name, where in named:
+        clusters.target(name, where)
+    return hosts
+
+
 def _any_cluster(cluster_domain: str) -> ClusterLookup:
     """For the checks of one route configuration on its own: any well-formed name."""
 
@@ -340,10 +408,38 @@ def _any_cluster(cluster_domain: str) -> ClusterLookup:
     return lookup
 
 
+def _memo_service(
+    entry: _ServiceParts,
+    clusters: _Clusters,
+    assignments: Mapping[str, endpoint_pb2.ClusterLoadAssignment],
+    memo: TranslationMemo,
+) -> Service:
+    """The service of ``entry``, built again only when one of its inputs changed: its
+    clusters' translations, their ClusterLoadAssignments, its routes and TCP chains (each
+    the same object while its resource is), and the plain values gathered from listeners."""
+    ports = sorted(entry.ports.items())
+    subsets = sorted((name, tuple(infos)) for name, infos in entry.subsets.items())
+    every = [info for _, info in ports] + [i for _, infos in subsets for i in infos]
+    used = tuple(assignments.get(i.eds_name or i.name) for i in every)
+    tcp = sorted(entry.tcp.items())
+    inputs = (*every, *used, entry.routes, *(chain for _, chain in tcp))
+    values = (
+        entry.host,
+        tuple(port for port, _ in ports),
+        tuple((name, len(infos)) for name, infos in subsets),
+        tuple(sorted(entry.protocols.items())),
+        frozenset(entry.vips),
+        tuple(port for port, _ in tcp),
+        tuple(i.name in clusters.absent for i in every),
+    )
+    return memo.get("service", inputs, values, lambda: _service(entry, clusters, assignments, memo))
+
+
 def _service(
     entry: _ServiceParts,
     clusters: _Clusters,
     assignments: Mapping[str, endpoint_pb2.ClusterLoadAssignment],
+    memo: TranslationMemo,
 ) -> Service:
     host = entry.host
     if not entry.ports:
@@ -362,9 +458,11 @@ def _service(
         )
         for port in sorted(entry.ports)
     )
-    by_port = {port: _endpoints_of(info, assignments) for port, info in sorted(entry.ports.items())}
+    by_port = {
+        port: _endpoints_of(info, assignments, memo) for port, info in sorted(entry.ports.items())
+    }
     endpoints = _merge_ports(ports, by_port, entry)
-    endpoints, subsets = _with_subsets(endpoints, entry, assignments)
+    endpoints, subsets = _with_subsets(endpoints, entry, assignments, memo)
     policy = _one_policy(entry, clusters.absent)
     vips = _vips(entry)
     return Service(
@@ -380,7 +478,9 @@ def _service(
 
 
 def _endpoints_of(
-    info: ClusterInfo, assignments: Mapping[str, endpoint_pb2.ClusterLoadAssignment]
+    info: ClusterInfo,
+    assignments: Mapping[str, endpoint_pb2.ClusterLoadAssignment],
+    memo: TranslationMemo,
 ) -> tuple[LbEndpoint, ...]:
     if info.static_endpoints is not None:
         with _rejecting(TYPE_CLUSTER, info.name):
@@ -396,7 +496,7 @@ def _endpoints_of(
             "no endpoints (ClusterLoadAssignment) yet",
         )
     with _rejecting(TYPE_ENDPOINT, name):
-        return lb_endpoints(assignment)
+        return memo.get("endpoints", (assignment,), (), lambda: lb_endpoints(assignment))
 
 
 def _merge_ports(
@@ -441,6 +541,7 @@ def _with_subsets(
     endpoints: tuple[Endpoint, ...],
     entry: _ServiceParts,
     assignments: Mapping[str, endpoint_pb2.ClusterLoadAssignment],
+    memo: TranslationMemo,
 ) -> tuple[tuple[Endpoint, ...], tuple[Subset, ...]]:
     labels: dict[IPAddress, list[tuple[str, str]]] = defaultdict(list)
     subsets = []
@@ -450,7 +551,7 @@ def _with_subsets(
         subsets.append(Subset(subset, (label,)))
         members: set[IPAddress] = set()
         for info in infos:
-            for endpoint in _endpoints_of(info, assignments):
+            for endpoint in _endpoints_of(info, assignments, memo):
                 if endpoint.address not in known:
                     raise XdsRejected(
                         TYPE_ENDPOINT,

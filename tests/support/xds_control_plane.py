@@ -6,7 +6,9 @@ loop, speaking Envoy's aggregated discovery service from xds-protos. It does wha
 control plane must for a sidecar to be tested against it, and no more:
 
 - one snapshot at a time, one version for all its types (go-control-plane's snapshot cache
-  works the same way); :meth:`set_snapshot` pushes it to every connected stream;
+  works the same way) or one per type (istiod pushing only the endpoints that changed);
+  :meth:`set_snapshot` pushes it to every connected stream, each resource serialised once
+  for all of them (the scale bench serves 100 sidecars from one snapshot);
 - Cluster and Listener subscriptions are wildcard (every resource is sent), endpoint and
   route subscriptions get the resources they name;
 - each response has a fresh nonce; a request carrying the nonce of the last response of its
@@ -29,8 +31,9 @@ import hashlib
 import itertools
 import os
 import threading
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
@@ -62,6 +65,7 @@ class Reply:
     version: str  # the version the sidecar reports holding
     nonce: str
     error: str  # error_detail.message; empty on an ACK
+    at: float = field(default_factory=time.monotonic, compare=False)  # when it arrived
 
     @property
     def acked(self) -> bool:
@@ -97,8 +101,10 @@ class XdsTestControlPlane:
         self.host = host
         self.port = port  # 0: any free port, then kept for restarts
         self.netns = netns
-        self._version = ""
+        self._versions: dict[str, str] = {}
         self._snapshot: dict[str, list[Message]] = {}
+        # id(message) -> (message, packed, digest) of the snapshot's resources
+        self._prepared: dict[int, tuple[Message, any_pb2.Any, str]] = {}
         self._replies: list[Reply] = []
         self._changed = threading.Condition()
         self._nonces = itertools.count(1)
@@ -139,15 +145,36 @@ class XdsTestControlPlane:
         thread.join(10)
         self._thread = None
 
-    def set_snapshot(self, version: str, resources: Mapping[str, Sequence[Message]]) -> None:
+    def set_snapshot(
+        self, version: str | Mapping[str, str], resources: Mapping[str, Sequence[Message]]
+    ) -> float:
         """The resources every sidecar should have, as {type_url: [messages]}; pushed to
-        every connected stream at once."""
+        every connected stream at once. ``version`` is every type's, or {type_url: version}
+        (a type left out keeps its version, so it is not sent again). Returns the monotonic
+        time of the push, after every resource was serialised."""
+        versions = (
+            dict.fromkeys({*PUSH_ORDER, *resources}, version)
+            if isinstance(version, str)
+            else dict(version)
+        )
+        snapshot = {t: list(messages) for t, messages in resources.items()}
+        prepared = {}
+        for messages in snapshot.values():
+            for message in messages:
+                old = self._prepared.get(id(message))
+                if old is not None and old[0] is message:  # kept from the last snapshot
+                    prepared[id(message)] = old
+                else:
+                    prepared[id(message)] = (message, _packed(message), _digest(message))
         with self._changed:
-            self._version = version
-            self._snapshot = {t: list(messages) for t, messages in resources.items()}
+            self._versions.update(versions)
+            self._snapshot = snapshot
+            self._prepared = prepared
+        published = time.monotonic()
         loop = self._loop
         if loop is not None and self._thread is not None:
             loop.call_soon_threadsafe(self._push_all)
+        return published
 
     def replies(self, node_id: str | None = None) -> list[Reply]:
         with self._changed:
@@ -268,7 +295,15 @@ class XdsTestControlPlane:
     def current(self, type_url: str) -> tuple[str, list[Message]]:
         """The snapshot's version and its resources of ``type_url``."""
         with self._changed:
-            return self._version, list(self._snapshot.get(type_url, []))
+            return self._versions.get(type_url, ""), list(self._snapshot.get(type_url, []))
+
+    def packed(self, message: Message) -> any_pb2.Any:
+        entry = self._prepared.get(id(message))
+        return entry[1] if entry is not None and entry[0] is message else _packed(message)
+
+    def digest(self, message: Message) -> str:
+        entry = self._prepared.get(id(message))
+        return entry[2] if entry is not None and entry[0] is message else _digest(message)
 
     def nonce(self) -> str:
         return str(next(self._nonces))
@@ -347,7 +382,7 @@ class _SotwStream(_Protocol):
         self.sent[type_url] = _Sent(version, nonce, names)
         return discovery_pb2.DiscoveryResponse(
             version_info=version,
-            resources=[_packed(m) for m in messages],
+            resources=[self.plane.packed(m) for m in messages],
             type_url=type_url,
             nonce=nonce,
         )
@@ -433,10 +468,12 @@ class _DeltaStream(_Protocol):
         before = dict(held)
         changed = []
         for name, message in wanted.items():
-            digest = _digest(message)
+            digest = self.plane.digest(message)
             if held.get(name) != digest:
                 changed.append(
-                    discovery_pb2.Resource(name=name, version=digest, resource=_packed(message))
+                    discovery_pb2.Resource(
+                        name=name, version=digest, resource=self.plane.packed(message)
+                    )
                 )
                 held[name] = digest
         removed = sorted(n for n in held if n not in wanted)

@@ -335,6 +335,24 @@ def test_rebuild_with_the_same_endpoints_keeps_hosts_and_the_ejection() -> None:
     assert cluster.hosts.usable() == cluster.hosts.hosts[1:]
 
 
+def test_rebuild_with_the_very_same_service_object_keeps_its_clusters_whole() -> None:
+    """An xDS update keeps the Service objects of the services it did not touch: their
+    clusters (pools, balancer position, subsets) go on as they are; an equal but rebuilt
+    Service gets new clusters carrying the hosts over."""
+    svc = dataclasses.replace(
+        make_service(eps=(Endpoint(ipaddress.ip_address("10.0.0.1"), labels=(("v", "1"),)),)),
+        subsets=(Subset("v1", (("v", "1"),)),),
+    )
+    other = make_service("db", vip="240.240.0.2")
+    first = build(svc, other)
+    second = build(svc, dataclasses.replace(other), previous=first)
+    assert second[("reviews.default", 9080, "")] is first[("reviews.default", 9080, "")]
+    assert second[("reviews.default", 9080, "v1")] is first[("reviews.default", 9080, "v1")]
+    rebuilt = second[("db.default", 9080, "")]
+    assert rebuilt is not first[("db.default", 9080, "")]
+    assert rebuilt.hosts.hosts == first[("db.default", 9080, "")].hosts.hosts
+
+
 def test_rebuild_keeps_surviving_hosts_and_adds_new_ones() -> None:
     svc = make_service(policy=with_outlier())
     old = build(svc)

@@ -196,3 +196,18 @@ def test_a_damaged_cache_is_ignored(tmp_path):
     path.write_text('{"format": "detour-xds-cache/1", "types": {"x": ')
     assert cache.load(path, MESSAGE_CLASSES) is None
     assert cache.load(tmp_path / "absent.json", MESSAGE_CLASSES) is None
+
+
+def test_a_resource_resent_unchanged_is_the_very_object_accepted_before():
+    """State of the World resends every resource; those whose bytes did not change are not
+    decoded or translated again (the mesh build reuses their translations)."""
+    state = new_state()
+    state.initial_requests()
+    state.on_response(response(TYPE_CLUSTER, "c1", cluster(DB), cluster(WEB)))
+    before = dict(state.accepted.clusters)
+    changed = cluster(WEB, connect_timeout="2s")
+    outcome = state.on_response(response(TYPE_CLUSTER, "c2", cluster(DB), changed))
+    assert outcome.error is None
+    assert state.accepted.clusters[DB] is before[DB]  # same bytes: the same message
+    assert state.accepted.clusters[WEB] is not before[WEB]
+    assert state.accepted.clusters[WEB].connect_timeout.seconds == 2
