@@ -407,7 +407,8 @@ _CIRCUIT_BREAKER_FIELDS: dict[str, p.Parser] = {
     "min_retry_concurrency": p.ranged(0, p.MAX_COUNT),
 }
 _OUTLIER_FIELDS: dict[str, p.Parser] = {
-    "consecutive_failures": p.count,
+    "consecutive_5xx_errors": p.ranged(0, p.MAX_COUNT),  # 0: this run never ejects
+    "consecutive_gateway_errors": p.ranged(0, p.MAX_COUNT),
     "base_ejection_time": p.duration,
     "max_ejection_percent": p.ranged(0, 100),
 }

@@ -97,11 +97,19 @@ class CircuitBreaker:
     min_retry_concurrency: int = 3
 
 
+# Envoy's max_ejection_time default: however often a host is ejected, it is retried this often.
+MAX_EJECTION_TIME = 300.0
+
+
 @dataclass(frozen=True)
 class OutlierDetection:
-    """Consecutive connect failures eject an endpoint for base_ejection_time x times ejected."""
+    """Consecutive errors eject an endpoint for base_ejection_time x times ejected: 5xx
+    responses and failures of the sidecar's own (connect, reset, per-try timeout), or only
+    gateway errors (502, 503, 504 and those failures). 0 turns a run off (Istio's
+    ``consecutive5xxErrors`` and ``consecutiveGatewayErrors``; the latter is off unless set)."""
 
-    consecutive_failures: int = 5
+    consecutive_5xx_errors: int = 5
+    consecutive_gateway_errors: int = 0
     base_ejection_time: float = 30.0
     max_ejection_percent: int = 10
 

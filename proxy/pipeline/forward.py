@@ -279,7 +279,12 @@ class Pipeline:
                         response = await attempt.start(exchange, forwarded, body)
             except TimeoutError:
                 stats.inc(UPSTREAM_RQ_PER_TRY_TIMEOUT, cluster_labels(cluster.name))
+                cluster.report_local_failure(host)
                 raise TryFailed(Outcome.PER_TRY_TIMEOUT, local_reply.TIMEOUT) from None
+            except TryFailed as failed:
+                if failed.outcome == Outcome.RESET:  # a connect failure was reported already
+                    cluster.report_local_failure(host)
+                raise
             if type(response) is InformationalResponse:  # 101: the upstream took the upgrade
                 exchange.status, exchange.head_sent = 101, True
                 done = True
@@ -298,6 +303,7 @@ class Pipeline:
                         # wait for it is the route's, not the try's (a message takes time).
                         first = await attempt.read()
                 except UpstreamCut:  # gone before anything was forwarded: a reset
+                    cluster.report_local_failure(host)
                     raise TryFailed(Outcome.RESET, local_reply.UPSTREAM_RESET) from None
             grpc_status: int | None = None
             outcome: str | None = None
@@ -307,6 +313,7 @@ class Pipeline:
                     grpc_status = grpc.status_of(attempt.trailers)
                 outcome = grpc.retry_outcome(grpc_status)
             status = response.status
+            cluster.report_response(host, status)
             # One decision per response (Envoy's wouldRetryFromHeaders): its status, else its
             # gRPC status; most responses are neither and cost a set lookup.
             retriable = status if status in entry.retry_statuses else outcome

@@ -25,13 +25,13 @@ from proxy.config.model import (
     ServicePort,
     Workload,
 )
-from proxy.stats import Counter, Gauge, Stats, labels
+from proxy.stats import Counter, Gauge, Stats, cluster_labels, labels
 from proxy.upstream.breaker import CircuitBreaker
 from proxy.upstream.health import HealthState
 from proxy.upstream.hosts import Host, HostSet
 from proxy.upstream.http2_pool import Http2Pool
 from proxy.upstream.lb import make_balancer
-from proxy.upstream.outlier import OutlierDetector
+from proxy.upstream.outlier import Ejection, OutlierDetector
 from proxy.upstream.pool import UpstreamPool
 
 # Envoy's cluster stats, labelled by cluster (the connection ones are the connector's).
@@ -41,6 +41,9 @@ UPSTREAM_CX_NONE_HEALTHY = Counter(
 )
 OUTLIER_DETECTION_EJECTIONS_TOTAL = Counter(
     "outlier_detection_ejections_total", "Endpoints ejected by outlier detection"
+)
+OUTLIER_DETECTION_EJECTIONS_ENFORCED = Counter(  # labelled by the run that ejected (``kind``)
+    "outlier_detection_ejections_enforced_total", "Ejections by the run of errors that made them"
 )
 # What every worker sees of the cluster whole: one worker's view, not the sum of all of them.
 MEMBERSHIP_TOTAL = Gauge("membership_total", "Endpoints in a cluster", across_workers="max")
@@ -142,15 +145,35 @@ class ClusterRuntime:
         untried = [h for h in self.hosts.candidates() if h not in avoid]
         return untried[0] if untried else host
 
-    def report_connect(self, host: Host, ok: bool) -> None:
+    def report_connect(self, host: Host, ok: bool, final: bool = True) -> None:
+        """A connect to ``host`` ended. ``final``: the connection is the whole exchange (TCP),
+        so its success ends the host's error runs; an HTTP connection's responses do that."""
         if ok:
             host.connections_total += 1
-            if self.outlier is not None:
+            if final and self.outlier is not None:
                 self.outlier.on_success(host)
             return
         host.connect_failures_total += 1
-        if self.outlier is not None and self.outlier.on_failure(host):
-            self.stats.inc(OUTLIER_DETECTION_EJECTIONS_TOTAL, labels(cluster=self.name))
+        if self.outlier is not None:
+            self._count_ejection(self.outlier.on_failure(host))
+
+    def report_response(self, host: Host, status: int) -> None:
+        """``host`` answered an HTTP request with ``status`` (outlier detection's input)."""
+        if self.outlier is not None:
+            self._count_ejection(self.outlier.on_response(host, status))
+
+    def report_local_failure(self, host: Host) -> None:
+        """A try on ``host`` failed after connecting: reset or closed before a response, or
+        its per-try timeout (a 503 in the outlier detector's books)."""
+        if self.outlier is not None:
+            self._count_ejection(self.outlier.on_failure(host))
+
+    def _count_ejection(self, kind: Ejection | None) -> None:
+        if kind is not None:
+            self.stats.inc(OUTLIER_DETECTION_EJECTIONS_TOTAL, cluster_labels(self.name))
+            self.stats.inc(
+                OUTLIER_DETECTION_EJECTIONS_ENFORCED, labels(cluster=self.name, kind=kind)
+            )
 
     def http_pool(self, loop: asyncio.AbstractEventLoop) -> UpstreamPool:
         if self._pool is None:

@@ -152,11 +152,13 @@ class Connector:
         cluster: ClusterRuntime | None = None,
         host: Host | None = None,
         tls: MeshTls | None = None,
+        final: bool = True,
     ) -> None:
         """Connect ``protocol`` to ``address:port`` within ``timeout`` (mesh mTLS when
         ``tls``, the handshake within the same timeout), counted under ``cluster_name`` (and
-        reported to ``cluster``'s outlier detector for ``host``). Raises ConnectFailed; a
-        connection made just as the timer fired is aborted."""
+        reported to ``cluster``'s outlier detector for ``host``; ``final``: the connection is
+        the exchange, as for TCP, so its success clears the host's error runs). Raises
+        ConnectFailed; a connection made just as the timer fired is aborted."""
         loop = self.loop
         task = asyncio.current_task(loop)
         assert task is not None, "connect() runs in a task"
@@ -191,7 +193,7 @@ class Connector:
         if tls is not None:
             self._check_peer(protocol, address, tls, cluster_name, cluster, host)
         if cluster is not None and host is not None:
-            cluster.report_connect(host, True)
+            cluster.report_connect(host, True, final)
         self.stats.inc(UPSTREAM_CX_TOTAL, cluster_labels(cluster_name))
 
     def _check_peer(
@@ -324,5 +326,6 @@ class Connector:
             cluster=cluster,
             host=host,
             tls=self.mesh_tls(cluster, host, inner),
+            final=False,  # HTTP: the responses tell the outlier detector how the host does
         )
         self.stats.inc(codec_counter, cluster_labels(cluster.name))

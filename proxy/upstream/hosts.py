@@ -25,8 +25,9 @@ class Host:
     """One endpoint of a cluster at runtime.
 
     The data path owns the counters (``active_requests``, ``connections_total``,
-    ``connect_failures_total``); the outlier detector owns ``consecutive_failures``,
-    ``times_ejected``, ``readmitted_at`` and ``ejected_until``; the health checker owns
+    ``connect_failures_total``); the outlier detector owns ``consecutive_5xx``,
+    ``consecutive_gateway_errors``, ``times_ejected``, ``readmitted_at`` and
+    ``ejected_until``; the health checker owns
     ``healthy``. ``usable`` is derived and read on the hot path, so it is recomputed only when
     ``healthy`` or ``ejected_until`` change, which is also when the owning ``HostSet`` is told.
     Identity is the object itself (no ``__eq__``): two hosts are never "equal" by address, which
@@ -42,7 +43,8 @@ class Host:
         "address",
         "connect_failures_total",
         "connections_total",
-        "consecutive_failures",
+        "consecutive_5xx",
+        "consecutive_gateway_errors",
         "endpoint",
         "key",
         "port",
@@ -64,7 +66,8 @@ class Host:
         self.active_requests = 0
         self.connections_total = 0
         self.connect_failures_total = 0
-        self.consecutive_failures = 0
+        self.consecutive_5xx = 0
+        self.consecutive_gateway_errors = 0
         self.times_ejected = 0
         self.readmitted_at: float | None = None
         self._healthy = True

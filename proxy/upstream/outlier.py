@@ -1,5 +1,13 @@
-"""Passive health: eject a host after consecutive connect failures (Envoy's consecutive-errors
-outlier detection, for the failures a TCP proxy sees: connects that fail or time out).
+"""Passive health: eject a host after consecutive errors (Envoy's ``consecutive_5xx`` and
+``consecutive_gateway_failure`` outlier detection, Istio's ``consecutive5xxErrors`` and
+``consecutiveGatewayErrors``).
+
+What counts, as Envoy counts it with ``split_external_local_origin_errors`` off (Istio's
+setting): an HTTP response's status (a 5xx is an error, 502/503/504 a gateway error too, any
+other status ends both runs), and failures of our own making, which stand for a 503 (a
+connect that fails or times out, an upstream reset or closed before a response, a per-try
+timeout): both runs grow. A connect that succeeds ends both runs only where the connection
+is the whole exchange (TCP); for HTTP the response decides.
 
 The detector is pure bookkeeping over ``Host`` fields. Ejecting sets ``host.ejected_until``,
 which makes the host unusable and tells its ``HostSet``; nothing else needs to be notified.
@@ -13,18 +21,25 @@ import heapq
 import itertools
 import math
 from collections.abc import Callable, Sequence
+from typing import Literal
 
-from proxy.config.model import OutlierDetection
+from proxy.config.model import MAX_EJECTION_TIME, OutlierDetection
 from proxy.upstream.hosts import Host
 
-# Envoy's max_ejection_time default: however often a host is ejected, it is retried this often.
-MAX_EJECTION_TIME = 300.0
+__all__ = ["GATEWAY_ERRORS", "MAX_EJECTION_TIME", "Ejection", "OutlierDetector"]
+# Envoy's ``isGatewayError``: the statuses a proxy in front of a dead upstream answers.
+GATEWAY_ERRORS = frozenset({502, 503, 504})
+
+# Which run ejected a host: the ``kind`` label of the enforced-ejection counter (Envoy's
+# ``ejections_enforced_consecutive_5xx`` / ``..._consecutive_gateway_failure``).
+Ejection = Literal["consecutive_5xx", "consecutive_gateway_failure"]
 
 
 class OutlierDetector:
-    """Consecutive-failure ejection for one cluster.
+    """Consecutive-error ejection for one cluster.
 
-    - ``consecutive_failures`` failures in a row (no success between) eject a host.
+    - ``consecutive_5xx_errors`` errors in a row, or ``consecutive_gateway_errors`` gateway
+      errors in a row, eject a host (a threshold of 0 turns that run off).
     - An ejection lasts ``base_ejection_time x times ejected``, capped at ``MAX_EJECTION_TIME``
       (or the base time, if larger). The multiplier drops by one for every base ejection time
       the host spends back in service, so an old flap does not punish it forever; Envoy
@@ -50,7 +65,8 @@ class OutlierDetector:
         clock: Callable[[], float],
         hosts: Sequence[Host] = (),
     ) -> None:
-        self._threshold = max(1, config.consecutive_failures)
+        self._threshold_5xx = config.consecutive_5xx_errors
+        self._threshold_gateway = config.consecutive_gateway_errors
         self._base = max(0.0, config.base_ejection_time)
         self._max_time = max(MAX_EJECTION_TIME, self._base)
         self._max_multiplier = math.ceil(self._max_time / self._base) if self._base else 1
@@ -78,19 +94,44 @@ class OutlierDetector:
             self._readmit(host, self._clock())
 
     def on_success(self, host: Host) -> None:
-        """A connect to ``host`` succeeded: its failure run is over."""
-        host.consecutive_failures = 0
+        """A TCP connect to ``host`` succeeded, or it answered below 500: its runs are over."""
+        host.consecutive_5xx = 0
+        host.consecutive_gateway_errors = 0
 
-    def on_failure(self, host: Host) -> bool:
-        """A connect to ``host`` failed. True when this failure ejected it."""
-        host.consecutive_failures += 1
-        if host.ejected or host.consecutive_failures < self._threshold:
-            return False
+    def on_failure(self, host: Host) -> Ejection | None:
+        """A failure of our own making on ``host`` (connect failed or timed out, reset before
+        a response, per-try timeout): a 503 in Envoy's books. The ejection it made, if any."""
+        host.consecutive_5xx += 1
+        host.consecutive_gateway_errors += 1
+        return self._judge(host)
+
+    def on_response(self, host: Host, status: int) -> Ejection | None:
+        """``host`` answered ``status``. The ejection it made, if any."""
+        if status < 500:
+            self.on_success(host)
+            return None
+        host.consecutive_5xx += 1
+        if status in GATEWAY_ERRORS:
+            host.consecutive_gateway_errors += 1
+        else:
+            host.consecutive_gateway_errors = 0
+        return self._judge(host)
+
+    def _judge(self, host: Host) -> Ejection | None:
+        kind: Ejection
+        if 0 < self._threshold_5xx <= host.consecutive_5xx:
+            kind = "consecutive_5xx"
+        elif 0 < self._threshold_gateway <= host.consecutive_gateway_errors:
+            kind = "consecutive_gateway_failure"
+        else:
+            return None
+        if host.ejected:
+            return None
         if len(self._ejected) >= self._ejection_limit():
             self.ejections_overflow_total += 1
-            return False
+            return None
         self._eject(host, self._clock())
-        return True
+        return kind
 
     def is_ejected(self, host: Host, now: float) -> bool:
         """Whether ``host`` is ejected at ``now``. A pure query: an expired ejection still makes
@@ -134,6 +175,7 @@ class OutlierDetector:
 
     def _readmit(self, host: Host, now: float) -> None:
         self._ejected.discard(host)
-        host.consecutive_failures = 0
+        host.consecutive_5xx = 0
+        host.consecutive_gateway_errors = 0
         host.readmitted_at = now
         host.ejected_until = None

@@ -21,11 +21,13 @@ from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
 from proxy.config.model import (
+    MAX_EJECTION_TIME,
     CircuitBreaker,
     HealthCheck,
     IPAddress,
     LbPolicy,
     LoadBalancer,
+    OutlierDetection,
     TrafficPolicy,
 )
 from proxy.xds.resources import only_fields, refuse, seconds, unpack
@@ -53,6 +55,7 @@ _CLUSTER_FIELDS = (
     "ring_hash_lb_config",
     "load_assignment",
     "circuit_breakers",
+    "outlier_detection",
     "health_checks",
     "common_http_protocol_options",
     "http2_protocol_options",
@@ -162,6 +165,7 @@ def _policy(cluster: cluster_pb2.Cluster) -> TrafficPolicy:
         connect_timeout=connect_timeout,
         connect_attempts=1,  # Envoy's tcp_proxy default (max_connect_attempts 1)
         circuit_breaker=_circuit_breaker(cluster),
+        outlier_detection=_outlier_detection(cluster),
         health_check=_health_check(cluster),
         http_idle_timeout=idle,
         max_requests_per_connection=per_connection,
@@ -244,6 +248,103 @@ def _circuit_breaker(cluster: cluster_pb2.Cluster) -> CircuitBreaker:
             )
     return CircuitBreaker(
         **defaults, retry_budget_percent=budget_percent, min_retry_concurrency=min_retries
+    )
+
+
+_OUTLIER_FIELDS = (
+    "consecutive_5xx",
+    "enforcing_consecutive_5xx",
+    "consecutive_gateway_failure",
+    "enforcing_consecutive_gateway_failure",
+    "base_ejection_time",
+    "max_ejection_percent",
+    "max_ejection_time",
+    "enforcing_success_rate",
+    "enforcing_failure_percentage",
+    "enforcing_failure_percentage_local_origin",
+    "split_external_local_origin_errors",
+)
+# Read only by the detectors Detour refuses to run (success rate, failure percentage, the
+# local-origin split), or the period of Envoy's ejection sweep (Detour sweeps on every pick,
+# so an ejection ends at base_ejection_time x multiplier, not at the next tick after it).
+_OUTLIER_IGNORED = (
+    "interval",
+    "success_rate_minimum_hosts",
+    "success_rate_request_volume",
+    "success_rate_stdev_factor",
+    "consecutive_local_origin_failure",
+    "enforcing_consecutive_local_origin_failure",
+    "enforcing_local_origin_success_rate",
+    "failure_percentage_threshold",
+    "failure_percentage_minimum_hosts",
+    "failure_percentage_request_volume",
+)
+
+
+def _outlier_detection(cluster: cluster_pb2.Cluster) -> OutlierDetection | None:
+    """Envoy's consecutive-5xx and consecutive-gateway-failure detectors, its defaults (5xx on
+    at 5, gateway off unless enforced). The detectors Detour does not have must be off, as
+    istiod sends them: success rate (Envoy enforces it by default, so it must be set to 0)
+    and failure percentage."""
+    if not cluster.HasField("outlier_detection"):
+        return None
+    config = cluster.outlier_detection
+    where = "outlier_detection"
+    only_fields(config, where, _OUTLIER_FIELDS, _OUTLIER_IGNORED)
+
+    def enforced(field: str, default: int) -> bool:
+        value = getattr(config, field).value if config.HasField(field) else default
+        if value not in (0, 100):
+            raise refuse(
+                f"{where}.{field}", value, "Detour enforces a detector always (100) or never (0)"
+            )
+        return value == 100
+
+    if enforced("enforcing_success_rate", 100):
+        raise refuse(
+            f"{where}.enforcing_success_rate",
+            config.enforcing_success_rate.value
+            if config.HasField("enforcing_success_rate")
+            else "100 (default)",
+            "Detour has no success-rate ejection: set it to 0 (istiod does)",
+        )
+    for field in ("enforcing_failure_percentage", "enforcing_failure_percentage_local_origin"):
+        if enforced(field, 0):
+            raise refuse(f"{where}.{field}", 100, "Detour has no failure-percentage ejection")
+    if config.split_external_local_origin_errors:
+        raise refuse(
+            f"{where}.split_external_local_origin_errors",
+            True,
+            "Detour counts its own failures (connect, reset, timeout) as 503s (Envoy unsplit)",
+        )
+    if (
+        config.HasField("max_ejection_time")
+        and seconds(config.max_ejection_time) != MAX_EJECTION_TIME
+    ):
+        raise refuse(
+            f"{where}.max_ejection_time",
+            seconds(config.max_ejection_time),
+            f"Detour caps an ejection at Envoy's default, {MAX_EJECTION_TIME:g} s",
+        )
+    base = seconds(config.base_ejection_time) if config.HasField("base_ejection_time") else 30.0
+    if base <= 0:
+        raise refuse(f"{where}.base_ejection_time", base, "must be greater than zero")
+    percent = config.max_ejection_percent.value if config.HasField("max_ejection_percent") else 10
+    if percent > 100:
+        raise refuse(f"{where}.max_ejection_percent", percent, "a percentage, at most 100")
+    five = config.consecutive_5xx.value if config.HasField("consecutive_5xx") else 5
+    gateway = (
+        config.consecutive_gateway_failure.value
+        if config.HasField("consecutive_gateway_failure")
+        else 5
+    )
+    return OutlierDetection(
+        consecutive_5xx_errors=five if enforced("enforcing_consecutive_5xx", 100) else 0,
+        consecutive_gateway_errors=(
+            gateway if enforced("enforcing_consecutive_gateway_failure", 0) else 0
+        ),
+        base_ejection_time=base,
+        max_ejection_percent=percent,
     )
 
 

@@ -8,6 +8,7 @@ they run as any uid with /usr/bin/python3 and nothing about them knows a mesh ex
         Query parameters steer it, so one server plays every upstream a test needs:
           fail=R     answer 503 with probability R (a seeded RNG: the same run twice is the same)
           status=N   answer N
+          status_of=LABEL:N  answer N if this server is LABEL (one URL, one failing endpoint)
           delay=S    sleep S seconds before answering
         GET /__counts answers {"requests", "failures", "connections"} (how many 503s "fail"
         produced, and how many TCP connections the server accepted).
@@ -96,6 +97,10 @@ def _handler(label: str, counts: _Counts) -> type[BaseHTTPRequestHandler]:
                     }
                 return self._send(200, state)
             status = int(query.get("status", ["200"])[0])
+            for rule in query.get("status_of", []):
+                who, _, code = rule.partition(":")
+                if who == label:
+                    status = int(code)
             with counts.lock:
                 counts.requests += 1
                 if "fail" in query and counts.rng.random() < float(query["fail"][0]):

@@ -110,7 +110,7 @@ def test_a_killed_endpoint_is_ejected_and_no_call_fails(mesh_lab: MeshLab) -> No
         mesh_lab,
         3,
         outlier_detection={
-            "consecutive_failures": 1,
+            "consecutive_5xx_errors": 1,
             "base_ejection_time": "30s",
             "max_ejection_percent": 100,
         },

@@ -71,11 +71,26 @@ def fault(status: int) -> dict:
     return {"envoy.filters.http.fault": {"@type": FAULT_TYPE, "abort": abort}}
 
 
-def mesh(b: Backends, v1: list[Pod] | None = None, with_v2: bool = True) -> dict:
-    """The scenarios' snapshot: one service, two subsets, a route per behaviour."""
+# What istiod sends for a DestinationRule's outlierDetection {consecutive5xxErrors: 3}.
+OUTLIER = {
+    "consecutive_5xx": 3,
+    "interval": "1s",
+    "base_ejection_time": "30s",
+    "max_ejection_percent": 100,
+    "enforcing_consecutive_5xx": 100,
+    "enforcing_success_rate": 0,
+}
+
+
+def mesh(
+    b: Backends, v1: list[Pod] | None = None, with_v2: bool = True, outlier: bool = False
+) -> dict:
+    """The scenarios' snapshot: one service, two subsets, a route per behaviour (``/both``
+    to the whole service, outlier detection on it when ``outlier``)."""
     v1 = [b.one] if v1 is None else v1
     v2 = [b.two]
     routes = [
+        route(WEB, "/both"),
         route(WEB_V2, "/canary"),
         {
             "match": {"prefix": "/", "headers": [{"name": "x-canary", "exact_match": "yes"}]},
@@ -99,13 +114,15 @@ def mesh(b: Backends, v1: list[Pod] | None = None, with_v2: bool = True) -> dict
         "domains": ["*"],
         "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "PassthroughCluster"}}],
     }
-    clusters = [cluster(WEB), cluster(WEB_V1)]
+    # A DestinationRule's policy reaches every subset's cluster, as istiod sends it.
+    policy = {"outlier_detection": OUTLIER} if outlier else {}
+    clusters = [cluster(WEB, **policy), cluster(WEB_V1, **policy)]
     endpoints = [
         assignment(WEB, [(p.ip, 8080) for p in v1 + v2]),
         assignment(WEB_V1, [(p.ip, 8080) for p in v1]),
     ]
     if with_v2:
-        clusters.append(cluster(WEB_V2))
+        clusters.append(cluster(WEB_V2, **policy))
         endpoints.append(assignment(WEB_V2, [(p.ip, 8080) for p in v2]))
     return snapshot(
         passthrough_cluster(),
@@ -285,6 +302,23 @@ def test_a_cluster_removed_under_a_route_is_taken_and_answers_503_as_in_envoy(
     pair.plane.wait_acked("v2", ALL_TYPES, node_id=pair.nodes["detour"])
     assert call(pair.detour, f"http://{WEB_VIP}:8080/canary") == Seen(503, None)
     assert pair.both(lambda pod: call(pod, f"http://{WEB_VIP}:8080/")) == (Seen(200, "one"),) * 2
+
+
+def test_envoy_and_detour_eject_an_endpoint_after_the_same_run_of_5xx(
+    pair: Pair, backends: Backends
+) -> None:
+    pair.plane.set_snapshot("v1", mesh(backends, outlier=True))
+    pair.start()
+    for node in pair.nodes.values():
+        pair.plane.wait_acked("v1", ALL_TYPES, node_id=node)
+    url = f"http://{WEB_VIP}:8080/both?status_of=two:500"  # only origin two answers 500
+    seen = {}
+    for pod in (pair.envoy, pair.detour):
+        replies = [call(pod, url) for _ in range(12)]
+        seen[pod.name] = (replies.count(Seen(500, "two")), replies[-6:])
+    # Round robin over one and two: two's third 500 ejects it, then only one answers.
+    assert seen["envoy"] == (3, [Seen(200, "one")] * 6), seen
+    assert seen["detour"] == seen["envoy"]
 
 
 def _duplicate_cluster(resources: dict) -> dict:

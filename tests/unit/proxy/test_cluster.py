@@ -26,6 +26,7 @@ from proxy.upstream.cluster import (
     MEMBERSHIP_HEALTHY,
     MEMBERSHIP_TOTAL,
     OUTLIER_DETECTION_EJECTIONS_ACTIVE,
+    OUTLIER_DETECTION_EJECTIONS_ENFORCED,
     OUTLIER_DETECTION_EJECTIONS_TOTAL,
     ClusterRuntime,
     build_clusters,
@@ -34,7 +35,7 @@ from proxy.upstream.cluster import (
 from proxy.upstream.hosts import Host
 
 EJECT_ON_FIRST = OutlierDetection(
-    consecutive_failures=1, base_ejection_time=30.0, max_ejection_percent=100
+    consecutive_5xx_errors=1, base_ejection_time=30.0, max_ejection_percent=100
 )
 
 
@@ -258,7 +259,7 @@ def test_report_connect_success_counts() -> None:
     assert not host.ejected
 
 
-def test_connect_failure_ejects_with_consecutive_failures_one() -> None:
+def test_connect_failure_ejects_with_consecutive_5xx_errors_one() -> None:
     stats = Stats()
     cluster = only(build(make_service(policy=with_outlier()), stats=stats))
     host = cluster.hosts.hosts[1]
@@ -270,6 +271,28 @@ def test_connect_failure_ejects_with_consecutive_failures_one() -> None:
     assert stats.counters[key] == 1
     # The ejected host is no longer picked.
     assert host not in {cluster.pick(None, set()) for _ in range(10)}
+
+
+def test_an_http_connect_leaves_the_5xx_run_to_the_responses() -> None:
+    """Envoy's LocalOriginConnectSuccess: for HTTP, connecting says nothing of the answers."""
+    stats = Stats()
+    policy = with_outlier(OutlierDetection(consecutive_5xx_errors=2, max_ejection_percent=100))
+    cluster = only(build(make_service(policy=policy), stats=stats))
+    host = cluster.hosts.hosts[0]
+    cluster.report_response(host, 500)
+    cluster.report_connect(host, True, final=False)  # a new keep-alive connection
+    cluster.report_response(host, 503)
+    assert host.ejected
+    key = (
+        OUTLIER_DETECTION_EJECTIONS_ENFORCED,
+        labels(cluster=cluster.name, kind="consecutive_5xx"),
+    )
+    assert stats.counters[key] == 1
+    other = cluster.hosts.hosts[1]
+    cluster.report_response(other, 500)
+    cluster.report_connect(other, True)  # a TCP connection: the exchange itself succeeded
+    cluster.report_local_failure(other)
+    assert not other.ejected
 
 
 def test_a_failure_of_an_ejected_host_does_not_count_another_ejection() -> None:
@@ -391,7 +414,7 @@ def test_rebuild_with_a_changed_outlier_config_clears_ejections() -> None:
     host = only(old).hosts.hosts[0]
     only(old).report_connect(host, False)
     assert host.ejected
-    other = OutlierDetection(consecutive_failures=2, base_ejection_time=10.0)
+    other = OutlierDetection(consecutive_5xx_errors=2, base_ejection_time=10.0)
     cluster = only(build(fresh_copy(svc, policy=with_outlier(other)), previous=old))
     # A new detector starts from fresh hosts: the old one's ejection does not follow them.
     fresh = cluster.hosts.hosts[0]
@@ -444,7 +467,7 @@ def test_a_late_failure_on_the_previous_cluster_does_not_eject_forever() -> None
     svc = make_service(policy=with_outlier())
     port = svc.ports[0]
     old = ClusterRuntime("c", svc, port, stats, None, rng, clock)
-    other = OutlierDetection(consecutive_failures=3, base_ejection_time=5.0)
+    other = OutlierDetection(consecutive_5xx_errors=3, base_ejection_time=5.0)
     new = ClusterRuntime(
         "c", fresh_copy(svc, policy=with_outlier(other)), port, stats, old, rng, clock
     )

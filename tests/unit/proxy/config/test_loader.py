@@ -506,11 +506,18 @@ REFUSALS: list[tuple[str, dict[str, Any] | str, str, object, str]] = [
         "out of range",
     ),
     (
-        "consecutive failures",
-        with_policy(outlier_detection={"consecutive_failures": 0}),
-        f"{OD}.consecutive_failures",
-        0,
+        "consecutive 5xx errors",
+        with_policy(outlier_detection={"consecutive_5xx_errors": -1}),
+        f"{OD}.consecutive_5xx_errors",
+        -1,
         "out of range",
+    ),
+    (
+        "consecutive gateway errors",
+        with_policy(outlier_detection={"consecutive_gateway_errors": "five"}),
+        f"{OD}.consecutive_gateway_errors",
+        "five",
+        "",
     ),
     (
         "ejection time",
@@ -822,7 +829,8 @@ services:
       idle_timeout: 1h
       connect_attempts: 3
       circuit_breaker: {max_connections: 100, max_pending: 10}
-      outlier_detection: {consecutive_failures: 3, base_ejection_time: 10s,
+      outlier_detection: {consecutive_5xx_errors: 3, consecutive_gateway_errors: 2,
+                          base_ejection_time: 10s,
                           max_ejection_percent: 50}
       health_check: {interval: 1s, timeout: 500ms, unhealthy_threshold: 3, healthy_threshold: 2}
 """
@@ -853,7 +861,7 @@ def test_every_field_of_the_schema() -> None:
         idle_timeout=3600.0,
         connect_attempts=3,
         circuit_breaker=CircuitBreaker(100, 10),
-        outlier_detection=OutlierDetection(3, 10.0, 50),
+        outlier_detection=OutlierDetection(3, 2, 10.0, 50),
         health_check=HealthCheck(1.0, 0.5, 3, 2),
     )
 
@@ -923,7 +931,7 @@ def test_example_file_loads() -> None:
     assert {e.service_account for e in backend.endpoints} == {"backend"}  # meshed: mTLS
     assert backend.policy.load_balancer.policy == "round_robin"
     assert backend.policy.connect_timeout == 1.0
-    assert backend.policy.outlier_detection == OutlierDetection(1, 10.0, 100)
+    assert backend.policy.outlier_detection == OutlierDetection(1, 0, 10.0, 100)
     assert backend.vips == allocate_vips([backend.key])[backend.key]
     assert [s.name for s in backend.subsets] == ["v1", "v2"]
     canary, default = backend.http_routes

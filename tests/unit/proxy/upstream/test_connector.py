@@ -75,7 +75,7 @@ services:
     endpoints: [{{address: 127.0.0.1}}]
     traffic_policy:
       connect_timeout: 0.5s
-      outlier_detection: {{consecutive_failures: 1, max_ejection_percent: 100}}
+      outlier_detection: {{consecutive_5xx_errors: 1, max_ejection_percent: 100}}
 """,
         "mesh.yaml",
     )
@@ -144,7 +144,7 @@ def test_a_refused_connect_fails_counted_and_tells_the_outlier_detector() -> Non
         assert counted(stats, UPSTREAM_CX_CONNECT_FAIL, cluster.name) == 1
         assert counted(stats, UPSTREAM_CX_CONNECT_TIMEOUT, cluster.name) == 0
         assert host.connect_failures_total == 1
-        assert host.ejected  # consecutive_failures: 1
+        assert host.ejected  # consecutive_5xx_errors: 1
 
     run(test)
 

@@ -30,15 +30,25 @@ def detector(
     failures: int = 3,
     base: float = 30.0,
     percent: int = 100,
+    gateway: int = 0,
 ) -> OutlierDetector:
     config = OutlierDetection(
-        consecutive_failures=failures, base_ejection_time=base, max_ejection_percent=percent
+        consecutive_5xx_errors=failures,
+        consecutive_gateway_errors=gateway,
+        base_ejection_time=base,
+        max_ejection_percent=percent,
     )
     return OutlierDetector(config, clock, hosts)
 
 
 def fail(outliers: OutlierDetector, host: Host, times: int) -> list[bool]:
-    return [outliers.on_failure(host) for _ in range(times)]
+    """Whether each of ``times`` failures of our own making ejected ``host``."""
+    return [outliers.on_failure(host) is not None for _ in range(times)]
+
+
+def answer(outliers: OutlierDetector, host: Host, *statuses: int) -> list[str | None]:
+    """The ejection (its kind) each response status made, in order."""
+    return [outliers.on_response(host, status) for status in statuses]
 
 
 def test_ejects_after_the_configured_run_of_failures(make_hosts: MakeHosts) -> None:
@@ -62,6 +72,52 @@ def test_a_success_resets_the_run(make_hosts: MakeHosts) -> None:
     assert outliers.on_failure(a)
 
 
+@pytest.mark.parametrize(
+    ("statuses", "ejections"),
+    [
+        ((500, 503, 599), [None, None, "consecutive_5xx"]),
+        ((500, 200, 500, 500), [None, None, None, None]),  # any answer below 500 ends the run
+        ((500, 404, 502, 501, 500), [None, None, None, None, "consecutive_5xx"]),
+        ((503, 503, 503, 503), [None, None, "consecutive_5xx", None]),  # ejected: no repeat
+    ],
+)
+def test_5xx_responses_eject_after_the_run(
+    make_hosts: MakeHosts, statuses: tuple[int, ...], ejections: list[str | None]
+) -> None:
+    a, _ = hosts = make_hosts(1, 1)
+    outliers = detector(hosts, FakeClock())
+    assert answer(outliers, a, *statuses) == ejections
+
+
+@pytest.mark.parametrize(
+    ("statuses", "ejections"),
+    [
+        ((502, 503, 504), [None, "consecutive_gateway_failure", None]),
+        ((502, 500, 503, 504), [None, None, None, "consecutive_gateway_failure"]),  # 500 ends it
+        ((504, 200, 504), [None, None, None]),
+    ],
+)
+def test_gateway_errors_have_their_own_run(
+    make_hosts: MakeHosts, statuses: tuple[int, ...], ejections: list[str | None]
+) -> None:
+    a, _ = hosts = make_hosts(1, 1)
+    outliers = detector(hosts, FakeClock(), failures=5, gateway=2)
+    assert answer(outliers, a, *statuses) == ejections
+
+
+def test_our_own_failures_count_as_gateway_errors_and_a_threshold_of_zero_is_off(
+    make_hosts: MakeHosts,
+) -> None:
+    a, b = hosts = make_hosts(1, 1)
+    outliers = detector(hosts, FakeClock(), failures=0, gateway=2)
+    assert answer(outliers, a, 500, 500, 500, 500, 500, 500) == [None] * 6  # 5xx run off
+    assert outliers.on_response(a, 503) is None
+    assert outliers.on_failure(a) == "consecutive_gateway_failure"  # a reset after a 503
+    assert answer(outliers, b, 502) == [None]
+    outliers.on_success(b)  # a TCP connect, or a 2xx: the run starts again
+    assert answer(outliers, b, 502) == [None]
+
+
 def test_ejection_ends_after_the_base_time(make_hosts: MakeHosts) -> None:
     a, _ = hosts = make_hosts(1, 1)
     clock = FakeClock()
@@ -82,7 +138,7 @@ def test_readmitted_host_needs_a_full_new_run(make_hosts: MakeHosts) -> None:
     outliers = detector(hosts, FakeClock())
     fail(outliers, a, 5)  # two failures more while ejected
     outliers.sweep(30.0)
-    assert a.consecutive_failures == 0
+    assert a.consecutive_5xx == 0
     assert fail(outliers, a, 3) == [False, False, True]
 
 

@@ -23,7 +23,7 @@ from support.xds_snapshots import (
     virtual_outbound,
 )
 
-from proxy.config.model import Mesh, Service, StringMatch
+from proxy.config.model import Mesh, OutlierDetection, Service, StringMatch
 from proxy.xds.resources import (
     TYPE_CLUSTER,
     TYPE_ENDPOINT,
@@ -197,6 +197,49 @@ def test_lb_policy_circuit_breakers_and_health_check_map_onto_the_traffic_policy
     assert policy.health_check is not None and policy.health_check.interval == 2.0
 
 
+# What istiod sends for a DestinationRule's outlierDetection (consecutive5xxErrors: 3,
+# interval: 5s, baseEjectionTime: 15s, maxEjectionPercent: 50): success rate explicitly off.
+ISTIO_OUTLIER = {
+    "consecutive_5xx": 3,
+    "interval": "5s",
+    "base_ejection_time": "15s",
+    "max_ejection_percent": 50,
+    "enforcing_consecutive_5xx": 100,
+    "enforcing_success_rate": 0,
+}
+
+
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        (ISTIO_OUTLIER, OutlierDetection(3, 0, 15.0, 50)),
+        (  # consecutiveGatewayErrors set: istiod enforces that run too
+            {
+                **ISTIO_OUTLIER,
+                "consecutive_gateway_failure": 2,
+                "enforcing_consecutive_gateway_failure": 100,
+            },
+            OutlierDetection(3, 2, 15.0, 50),
+        ),
+        (  # only the gateway run: the 5xx one not enforced
+            {
+                "enforcing_success_rate": 0,
+                "enforcing_consecutive_5xx": 0,
+                "enforcing_consecutive_gateway_failure": 100,
+            },
+            OutlierDetection(0, 5, 30.0, 10),  # Envoy's defaults
+        ),
+    ],
+)
+def test_outlier_detection_maps_envoys_consecutive_detectors(spec, expected):
+    mesh = mesh_of(
+        cluster(DB, outlier_detection=spec),
+        assignment(DB, [("10.88.0.5", 5432)]),
+        tcp_listener("10.96.0.9", 9000, DB),
+    )
+    assert service(mesh, "db.default").policy.outlier_detection == expected
+
+
 def test_fault_and_header_rules_of_a_route_are_taken():
     fault = {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
@@ -256,10 +299,38 @@ def regex_route(match: dict) -> object:
             "lb_policy",
         ),
         (
-            (cluster(DB, outlier_detection={"consecutive_5xx": 5}),),
+            (cluster(DB, outlier_detection={"consecutive_5xx": 5}),),  # success rate enforced
             TYPE_CLUSTER,
             DB,
-            "outlier_detection",
+            "outlier_detection.enforcing_success_rate",
+        ),
+        (
+            (cluster(DB, outlier_detection={**ISTIO_OUTLIER, "enforcing_consecutive_5xx": 50}),),
+            TYPE_CLUSTER,
+            DB,
+            "outlier_detection.enforcing_consecutive_5xx",
+        ),
+        (
+            (
+                cluster(
+                    DB, outlier_detection={**ISTIO_OUTLIER, "enforcing_failure_percentage": 100}
+                ),
+            ),
+            TYPE_CLUSTER,
+            DB,
+            "outlier_detection.enforcing_failure_percentage",
+        ),
+        (
+            (cluster(DB, outlier_detection={**ISTIO_OUTLIER, "max_ejection_time": "60s"}),),
+            TYPE_CLUSTER,
+            DB,
+            "outlier_detection.max_ejection_time",
+        ),
+        (
+            (cluster(DB, outlier_detection={**ISTIO_OUTLIER, "always_eject_one_host": True}),),
+            TYPE_CLUSTER,
+            DB,
+            "outlier_detection.always_eject_one_host",
         ),
         (
             (cluster("backend"),),
@@ -373,7 +444,11 @@ def regex_route(match: dict) -> object:
     ],
     ids=[
         "maglev",
-        "outlier-5xx",
+        "outlier-success-rate-enforced",
+        "outlier-partly-enforced",
+        "outlier-failure-percentage",
+        "outlier-max-ejection-time",
+        "outlier-always-eject-one",
         "non-istio-name",
         "strict-dns",
         "bad-address",
