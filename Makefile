@@ -2,7 +2,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test test-e2e test-vm demo lint clean images bench bench-quick bench-peers bench-guard bench-xds
+.PHONY: setup test test-e2e test-vm demo lint clean images bench bench-quick bench-peers bench-guard bench-xds soak
 
 setup:
 	@./scripts/setup.sh
@@ -18,6 +18,13 @@ test: setup bench-peers
 E2E ?=
 test-e2e: setup
 	$(PY) -m pytest tests/e2e/init tests/e2e/proxy $(E2E)
+
+# The reliability suite (tests/reliability, also part of make test) run longer: each load and
+# fuzz case scales with SOAK_SECONDS; the figures table is printed at the end and written to
+# build/reliability/figures.json.
+SOAK_SECONDS ?= 600
+soak: setup
+	DETOUR_SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest tests/reliability
 
 # A Debian 12 VM under Vagrant + libvirt (TCG, isolated, offline box): make setup, make demo
 # and make test-e2e inside it, then destroyed. See vagrant/README.md.

@@ -19,6 +19,7 @@ from detour_common.capabilities import CAP_NET_ADMIN, has_capability
 from detour_common.certs import CertificateError
 from proxy.config.loader import MeshConfigError, load_mesh
 from proxy.config.model import Mesh
+from proxy.downstream_limits import DEFAULT_REQUEST_HEADERS_TIMEOUT, DownstreamLimits
 from proxy.logs import setup_logging
 from proxy.sidecar import Options, Sidecar, bind_listeners, drop_privileges
 from proxy.tls.identity import TlsFiles, load_identity
@@ -75,6 +76,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="the pod's resolvers, for names outside the mesh",
     )
     parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=0,
+        help="downstream connections the sidecar holds at once, split over its workers; more "
+        "are closed at accept and counted in downstream_cx_overflow (0: as many as the "
+        "descriptor limit serves)",
+    )
+    parser.add_argument(
+        "--request-headers-timeout",
+        type=float,
+        default=DEFAULT_REQUEST_HEADERS_TIMEOUT,
+        help="seconds from a request head's first byte to its last before a 408 (0 = none)",
+    )
+    parser.add_argument(
         "--concurrency",
         type=int,
         default=os.cpu_count() or 1,
@@ -97,6 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_format)
     try:
         run_as = _run_as(args.run_as)
+        limits = DownstreamLimits(args.max_connections, args.request_headers_timeout)
         mesh = load_mesh(args.config) if args.config else Mesh()
         bootstrap = _bootstrap(args.bootstrap)
     except (ValueError, MeshConfigError, OSError) as err:
@@ -125,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         dns_port=args.dns_port,
         resolv_conf=args.resolv_conf,
         xds_cache=args.xds_cache,
+        limits=limits,
     )
     if not 1 <= options.concurrency <= 64:
         log.error("--concurrency=%d: expected 1 to 64 workers", options.concurrency)

@@ -94,9 +94,15 @@ class RouteTable:
         if destination is None:
             return Refuse("connection was not redirected (no original destination)", "NR")
         address, port = destination
-        if port in SIDECAR_PORTS and (_is_loopback(address) or self.is_local(address)):
+        if targets_the_sidecar(address, port, self.is_local):
             return Refuse(f"original destination {address}:{port} is the sidecar itself", "NR")
         return None
+
+
+def targets_the_sidecar(address: str, port: int, is_local: Callable[[str], bool]) -> bool:
+    """Whether ``address:port`` is one of the sidecar's own listeners (admin included): never
+    a destination, whether a client asked for it or a mesh endpoint names it."""
+    return port in SIDECAR_PORTS and (_is_loopback(address) or is_local(address))
 
 
 def _is_loopback(address: str) -> bool:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from detour_common.conventions import TPROXY_MARK
 from proxy.config.model import Service, ServicePort
+from proxy.downstream_limits import DOWNSTREAM_RQ_HEADER_TIMEOUT
 from proxy.filters import http_connection
 from proxy.outcomes import Flag
 from proxy.pipeline.authorization import AuthorizationHook, connection_allowed
@@ -237,6 +238,9 @@ class Session:
         self._close_downstream()
         self._finish()
 
+    def _header_timed_out(self) -> None:
+        self.worker.stats.inc(DOWNSTREAM_RQ_HEADER_TIMEOUT, listener_labels(self.listener.name))
+
     async def _speaks_http(self, protocol: str, port: int) -> str | None:
         return await http_connection.detect(self.downstream, self.worker.loop, protocol, port)
 
@@ -290,7 +294,14 @@ class Session:
             )
         else:
             self.http = http_connection.http1_manager(
-                pipeline, transport, early, downstream.eof, worker.loop, done
+                pipeline,
+                transport,
+                early,
+                downstream.eof,
+                worker.loop,
+                done,
+                worker.limits.request_headers_timeout,
+                self._header_timed_out,
             )
         if not downstream.eof:
             transport.resume_reading()  # type: ignore[union-attr]

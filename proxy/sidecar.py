@@ -21,7 +21,7 @@ import logging
 import os
 import re
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,6 +33,7 @@ from proxy.config.loader import MeshConfigError, load_mesh
 from proxy.config.model import Mesh
 from proxy.dns.resolvconf import ResolvConf, read_resolv_conf
 from proxy.dns.server import DnsProxy, serve_dns
+from proxy.downstream_limits import DownstreamLimits
 from proxy.platform.heap import freeze_startup_objects
 from proxy.platform.sockets import listening_socket
 from proxy.stats import Counter, Gauge, Merged, Stats, merge
@@ -80,6 +81,7 @@ class Options:
     dns_port: int = 15053  # 0 = no DNS proxy
     resolv_conf: Path = Path("/etc/resolv.conf")
     xds_cache: Path | None = None  # the last applied xDS snapshot, for a start without it
+    limits: DownstreamLimits = field(default_factory=DownstreamLimits)
 
 
 def bind_listeners(options: Options) -> list[tuple[ListenSpec, str]]:
@@ -109,9 +111,16 @@ def new_workers(
     to pay for, as Envoy's ``--concurrency 1`` is one process; it writes to ``sink``, this
     process's access log), else a process each."""
     if len(listener_sets) == 1:
-        return [InProcessWorker(0, listener_sets[0], options.access_log, sink)]
+        return [InProcessWorker(0, listener_sets[0], options.access_log, sink, options.limits)]
     return [
-        WorkerProcess(index, listeners, options.access_log, options.log_format)
+        WorkerProcess(
+            index,
+            listeners,
+            options.access_log,
+            options.log_format,
+            options.limits,
+            len(listener_sets),
+        )
         for index, listeners in enumerate(listener_sets)
     ]
 

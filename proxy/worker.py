@@ -21,6 +21,7 @@ from detour_common.original_dst import original_destination
 from proxy.access_log import AccessLog
 from proxy.admin.clusters import Row
 from proxy.config.model import Mesh, Service
+from proxy.downstream_limits import DOWNSTREAM_CX_OVERFLOW, DownstreamLimits, descriptor_limit
 from proxy.inbound import (
     DOWNSTREAM_SSL_ERROR,
     DOWNSTREAM_SSL_SESSION_REUSED,
@@ -30,7 +31,7 @@ from proxy.inbound import (
 from proxy.pipeline.router import HttpRouter
 from proxy.platform.sockets import is_local_address
 from proxy.policy.evaluate import Authorizer
-from proxy.routing import RouteTable
+from proxy.routing import RouteTable, targets_the_sidecar
 from proxy.session import ListenerInfo, Session
 from proxy.stats import Stats, listener_labels
 from proxy.telemetry import Telemetry
@@ -84,6 +85,13 @@ class Downstream(RelayHalf):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        worker = self._worker
+        if len(worker.sessions) >= worker.max_connections:
+            # Envoy's downstream-connections limit: closed at once, before any work (an RST,
+            # so the client learns now and nothing lingers in TIME_WAIT on our side).
+            worker.stats.inc(DOWNSTREAM_CX_OVERFLOW, listener_labels(self._spec.info.name))
+            transport.abort()
+            return
         # No pause_reading() here: bytes that arrive before the upstream is connected are held
         # by RelayHalf (which pauses on the first of them). A pause inside connection_made is
         # also unreliable: CPython 3.11's own loop starts reading after it regardless.
@@ -148,9 +156,16 @@ def _unattached(half: RelayHalf, exc: Exception | None) -> None:
 
 class Worker:
     def __init__(
-        self, mesh: Mesh, access_log_format: str = "text", access_log: AccessLog | None = None
+        self,
+        mesh: Mesh,
+        access_log_format: str = "text",
+        access_log: AccessLog | None = None,
+        limits: DownstreamLimits = DownstreamLimits(),  # noqa: B008  (frozen)
+        workers: int = 1,
     ) -> None:
         self.stats = Stats()
+        self.limits = limits
+        self.max_connections = limits.per_worker(workers, descriptor_limit())
         sink = access_log if access_log is not None else AccessLog()
         self.telemetry = Telemetry(self.stats, sink, mesh, access_log_format)
         self.sessions: set[Session] = set()
@@ -238,7 +253,8 @@ class Worker:
             self.identity = IdentitySource(files, self.mesh.trust_domain, self.stats)
             self.telemetry.own_principal = self.identity.load().spiffe.uri
             self._tasks.append(loop.create_task(self.identity.watch()))
-        self.connector = Connector(loop, self.stats, self.identity)
+        forbidden = functools.partial(targets_the_sidecar, is_local=self._is_local)
+        self.connector = Connector(loop, self.stats, self.identity, forbidden)
         for spec in listeners:
             if spec.info.direction == "inbound":
                 acceptor = InboundAcceptor(

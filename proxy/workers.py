@@ -40,6 +40,7 @@ from typing import Any, Protocol
 
 from proxy.access_log import AccessLog
 from proxy.config.model import Mesh
+from proxy.downstream_limits import DownstreamLimits
 from proxy.logs import setup_logging
 from proxy.platform.heap import freeze_startup_objects
 from proxy.session import ListenerInfo
@@ -130,11 +131,13 @@ class InProcessWorker:
         listeners: list[tuple[ListenSpec, str]],
         access_log: str,
         sink: AccessLog | None = None,
+        limits: DownstreamLimits = DownstreamLimits(),  # noqa: B008  (frozen)
     ) -> None:
         self.index = index
         self.listeners = listeners
         self.access_log = access_log
         self.sink = sink  # the supervisor's access log: this worker runs in its process
+        self.limits = limits
         self.worker: Worker | None = None
 
     @property
@@ -146,7 +149,7 @@ class InProcessWorker:
         return None
 
     async def start(self, mesh: Mesh) -> None:
-        self.worker = Worker(mesh, self.access_log, self.sink)
+        self.worker = Worker(mesh, self.access_log, self.sink, self.limits)
         await self.worker.start([spec for spec, _kind in self.listeners])
 
     async def apply_mesh(self, mesh: Mesh) -> None:
@@ -173,6 +176,8 @@ class WorkerProcess:
     listeners: list[tuple[ListenSpec, str]]  # (spec, kind name)
     access_log: str
     log_format: str
+    limits: DownstreamLimits = field(default_factory=DownstreamLimits)
+    workers: int = 1  # how many share the sidecar's limits
     process: subprocess.Popen | None = None
     _reader: asyncio.StreamReader | None = None
     _writer: asyncio.StreamWriter | None = None
@@ -200,7 +205,9 @@ class WorkerProcess:
         self.process = subprocess.Popen(args, pass_fds=[theirs.fileno(), *fds])
         theirs.close()
         self._reader, self._writer = await asyncio.open_connection(sock=ours)
-        await self.request({"op": "mesh", "mesh": mesh})
+        await self.request(
+            {"op": "mesh", "mesh": mesh, "limits": self.limits, "workers": self.workers}
+        )
 
     async def request(self, message: dict) -> Any:
         async with self._lock:
@@ -255,7 +262,7 @@ async def serve(
 ) -> int:
     reader, writer = await asyncio.open_connection(sock=control)
     first = await receive(reader)
-    worker = Worker(first["mesh"], access_log, sink)
+    worker = Worker(first["mesh"], access_log, sink, first["limits"], first["workers"])
     await worker.start(listeners)
     freeze_startup_objects()
     await send(writer, {"ok": True, "pid": os.getpid()})

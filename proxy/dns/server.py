@@ -141,6 +141,10 @@ class DnsProxy:
             return build_answer(query, Rcode.SERVFAIL, authoritative=False, max_size=limit)
         try:
             response = parse_response(reply)
+            # Walked before it is cached: a truncated reply parse_response accepts (records
+            # may stop mid-way, RFC 2181 §9) may not walk, and a cached one that does not
+            # would fail every query for its name until it expired.
+            fresh = with_id_and_ttl(reply, query.id, 0)
         except DnsError as err:
             self.stats.inc(DNS_FAILURES_TOTAL, labels(reason=f"upstream_{err.reason}"))
             return build_answer(query, Rcode.SERVFAIL, authoritative=False, max_size=limit)
@@ -152,7 +156,7 @@ class DnsProxy:
         if ttl:
             self.cache.put(key, reply, ttl)
         self.stats.inc(DNS_ANSWERS_TOTAL, labels(source="upstream"))
-        return self._fit(query, with_id_and_ttl(reply, query.id, 0), limit)
+        return self._fit(query, fresh, limit)
 
     def _fit(self, query: Query, reply: bytes, limit: int | None) -> bytes:
         """Never send a UDP client more than its query allows: truncate instead (TC=1)."""

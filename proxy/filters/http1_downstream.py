@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from proxy.http.channel import ChannelClosed, HttpChannel
+from proxy.http.channel import ChannelClosed, HeadTimeout, HttpChannel
 from proxy.http.codec import (
     NEED_DATA,
     Connection,
@@ -134,8 +134,13 @@ class Http1ConnectionManager:
         downstream: HttpChannel,
         loop: asyncio.AbstractEventLoop,
         exchange_done: Callable[[Exchange], None],
+        head_timeout: float = 0.0,
+        on_head_timeout: Callable[[], None] | None = None,
     ) -> None:
         self.pipeline = pipeline
+        # A request head must be whole this long after its first byte (0 = no limit): 408.
+        self.head_timeout = head_timeout
+        self._on_head_timeout = on_head_timeout
         self.downstream = downstream
         self.loop = loop
         self._exchange_done = exchange_done
@@ -163,10 +168,15 @@ class Http1ConnectionManager:
         while not downstream.lost:
             try:
                 self.between_requests = True
-                event = await downstream.next_event()
+                event = await downstream.next_event(self.head_timeout)
                 self.between_requests = False
             except ProtocolError as exc:
                 self._refuse_request(local_reply.bad_request(exc.status_hint, exc.reason))
+                return
+            except HeadTimeout:
+                if self._on_head_timeout is not None:
+                    self._on_head_timeout()
+                self._refuse_request(local_reply.REQUEST_HEADER_TIMEOUT)
                 return
             except ChannelClosed:
                 return

@@ -123,10 +123,14 @@ def http1_manager(
     eof: bool,
     loop: asyncio.AbstractEventLoop,
     exchange_done: Callable[[Exchange], None],
+    head_timeout: float = 0.0,
+    on_head_timeout: Callable[[], None] | None = None,
 ) -> Http1ConnectionManager:
     """An HTTP/1.1 manager on the session's transport, fed the bytes sniffing read."""
     channel = Http1ConnectionManager.channel(loop)
-    manager = Http1ConnectionManager(pipeline, channel, loop, exchange_done)
+    manager = Http1ConnectionManager(
+        pipeline, channel, loop, exchange_done, head_timeout, on_head_timeout
+    )
     transport.set_protocol(channel)
     channel.connection_made(transport)
     channel.feed(early, eof)

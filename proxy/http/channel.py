@@ -34,6 +34,10 @@ class ChannelClosed(ConnectionError):
     """The peer went away (reset, or closed while we still needed bytes from it)."""
 
 
+class HeadTimeout(TimeoutError):
+    """A message head began arriving and was not complete within its deadline."""
+
+
 class HttpChannel(asyncio.Protocol):
     """A transport plus a codec; coroutines ``await next_event()`` and ``write()`` / ``drain()``."""
 
@@ -54,6 +58,7 @@ class HttpChannel(asyncio.Protocol):
         self._reading_paused = False
         self._paused_check: ResetWatch | None = None  # while reading is paused
         self._data_waiter: asyncio.Future[None] | None = None
+        self._head_expired = False  # next_event's head deadline passed
         self._drain_waiter: asyncio.Future[None] | None = None
         self.write_paused = False  # the transport is above its high-water mark
         # Called once when the connection is gone (the pool drops it, a session finishes).
@@ -122,25 +127,41 @@ class HttpChannel(asyncio.Protocol):
         if eof:
             self.eof_received()
 
-    async def next_event(self) -> Event | _Sentinel:
-        """The next event; raises RemoteProtocolError (bad bytes) or ChannelClosed (reset)."""
+    async def next_event(self, head_timeout: float = 0.0) -> Event | _Sentinel:
+        """The next event; raises RemoteProtocolError (bad bytes) or ChannelClosed (reset).
+
+        ``head_timeout`` (a head is awaited): once some of its bytes are here and the rest
+        are not, they must all arrive within that many seconds, else HeadTimeout. The timer is
+        armed only for a head that spans reads: one that arrives whole, as nearly every
+        request does, costs no timer. A trickling client (slowloris) is cut however steadily
+        it sends, since the deadline is not moved by progress."""
         codec = self.codec
-        while True:
-            event = codec.next_event()
-            if event is not NEED_DATA:
-                return event
-            if self.lost and self.lost_error is not None:
-                raise ChannelClosed(str(self.lost_error))
-            self._buffered = 0  # the codec consumed everything it could
-            if self._reading_paused and not self.lost:
-                self._reading_paused = False
-                self._stop_paused_check()
-                self.transport.resume_reading()  # type: ignore[union-attr]
-            self._data_waiter = self.loop.create_future()
-            try:
-                await self._data_waiter
-            finally:
-                self._data_waiter = None
+        timer: asyncio.TimerHandle | None = None
+        try:
+            while True:
+                event = codec.next_event()
+                if event is not NEED_DATA:
+                    return event
+                if self.lost and self.lost_error is not None:
+                    raise ChannelClosed(str(self.lost_error))
+                if timer is not None and self._head_expired:
+                    raise HeadTimeout(f"head incomplete after {head_timeout:g}s")
+                if head_timeout and timer is None and codec.buffered:
+                    self._head_expired = False
+                    timer = self.loop.call_later(head_timeout, self._expire_head)
+                self._buffered = 0  # the codec consumed everything it could
+                if self._reading_paused and not self.lost:
+                    self._reading_paused = False
+                    self._stop_paused_check()
+                    self.transport.resume_reading()  # type: ignore[union-attr]
+                self._data_waiter = self.loop.create_future()
+                try:
+                    await self._data_waiter
+                finally:
+                    self._data_waiter = None
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     def write(self, data: bytes) -> None:
         """Queue bytes; they go out in one send when the current callback ends (or at
@@ -204,6 +225,10 @@ class HttpChannel(asyncio.Protocol):
         if self._paused_check is not None:
             self._paused_check.cancel()
             self._paused_check = None
+
+    def _expire_head(self) -> None:
+        self._head_expired = True
+        self._wake()
 
     def _wake(self) -> None:
         waiter = self._data_waiter

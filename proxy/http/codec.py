@@ -303,6 +303,11 @@ class Connection:
         return self._wmode == _CHUNKED
 
     @property
+    def buffered(self) -> int:
+        """Bytes received and not parsed yet (no copy, unlike ``trailing_data``)."""
+        return len(self._buf)
+
+    @property
     def trailing_data(self) -> tuple[bytes, bool]:
         """Bytes received but not parsed, and whether the peer closed: after SWITCHED, the
         first bytes of the tunnel."""

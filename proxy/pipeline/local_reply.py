@@ -32,6 +32,9 @@ NO_ROUTE = LocalReply(404, Flag.NO_ROUTE_FOUND, b"")
 ACCESS_DENIED = LocalReply(403, Flag.RBAC_ACCESS_DENIED, b"RBAC: access denied")
 # A path the workload's path_normalization refuses (an escaped slash under REJECT_REQUEST).
 PATH_REJECTED = LocalReply(400, Flag.NONE, b"Bad Request")
+# A request head not whole within the request headers timeout (slowloris): Envoy answers 408
+# (details request_header_timeout) and sets no response flag.
+REQUEST_HEADER_TIMEOUT = LocalReply(408, Flag.NONE, b"request header timeout")
 NO_HEALTHY_UPSTREAM = LocalReply(503, Flag.NO_HEALTHY_UPSTREAM, b"no healthy upstream")
 CONNECT_FAILURE = LocalReply(
     503,

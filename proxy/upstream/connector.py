@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -44,6 +45,9 @@ if TYPE_CHECKING:  # h2 loads with the first HTTP/2 upstream, not with the sidec
 log = logging.getLogger("detour.proxy")
 
 UPSTREAM_CX_TOTAL = Counter("upstream_cx_total", "Upstream connections established")
+UPSTREAM_CX_SIDECAR_REFUSED = Counter(
+    "upstream_cx_sidecar_refused", "Connects refused: the endpoint is one of the sidecar's ports"
+)
 UPSTREAM_CX_CONNECT_FAIL = Counter(
     "upstream_cx_connect_fail", "Upstream connect attempts that failed"
 )
@@ -111,10 +115,15 @@ class Connector:
         loop: asyncio.AbstractEventLoop,
         stats: Stats,
         identity: IdentitySource | None = None,
+        forbidden: Callable[[str, int], bool] | None = None,
     ) -> None:
         self.loop = loop
         self.stats = stats
         self.identity = identity
+        # Addresses never dialled whatever a config says: the sidecar's own listeners. A mesh
+        # endpoint (from a file or a control plane) naming 127.0.0.1:15000 would otherwise
+        # hand the admin port, and its POST endpoints, to any app that calls the service.
+        self._forbidden = forbidden
         self._said_no_identity = False
 
     def mesh_tls(self, cluster: ClusterRuntime, host: Host, inner: str) -> MeshTls | None:
@@ -159,6 +168,17 @@ class Connector:
         reported to ``cluster``'s outlier detector for ``host``; ``final``: the connection is
         the exchange, as for TCP, so its success clears the host's error runs). Raises
         ConnectFailed; a connection made just as the timer fired is aborted."""
+        forbidden = self._forbidden
+        if forbidden is not None and forbidden(address, port):
+            self.stats.inc(UPSTREAM_CX_SIDECAR_REFUSED, cluster_labels(cluster_name))
+            log.warning(
+                "cluster %s: endpoint %s:%d is the sidecar itself; not connecting",
+                cluster_name,
+                address,
+                port,
+            )
+            self._failed(cluster_name, cluster, host, timed_out=False)
+            raise ConnectFailed(timed_out=False, reason="the sidecar's own port")
         loop = self.loop
         task = asyncio.current_task(loop)
         assert task is not None, "connect() runs in a task"

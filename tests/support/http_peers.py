@@ -10,6 +10,7 @@ they run as any uid with /usr/bin/python3 and nothing about them knows a mesh ex
           status=N   answer N
           status_of=LABEL:N  answer N if this server is LABEL (one URL, one failing endpoint)
           delay=S    sleep S seconds before answering
+          pad=N      add N bytes of padding to the answer (a large response body)
         GET /__counts answers {"requests", "failures", "connections"} (how many 503s "fail"
         produced, and how many TCP connections the server accepted).
         A GET with "Upgrade: websocket" gets a real RFC 6455 handshake (101), then every text
@@ -120,6 +121,7 @@ def _handler(label: str, counts: _Counts) -> type[BaseHTTPRequestHandler]:
                     "body_sha256": hashlib.sha256(body).hexdigest(),
                     "connections": connections,
                     "peer": self.client_address[0],
+                    **({"pad": "x" * int(query["pad"][0])} if "pad" in query else {}),
                 },
             )
 

@@ -34,6 +34,7 @@ PROXY_LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "proxy.config",
             "proxy.logs",
             "proxy.access_log",
+            "proxy.downstream_limits",
         ),
     ),
     ("control plane", ("proxy.xds",)),  # config from xDS: translated into proxy.config's model

@@ -152,8 +152,12 @@ class Sidecar:
     connection over the mesh's clusters, the connection manager of ``downstream`` ("http1" or
     "http2"), ``manager.run()`` in a task, then ``manager.finish()``."""
 
-    def __init__(self, yaml_text: str, downstream: str = "http1") -> None:
+    def __init__(
+        self, yaml_text: str, downstream: str = "http1", head_timeout: float = 0.0
+    ) -> None:
         self.loop = asyncio.get_running_loop()
+        self.head_timeout = head_timeout  # the HTTP/1.1 request headers timeout
+        self.head_timeouts = 0  # how many times it fired
         self.mesh = parse_mesh(yaml_text, "mesh.yaml")
         self.service: Service = self.mesh.services[0]
         self.port: ServicePort = self.service.ports[0]
@@ -216,7 +220,14 @@ class Sidecar:
             )
         else:
             manager = http_connection.http1_manager(
-                pipeline, transport, b"", False, self.loop, self._done
+                pipeline,
+                transport,
+                b"",
+                False,
+                self.loop,
+                self._done,
+                self.head_timeout,
+                self._head_timed_out,
             )
         self.managers.append(manager)
         self.runs.append(self.loop.create_task(self._run(manager)))
@@ -228,6 +239,9 @@ class Sidecar:
         finally:
             manager.finish()
             self.changed.notify()
+
+    def _head_timed_out(self) -> None:
+        self.head_timeouts += 1
 
     def _done(self, exchange: Exchange) -> None:
         self.exchanges.append(exchange)

@@ -6,6 +6,7 @@ wire, and the Exchange the manager reported to ``exchange_done``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -208,6 +209,63 @@ def test_an_oversized_request_head_gets_431_and_the_connection_closes() -> None:
             assert ended in (EOF, RESET)  # RST when our unread bytes were still queued
             await sidecar.finished()
             assert upstream.accepted == 0
+
+    run(scenario)
+
+
+def test_a_head_trickled_past_the_request_headers_timeout_gets_408() -> None:
+    """A slowloris client keeps sending, a byte at a time, so the idle timeout never fires:
+    the head deadline counts from its first byte and is not moved by progress. 408, the
+    connection closed, nothing forwarded, reported as an exchange and counted once."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        async with (
+            H1Upstream(echo_path) as upstream,
+            Sidecar(mesh_yaml(upstream.port), head_timeout=0.3) as sidecar,
+        ):
+            client = await Wire.connect(sidecar.address)
+            started = loop.time()
+            with contextlib.suppress(ConnectionError):
+                for byte in b"GET / HTTP/1.1\r\nHost: backend\r\nX-Slow: " + b"a" * 100:
+                    await client.send(bytes([byte]))
+                    await asyncio.sleep(0.02)
+                    if sidecar.head_timeouts:
+                        break
+            answer = await read_response(client)
+            assert answer.status == 408
+            assert answer.body == b"request header timeout"
+            assert answer.header(b"connection") == b"close"
+            assert 0.3 <= loop.time() - started < 1.0
+            exchange = await sidecar.exchange()
+            assert (exchange.status, exchange.request.target) == (408, b"-")
+            await sidecar.finished()
+            assert sidecar.head_timeouts == 1
+            assert upstream.accepted == 0
+
+    run(scenario)
+
+
+def test_heads_split_across_reads_in_time_and_idle_keep_alive_are_not_cut() -> None:
+    """The deadline is per head: each head of a keep-alive connection sent in two parts within
+    it is served, and time spent idle between requests (no head begun) does not count."""
+
+    async def scenario() -> None:
+        async with (
+            H1Upstream(echo_path) as upstream,
+            Sidecar(mesh_yaml(upstream.port), head_timeout=0.3) as sidecar,
+        ):
+            client = await Wire.connect(sidecar.address)
+            for path in (b"/one", b"/two", b"/three"):
+                head = h1_request(b"GET", path)
+                await client.send(head[:10])
+                await asyncio.sleep(0.2)
+                await client.send(head[10:])
+                answer = await read_response(client)
+                assert (answer.status, answer.body) == (200, b"path=" + path)
+                await asyncio.sleep(0.4)  # idle longer than the head deadline
+            assert sidecar.head_timeouts == 0
+            client.close()
 
     run(scenario)
 
