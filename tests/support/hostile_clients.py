@@ -180,6 +180,7 @@ def slowloris(host: str, port: int, count: int, interval: float, duration: float
         "opened": total,
         "refused": refused,
         "cut": len(cut_after),
+        "cut_after_min": round(min(cut_after, default=0.0), 3),
         "cut_after_max": round(max(cut_after, default=0.0), 3),
         "answers": answers,
     }
