@@ -1,7 +1,8 @@
 """``detour-init``: render, apply, cleanup, show and validate interception in this namespace.
 
-Exit codes: 0 done; 1 failed (and rolled back); 2 bad input or missing privilege, nothing
-touched; 126 validate found that traffic is not redirected.
+Exit codes: 0 done; 1 failed or interrupted (and rolled back), or another detour-init kept
+the namespace busy past ``--wait`` (nothing touched); 2 bad input or missing privilege,
+nothing touched; 126 validate found that traffic is not redirected.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ from init.backend import (
     inspect,
 )
 from init.config import OPTIONS, CaptureConfig, ConfigError, parse_config
-from init.host import PrivilegeError, ipv6_available, require_net_admin
+from init.host import PrivilegeError, ipv6_available, ipv6_disabled, require_net_admin
 from init.install import ApplyError, Installer
+from init.interrupts import deferred_termination
+from init.lock import DEFAULT_WAIT, LockTimeout, NamespaceLock
 from init.render import render_plan
 from init.routing import PolicyRouting
 from init.rules import build_rules
@@ -45,6 +48,7 @@ COMMANDS = {
     "show": "print what Detour has installed now",
     "validate": "prove end to end that outbound connections are redirected (exit 126 if not)",
 }
+CHANGING = ("apply", "cleanup")  # the commands that take the namespace's lock
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,7 +74,26 @@ def build_parser() -> argparse.ArgumentParser:
                 default=3.0,
                 help="seconds to wait for the redirected connection (3)",
             )
+        if name in CHANGING:
+            sub.add_argument(
+                "--wait",
+                type=_seconds,
+                default=DEFAULT_WAIT,
+                metavar="SECONDS",
+                help="how long to wait for another detour-init changing this network "
+                f"namespace to finish ({DEFAULT_WAIT:g})",
+            )
     return parser
+
+
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"{value!r}: expected seconds from 0 to 3600")
+    return seconds
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -86,6 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, PrivilegeError, BackendConflict) as err:
         log.error("%s (nothing was changed)", err)
         return EXIT_USAGE
+    except LockTimeout as err:
+        log.error("%s (nothing was changed)", err)
+        return EXIT_FAILED
     except (ApplyError, BackendError) as err:
         log.error("%s", err)
         return EXIT_FAILED
@@ -99,17 +125,32 @@ def _run(args: argparse.Namespace, config: CaptureConfig) -> int:
         return _validate(config, args.timeout)
     require_net_admin(args.command)
     present = (4, 6) if ipv6_available() else (4,)
+    if args.command == "show":
+        return _show(IptablesBackend(_choose_backend(config, present)), present)
+    with NamespaceLock(args.wait, on_wait=_say_waiting):  # before reading what is installed
+        return _change(args.command, config, present)
+
+
+def _say_waiting(pid: int | None) -> None:
+    who = f"pid {pid}" if pid else "another one"
+    log.info("waiting for the detour-init changing this network namespace (%s)", who)
+
+
+def _say_late(signal_name: str) -> None:
+    log.warning("%s arrived once the change was complete: the namespace keeps it", signal_name)
+
+
+def _change(command: str, config: CaptureConfig, present: tuple[int, ...]) -> int:
+    """``apply`` or ``cleanup``, with the namespace's lock held."""
     kind = _choose_backend(config, present)
     backend = IptablesBackend(kind)
-    if args.command == "show":
-        return _show(backend, present)
     wanted = {}
-    if args.command == "apply":
+    if command == "apply":
         wanted = {family: build_rules(config, family) for family in _enabled(config)}
-    with PolicyRouting() as routing:
-        installer = Installer(backend, routing, present, _cross_check(kind))
+    with deferred_termination(on_late=_say_late) as pending, PolicyRouting() as routing:
+        installer = Installer(backend, routing, present, _cross_check(kind), interrupted=pending)
         changed = installer.converge(wanted)
-    what = "installed" if args.command == "apply" else "removed"
+    what = "installed" if command == "apply" else "removed"
     if changed:
         log.info(
             "interception %s (backend %s, IPv%s)",
@@ -125,11 +166,15 @@ def _run(args: argparse.Namespace, config: CaptureConfig) -> int:
 def _enabled(config: CaptureConfig) -> tuple[int, ...]:
     if config.ipv6 == "off":
         return (4,)
-    if ipv6_available():
+    if not ipv6_available():
+        missing = "has no IPv6 stack"
+    elif ipv6_disabled():
+        missing = "has IPv6 disabled (net.ipv6.conf.lo.disable_ipv6=1)"
+    else:
         return (4, 6)
     if config.ipv6 == "on":
-        raise ConfigError("--ipv6", "on", "this network namespace has no IPv6 stack")
-    log.info("this namespace has no IPv6 stack: installing IPv4 rules only")
+        raise ConfigError("--ipv6", "on", f"this network namespace {missing}")
+    log.info("this namespace %s: capturing IPv4 only", missing)
     return (4,)
 
 

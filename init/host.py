@@ -20,5 +20,16 @@ def require_net_admin(command: str) -> None:
 
 
 def ipv6_available() -> bool:
-    """True when this namespace has an IPv6 stack (it may still have no IPv6 address)."""
+    """True when this namespace has an IPv6 stack (it may still have no IPv6 address): its
+    ip6tables tables exist, so cleanup and show look there too."""
     return Path("/proc/net/if_inet6").exists() and Path("/proc/sys/net/ipv6").is_dir()
+
+
+def ipv6_disabled() -> bool:
+    """True when the stack exists but IPv6 is switched off on lo (``disable_ipv6=1``, as
+    container runtimes set it for a network without IPv6): no IPv6 address or local route
+    can be added there, so there is no IPv6 traffic to capture either."""
+    try:
+        return Path("/proc/sys/net/ipv6/conf/lo/disable_ipv6").read_text().strip() == "1"
+    except OSError:
+        return False

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from detour_common.conventions import TPROXY_MARK, TPROXY_ROUTE_TABLE
 from init.backend import Backend, BackendError
 from init.config import INBOUND_PASSTHROUGH_V6
+from init.interrupts import Interrupted
 from init.render import transition
 from init.routing import PolicyRouting, RoutingError
 from init.rules import BUILTIN_CHAINS, RuleSet
@@ -29,6 +30,10 @@ OWNED_LO = (f"{INBOUND_PASSTHROUGH_V6}/128",)
 # Reads the targets of Detour's rules through an independent path (python-iptables for the
 # legacy backend); None where no such reader exists (nft).
 CrossCheck = Callable[[int, RuleSet | None, tuple[str, ...]], list[str]]
+
+
+def _never_interrupted() -> str | None:
+    return None
 
 
 class ApplyError(RuntimeError):
@@ -45,6 +50,9 @@ class Installer:
     routing: PolicyRouting | None
     families: tuple[int, ...]  # families whose tables exist in this namespace
     cross_check: CrossCheck | None = None
+    # Asked between steps: the name of a termination signal that arrived (see
+    # init.interrupts), which rolls the change back; None to go on.
+    interrupted: Callable[[], str | None] = _never_interrupted
     _touched: dict[int, set[str]] = field(default_factory=dict)
 
     def installed(self, family: int) -> DetourView:
@@ -65,7 +73,7 @@ class Installer:
         step = "reading the installed rules"
         try:
             for family, ruleset in plan.items():
-                step = f"installing the IPv{family} rules"
+                step = self._next_step(f"installing the IPv{family} rules")
                 text = transition(self.installed(family), ruleset)
                 if text:
                     self._touched[family] |= {
@@ -73,22 +81,32 @@ class Installer:
                     }
                     self.backend.restore(family, text)
                     changed = True
-                step = f"verifying the IPv{family} rules"
+                step = self._next_step(f"verifying the IPv{family} rules")
                 self._verify(family, ruleset)
-            step = "installing the policy routes"
+            step = self._next_step("installing the policy routes")
             wanted_routes = {r for rs in plan.values() if rs for r in rs.routes}
             if self.routing is not None:
                 changed |= self.routing.reconcile(
                     wanted_routes, self.families, TPROXY_MARK, TPROXY_ROUTE_TABLE
                 )
                 if 6 in self.families:
-                    step = "setting the inbound passthrough address on lo"
+                    step = self._next_step("setting the inbound passthrough address on lo")
                     wanted_lo = {a for rs in plan.values() if rs for a in rs.lo_addresses}
                     changed |= self.routing.reconcile_lo_addresses(wanted_lo, OWNED_LO)
+        except Interrupted as err:
+            outcome = self._rollback(snapshots, routes_before, addresses_before)
+            raise ApplyError(f"{err}; {outcome}") from None
         except (BackendError, RoutingError, VerifyError) as err:
             outcome = self._rollback(snapshots, routes_before, addresses_before)
             raise ApplyError(f"{step} failed: {err}; {outcome}") from None
         return changed
+
+    def _next_step(self, step: str) -> str:
+        """Start ``step`` unless a termination signal arrived since the last one."""
+        signal_name = self.interrupted()
+        if signal_name is not None:
+            raise Interrupted(signal_name, before=step)
+        return step
 
     def _lo_addresses_installed(self) -> set[str]:
         if self.routing is None or 6 not in self.families:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from support.lab import DETOUR_INIT, Netns
+from support.lab import DETOUR_INIT, namespaces
 from support.prereq import require, require_root_and_tools
 
 
@@ -18,13 +18,5 @@ def _prerequisites() -> None:
 @pytest.fixture
 def lab():
     """A factory of namespaces, all deleted when the test ends."""
-    made: list[Netns] = []
-
-    def make(role: str) -> Netns:
-        ns = Netns.create(role)
-        made.append(ns)
-        return ns
-
-    yield make
-    for ns in made:
-        ns.delete()
+    with namespaces() as make:
+        yield make

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from support.lab import DETOUR_INIT
+from support.lab import DETOUR_INIT, Netns, namespaces
 from support.mesh_lab import MeshLab
 from support.prereq import require, require_root_and_tools
 
@@ -49,6 +49,13 @@ def _prerequisites(request: pytest.FixtureRequest) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "no_lab: a case that needs no namespace (fuzzing)")
+
+
+@pytest.fixture
+def netns() -> Iterator[Callable[[str], Netns]]:
+    """A factory of bare namespaces (for init's cases), all deleted when the case ends."""
+    with namespaces() as make:
+        yield make
 
 
 @pytest.fixture

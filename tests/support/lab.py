@@ -10,6 +10,8 @@ import itertools
 import os
 import subprocess
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,6 +101,23 @@ class Netns:
                 if stream:
                     stream.close()
         subprocess.run(["ip", "netns", "del", self.name], check=False)
+
+
+@contextmanager
+def namespaces() -> Iterator[Callable[[str], Netns]]:
+    """A factory of namespaces, all deleted when the block ends."""
+    made: list[Netns] = []
+
+    def make(role: str) -> Netns:
+        ns = Netns.create(role)
+        made.append(ns)
+        return ns
+
+    try:
+        yield make
+    finally:
+        for ns in made:
+            ns.delete()
 
 
 def veth(a: Netns, a_addrs: list[str], b: Netns, b_addrs: list[str]) -> tuple[str, str]:

@@ -298,6 +298,29 @@ def test_routing_failure_rolls_back_rules_and_routes() -> None:
     assert backend.restores[-1][2] is False  # and the rules restored from the snapshot
 
 
+def test_a_signal_between_steps_rolls_back_and_names_the_step_it_stopped_before() -> None:
+    ruleset = ruleset_of(mode="TPROXY")
+    routing = FakeRouting()
+    backend = ScriptedBackend(saved={4: HOST}, after={4: [save_form(ruleset), HOST]})
+    asked = iter([None, "SIGTERM"])  # the IPv4 restore goes ahead, the verify does not
+    installer = Installer(backend, routing, (4,), interrupted=lambda: next(asked))
+    with pytest.raises(ApplyError) as caught:
+        installer.converge({4: ruleset})
+    message = str(caught.value)
+    assert "interrupted by SIGTERM before verifying the IPv4 rules" in message
+    assert "rolled back to the state before" in message
+    assert len(backend.restores) == 2 and backend.restores[-1][2] is False  # the rollback
+    assert routing.calls == [set()]  # routes put back as they were: none
+
+
+def test_a_signal_before_the_first_step_changes_nothing() -> None:
+    backend = RecordingBackend(saved={4: HOST})
+    installer = Installer(backend, None, (4,), interrupted=lambda: "SIGINT")
+    with pytest.raises(ApplyError, match="interrupted by SIGINT before installing the IPv4"):
+        installer.converge({4: ruleset_of()})
+    assert backend.restores == []
+
+
 # --- snapshot_tables ---------------------------------------------------------------------------
 
 
