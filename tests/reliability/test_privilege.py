@@ -37,18 +37,25 @@ def assert_unprivileged(pid: int) -> None:
         assert int(fields[name], 16) == 0, (pid, name, fields[name])
 
 
+def assert_relaying_unprivileged(pod: Pod) -> int:
+    """The pod's sidecar (supervisor and two workers) relays, and every one of its processes
+    is unprivileged; returns how many were checked."""
+    assert run_client(pod, "burst", VIP, ECHO_PORT, 10, 2)["ok"] == 10
+    processes = sidecar_processes(pod)
+    assert len(processes) == 3
+    for pid in processes:
+        assert_unprivileged(pid)
+    return len(processes)
+
+
 def test_16_started_as_1337_every_sidecar_process_has_no_capability(
     mesh_lab: MeshLab, figure: Figure
 ) -> None:
     """Pass: supervisor and both workers are uid/gid 1337 with empty capability sets while
     they relay."""
     client, _server = bring_up(mesh_lab, sidecar_args=("--concurrency", "2"))
-    assert run_client(client, "burst", VIP, ECHO_PORT, 10, 2)["ok"] == 10
-    processes = sidecar_processes(client)
-    assert len(processes) == 3
-    for pid in processes:
-        assert_unprivileged(pid)
-    figure("processes checked (started as 1337)", len(processes), "", "no capabilities")
+    checked = assert_relaying_unprivileged(client)
+    figure("processes checked (started as 1337)", checked, "", "no capabilities")
 
 
 def test_16_started_as_root_with_run_as_it_drops_every_privilege(
@@ -66,9 +73,5 @@ def test_16_started_as_root_with_run_as_it_drops_every_privilege(
         uid=None,
     )  # fmt: skip
     wait_until(lambda: client.ready_code() == 200, 15, "readiness")
-    assert run_client(client, "burst", VIP, ECHO_PORT, 10, 2)["ok"] == 10
-    processes = sidecar_processes(client)
-    assert len(processes) == 3
-    for pid in processes:
-        assert_unprivileged(pid)
-    figure("processes checked (root, --run-as)", len(processes), "", "no capabilities")
+    checked = assert_relaying_unprivileged(client)
+    figure("processes checked (root, --run-as)", checked, "", "no capabilities")
