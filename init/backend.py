@@ -13,6 +13,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from init.kernel_tables import kernel_rules
 from init.state import detour_view, parse_save
 
 KINDS = ("legacy", "nft")
@@ -124,12 +125,15 @@ class RecordingBackend:
 
 @dataclass(frozen=True)
 class BackendReport:
-    """What one backend holds right now, for the families that exist here."""
+    """What one backend holds right now, for the families that exist here. For a backend
+    whose tools are missing (``available`` False) the counts are read from the kernel
+    (init/kernel_tables.py), and ``tables`` names where its rules are."""
 
     kind: str
     available: bool
     rule_count: int = 0
     has_detour: bool = False
+    tables: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -145,7 +149,14 @@ class BackendConflict(RuntimeError):
 def inspect(kind: str, families: tuple[int, ...]) -> BackendReport:
     backend = IptablesBackend(kind)
     if shutil.which(_tool(kind, 4, "save")) is None:
-        return BackendReport(kind, available=False)
+        try:
+            found = kernel_rules(kind, families)
+        except Exception as err:  # libiptc's or netlink's own errors, whatever their class
+            raise BackendError(
+                f"{_tool(kind, 4, 'save')} is not installed, and reading the {kind} backend's "
+                f"tables from the kernel instead failed: {err}"
+            ) from err
+        return BackendReport(kind, False, found.rules, found.has_detour, found.tables)
     rules, detour = 0, False
     for family in families:
         tables = parse_save(backend.save(family))
@@ -168,8 +179,8 @@ def choose(requested: str, reports: dict[str, BackendReport], default_kind: str 
         if others:
             raise BackendConflict(
                 f"--backend={requested}: Detour's rules are installed with the {others[0]} "
-                f"backend; mixing backends would leave two interception layers. Run "
-                f"'detour-init cleanup --backend {others[0]}' first."
+                f"backend; mixing backends would leave two interception layers. "
+                f"{_cleanup_hint(reports[others[0]])}"
             )
         return Choice(requested, "requested with --backend")
     if len(with_detour) > 1:
@@ -178,7 +189,24 @@ def choose(requested: str, reports: dict[str, BackendReport], default_kind: str 
             "'detour-init cleanup --backend legacy' and '... --backend nft', then apply again"
         )
     if with_detour:
+        found = reports[with_detour[0]]
+        if not found.available:
+            raise BackendConflict(
+                f"Detour's rules are in the kernel's {found.kind} tables "
+                f"({', '.join(found.tables)}), but iptables-{found.kind} is not installed "
+                f"here to change or remove them: install it (Debian's iptables package)"
+            )
         return Choice(with_detour[0], "Detour's rules are already installed there")
+    unseen = [r for r in reports.values() if not r.available and r.rule_count]
+    if unseen:
+        hidden = unseen[0]
+        raise BackendConflict(
+            f"the {hidden.kind} backend holds {hidden.rule_count} "
+            f"rule{'s' if hidden.rule_count != 1 else ''} in the kernel "
+            f"({', '.join(hidden.tables)}), but iptables-{hidden.kind} is not installed, so "
+            f"rules installed with the other backend would run beside rules Detour cannot "
+            f"read: install iptables-{hidden.kind}, or choose a backend with --backend"
+        )
     busy = sorted((r.rule_count, k) for k, r in reports.items() if r.available and r.rule_count)
     if len(busy) == 1:
         return Choice(busy[0][1], f"the host's rules are in the {busy[0][1]} backend")
@@ -191,6 +219,15 @@ def choose(requested: str, reports: dict[str, BackendReport], default_kind: str 
         return Choice(available[0], "no rules anywhere; the only backend installed")
     raise BackendConflict(
         "no iptables backend is installed: install Debian's iptables (make setup)"
+    )
+
+
+def _cleanup_hint(other: BackendReport) -> str:
+    if other.available:
+        return f"Run 'detour-init cleanup --backend {other.kind}' first."
+    return (
+        f"iptables-{other.kind} is not installed here: install it, then run "
+        f"'detour-init cleanup --backend {other.kind}'."
     )
 
 

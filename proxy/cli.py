@@ -84,6 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
         "descriptor limit serves)",
     )
     parser.add_argument(
+        "--memory-limit-mib",
+        type=int,
+        default=0,
+        help="resident memory (MiB) of the sidecar's workers, split evenly over them: a worker "
+        "that reaches its share takes no connection beyond those it holds then (the excess is "
+        "closed at accept and counted in downstream_cx_overload_reject) until its memory is "
+        "below 95%% of it (0: no limit)",
+    )
+    parser.add_argument(
         "--request-headers-timeout",
         type=float,
         default=DEFAULT_REQUEST_HEADERS_TIMEOUT,
@@ -112,7 +121,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(args.log_format)
     try:
         run_as = _run_as(args.run_as)
-        limits = DownstreamLimits(args.max_connections, args.request_headers_timeout)
+        limits = DownstreamLimits(
+            args.max_connections, args.request_headers_timeout, args.memory_limit_mib
+        )
         mesh = load_mesh(args.config) if args.config else Mesh()
         bootstrap = _bootstrap(args.bootstrap)
     except (ValueError, MeshConfigError, OSError) as err:

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 
 from proxy.config.model import Mesh, Service, ServicePort, Workload
 
-# The sidecar's own listeners: a connection whose original destination is one of these on a
-# local address is a loop (or an attempt to reach the admin port through interception).
+# The sidecar's own listeners at their default ports (and Istio's reserved 15090): a connection
+# whose original destination is one of these on a local address is a loop (or an attempt to
+# reach the admin port through interception). A sidecar started with other ports adds them
+# (``Options.own_ports``).
 SIDECAR_PORTS = frozenset({15000, 15001, 15006, 15020, 15021, 15053, 15090})
 
 
@@ -52,15 +54,22 @@ class RouteTable:
     workload: Workload
     # Whether an address belongs to this namespace; only asked for the sidecar's own ports.
     is_local: Callable[[str], bool]
+    own_ports: frozenset[int] = SIDECAR_PORTS
 
     @classmethod
-    def build(cls, mesh: Mesh, is_local: Callable[[str], bool]) -> RouteTable:
+    def build(
+        cls,
+        mesh: Mesh,
+        is_local: Callable[[str], bool],
+        own_ports: frozenset[int] = SIDECAR_PORTS,
+    ) -> RouteTable:
         table: dict[tuple[str, int], ToCluster] = {}
         for service in mesh.services:
             for vip in service.vips:
                 for port in service.ports:
                     table[(str(vip), port.port)] = ToCluster(service, port)
-        return cls(table, mesh.outbound_traffic_policy == "ALLOW_ANY", mesh.workload, is_local)
+        allow_any = mesh.outbound_traffic_policy == "ALLOW_ANY"
+        return cls(table, allow_any, mesh.workload, is_local, own_ports)
 
     def decide(self, destination: tuple[str, int] | None) -> Decision:
         """Outbound: a mesh service, a passthrough, or a refusal."""
@@ -94,15 +103,20 @@ class RouteTable:
         if destination is None:
             return Refuse("connection was not redirected (no original destination)", "NR")
         address, port = destination
-        if targets_the_sidecar(address, port, self.is_local):
+        if targets_the_sidecar(address, port, self.is_local, self.own_ports):
             return Refuse(f"original destination {address}:{port} is the sidecar itself", "NR")
         return None
 
 
-def targets_the_sidecar(address: str, port: int, is_local: Callable[[str], bool]) -> bool:
+def targets_the_sidecar(
+    address: str,
+    port: int,
+    is_local: Callable[[str], bool],
+    own_ports: frozenset[int] = SIDECAR_PORTS,
+) -> bool:
     """Whether ``address:port`` is one of the sidecar's own listeners (admin included): never
     a destination, whether a client asked for it or a mesh endpoint names it."""
-    return port in SIDECAR_PORTS and (_is_loopback(address) or is_local(address))
+    return port in own_ports and (_is_loopback(address) or is_local(address))
 
 
 def _is_loopback(address: str) -> bool:

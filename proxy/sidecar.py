@@ -36,6 +36,7 @@ from proxy.dns.server import DnsProxy, serve_dns
 from proxy.downstream_limits import DownstreamLimits
 from proxy.platform.heap import freeze_startup_objects
 from proxy.platform.sockets import listening_socket
+from proxy.routing import SIDECAR_PORTS
 from proxy.stats import Counter, Gauge, Merged, Stats, merge
 from proxy.worker import OUTBOUND, ListenSpec, WorkerReport
 from proxy.workers import InProcessWorker, WorkerHandle, WorkerProcess, listener_info
@@ -83,6 +84,13 @@ class Options:
     xds_cache: Path | None = None  # the last applied xDS snapshot, for a start without it
     limits: DownstreamLimits = field(default_factory=DownstreamLimits)
 
+    def own_ports(self) -> frozenset[int]:
+        """Every port the sidecar listens on, with the default ones: none is ever a destination
+        on a local address, whether a client or a mesh endpoint names it."""
+        ports = {self.outbound_port, self.inbound_port, self.admin_port, self.stats_port}
+        ports |= {self.ready_port, self.dns_port}
+        return SIDECAR_PORTS | (ports - {0})
+
 
 def bind_listeners(options: Options) -> list[tuple[ListenSpec, str]]:
     """One set of listeners (IPv4, and IPv6 when the namespace has it) for one worker.
@@ -111,7 +119,11 @@ def new_workers(
     to pay for, as Envoy's ``--concurrency 1`` is one process; it writes to ``sink``, this
     process's access log), else a process each."""
     if len(listener_sets) == 1:
-        return [InProcessWorker(0, listener_sets[0], options.access_log, sink, options.limits)]
+        return [
+            InProcessWorker(
+                0, listener_sets[0], options.access_log, sink, options.limits, options.own_ports()
+            )
+        ]
     return [
         WorkerProcess(
             index,
@@ -120,6 +132,7 @@ def new_workers(
             options.log_format,
             options.limits,
             len(listener_sets),
+            own_ports=options.own_ports(),
         )
         for index, listeners in enumerate(listener_sets)
     ]

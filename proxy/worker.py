@@ -21,7 +21,17 @@ from detour_common.original_dst import original_destination
 from proxy.access_log import AccessLog
 from proxy.admin.clusters import Row
 from proxy.config.model import Mesh, Service
-from proxy.downstream_limits import DOWNSTREAM_CX_OVERFLOW, DownstreamLimits, descriptor_limit
+from proxy.downstream_limits import (
+    DOWNSTREAM_CX_OVERFLOW,
+    DOWNSTREAM_CX_OVERLOAD_REJECT,
+    MEMORY_CHECK_INTERVAL,
+    MEMORY_RELEASE_FRACTION,
+    MIB,
+    OVERLOAD_REJECTING,
+    DownstreamLimits,
+    MemoryGuard,
+    descriptor_limit,
+)
 from proxy.inbound import (
     DOWNSTREAM_SSL_ERROR,
     DOWNSTREAM_SSL_SESSION_REUSED,
@@ -29,9 +39,10 @@ from proxy.inbound import (
     InboundAcceptor,
 )
 from proxy.pipeline.router import HttpRouter
+from proxy.platform.heap import resident_bytes
 from proxy.platform.sockets import is_local_address
 from proxy.policy.evaluate import Authorizer
-from proxy.routing import RouteTable, targets_the_sidecar
+from proxy.routing import SIDECAR_PORTS, RouteTable, targets_the_sidecar
 from proxy.session import ListenerInfo, Session
 from proxy.stats import Stats, listener_labels
 from proxy.telemetry import Telemetry
@@ -86,10 +97,17 @@ class Downstream(RelayHalf):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         worker = self._worker
-        if len(worker.sessions) >= worker.max_connections:
-            # Envoy's downstream-connections limit: closed at once, before any work (an RST,
-            # so the client learns now and nothing lingers in TIME_WAIT on our side).
-            worker.stats.inc(DOWNSTREAM_CX_OVERFLOW, listener_labels(self._spec.info.name))
+        held = len(worker.sessions)
+        if held >= worker.max_connections or held >= worker.memory_guard.limit:
+            # Envoy's downstream-connections limit and its memory overload action: closed at
+            # once, before any work (an RST, so the client learns now and nothing lingers in
+            # TIME_WAIT on our side).
+            refused = (
+                DOWNSTREAM_CX_OVERFLOW
+                if held >= worker.max_connections
+                else DOWNSTREAM_CX_OVERLOAD_REJECT
+            )
+            worker.stats.inc(refused, listener_labels(self._spec.info.name))
             transport.abort()
             return
         # No pause_reading() here: bytes that arrive before the upstream is connected are held
@@ -162,10 +180,13 @@ class Worker:
         access_log: AccessLog | None = None,
         limits: DownstreamLimits = DownstreamLimits(),  # noqa: B008  (frozen)
         workers: int = 1,
+        own_ports: frozenset[int] = SIDECAR_PORTS,
     ) -> None:
         self.stats = Stats()
+        self.own_ports = own_ports  # never a destination on a local address
         self.limits = limits
         self.max_connections = limits.per_worker(workers, descriptor_limit())
+        self.memory_guard = MemoryGuard(limits.memory_mark(workers))
         sink = access_log if access_log is not None else AccessLog()
         self.telemetry = Telemetry(self.stats, sink, mesh, access_log_format)
         self.sessions: set[Session] = set()
@@ -180,7 +201,7 @@ class Worker:
         self._tasks: list[asyncio.Task[None]] = []
         self._local_cache: dict[str, bool] = {}
         self.mesh = mesh
-        self.routes = RouteTable.build(mesh, self._is_local)
+        self.routes = RouteTable.build(mesh, self._is_local, self.own_ports)
         self.authorizer = Authorizer(mesh.workload.authorization_policies)
         self.clusters: dict[ClusterKey, ClusterRuntime] = build_clusters(mesh, {}, self.stats)
         self.rng = random.Random()  # weighted splits, retry jitter, fault injection
@@ -192,7 +213,7 @@ class Worker:
         cluster whose service is the very same object is kept as it is."""
         old = self.clusters
         self.clusters = build_clusters(mesh, old, self.stats)
-        self.routes = RouteTable.build(mesh, self._is_local)
+        self.routes = RouteTable.build(mesh, self._is_local, self.own_ports)
         self.authorizer = Authorizer(mesh.workload.authorization_policies)
         self.mesh = self.telemetry.mesh = mesh
         self._http_routers = {}
@@ -253,7 +274,9 @@ class Worker:
             self.identity = IdentitySource(files, self.mesh.trust_domain, self.stats)
             self.telemetry.own_principal = self.identity.load().spiffe.uri
             self._tasks.append(loop.create_task(self.identity.watch()))
-        forbidden = functools.partial(targets_the_sidecar, is_local=self._is_local)
+        forbidden = functools.partial(
+            targets_the_sidecar, is_local=self._is_local, own_ports=self.own_ports
+        )
         self.connector = Connector(loop, self.stats, self.identity, forbidden)
         for spec in listeners:
             if spec.info.direction == "inbound":
@@ -269,6 +292,34 @@ class Worker:
             self.servers.append(server)
         for cluster in self.clusters.values():
             cluster.start_health_checks()
+        if self.memory_guard.mark:
+            self._tasks.append(loop.create_task(self._watch_memory()))
+
+    async def _watch_memory(self) -> None:
+        """Reads this worker's resident set every ``MEMORY_CHECK_INTERVAL`` for its memory
+        guard, and says when the guard's limit changes."""
+        guard = self.memory_guard
+        self.stats.gauge_set(OVERLOAD_REJECTING, (), 0)
+        while True:
+            resident = resident_bytes()
+            if guard.observe(resident, len(self.sessions)):
+                self.stats.gauge_set(OVERLOAD_REJECTING, (), int(guard.active))
+                if guard.active:
+                    log.warning(
+                        "memory %d MiB is at this worker's mark of %d MiB (--memory-limit-mib): "
+                        "it takes no connection beyond the %d it holds until its memory is "
+                        "below %d MiB",
+                        resident // MIB,
+                        guard.mark // MIB,
+                        guard.limit,
+                        guard.mark * MEMORY_RELEASE_FRACTION // MIB,
+                    )
+                else:
+                    log.warning(
+                        "memory %d MiB is back below this worker's mark: no limit from memory",
+                        resident // MIB,
+                    )
+            await asyncio.sleep(MEMORY_CHECK_INTERVAL)
 
     def stop_accepting(self) -> None:
         for server in self.servers:

@@ -43,6 +43,7 @@ from proxy.config.model import Mesh
 from proxy.downstream_limits import DownstreamLimits
 from proxy.logs import setup_logging
 from proxy.platform.heap import freeze_startup_objects
+from proxy.routing import SIDECAR_PORTS
 from proxy.session import ListenerInfo
 from proxy.worker import (
     INBOUND_TPROXY,
@@ -132,12 +133,14 @@ class InProcessWorker:
         access_log: str,
         sink: AccessLog | None = None,
         limits: DownstreamLimits = DownstreamLimits(),  # noqa: B008  (frozen)
+        own_ports: frozenset[int] = SIDECAR_PORTS,
     ) -> None:
         self.index = index
         self.listeners = listeners
         self.access_log = access_log
         self.sink = sink  # the supervisor's access log: this worker runs in its process
         self.limits = limits
+        self.own_ports = own_ports
         self.worker: Worker | None = None
 
     @property
@@ -149,7 +152,9 @@ class InProcessWorker:
         return None
 
     async def start(self, mesh: Mesh) -> None:
-        self.worker = Worker(mesh, self.access_log, self.sink, self.limits)
+        self.worker = Worker(
+            mesh, self.access_log, self.sink, self.limits, own_ports=self.own_ports
+        )
         await self.worker.start([spec for spec, _kind in self.listeners])
 
     async def apply_mesh(self, mesh: Mesh) -> None:
@@ -178,6 +183,7 @@ class WorkerProcess:
     log_format: str
     limits: DownstreamLimits = field(default_factory=DownstreamLimits)
     workers: int = 1  # how many share the sidecar's limits
+    own_ports: frozenset[int] = SIDECAR_PORTS  # the sidecar's listeners: never a destination
     process: subprocess.Popen | None = None
     _reader: asyncio.StreamReader | None = None
     _writer: asyncio.StreamWriter | None = None
@@ -206,7 +212,13 @@ class WorkerProcess:
         theirs.close()
         self._reader, self._writer = await asyncio.open_connection(sock=ours)
         await self.request(
-            {"op": "mesh", "mesh": mesh, "limits": self.limits, "workers": self.workers}
+            {
+                "op": "mesh",
+                "mesh": mesh,
+                "limits": self.limits,
+                "workers": self.workers,
+                "own_ports": self.own_ports,
+            }
         )
 
     async def request(self, message: dict) -> Any:
@@ -262,7 +274,9 @@ async def serve(
 ) -> int:
     reader, writer = await asyncio.open_connection(sock=control)
     first = await receive(reader)
-    worker = Worker(first["mesh"], access_log, sink, first["limits"], first["workers"])
+    worker = Worker(
+        first["mesh"], access_log, sink, first["limits"], first["workers"], first["own_ports"]
+    )
     await worker.start(listeners)
     freeze_startup_objects()
     await send(writer, {"ok": True, "pid": os.getpid()})

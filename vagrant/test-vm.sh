@@ -50,6 +50,29 @@ summary() {
   done
 }
 
+# Removes the libvirt domain $domain whatever state it is in, and says so. Its volumes may be
+# gone already (a clean checkout has no build/vagrant/pool contents), it may have a managed
+# save or NVRAM, and a libvirtd that has just started may still be reconnecting to it: each
+# way of undefining it is tried, for up to 10 s. Fails only if the domain is still defined.
+remove_domain() {
+  local attempt
+  virsh dominfo "$domain" >/dev/null 2>&1 || return 0
+  for attempt in $(seq 10); do
+    virsh destroy "$domain" >/dev/null 2>&1 || true
+    virsh undefine "$domain" --remove-all-storage >/dev/null 2>&1 \
+      || virsh undefine "$domain" --managed-save --snapshots-metadata --nvram >/dev/null 2>&1 \
+      || virsh undefine "$domain" >/dev/null 2>&1 || true
+    if ! virsh dominfo "$domain" >/dev/null 2>&1; then
+      say "removed the libvirt domain $domain, which vagrant did not know about"
+      return 0
+    fi
+    sleep 1
+  done
+  printf 'test-vm: the domain %s is still defined after %d tries: %s\n' "$domain" "$attempt" \
+    "$(virsh undefine "$domain" 2>&1 | tr '\n' ' ')" >&2
+  return 1
+}
+
 started_daemons=()
 defined_pool=0
 cleanup() {
@@ -64,10 +87,7 @@ cleanup() {
   fi
   begin down
   vagrant destroy -f >/dev/null 2>&1
-  if virsh dominfo "$domain" >/dev/null 2>&1; then  # vagrant lost track of it: remove it anyway
-    virsh destroy "$domain" >/dev/null 2>&1
-    virsh undefine "$domain" --remove-all-storage >/dev/null 2>&1
-  fi
+  remove_domain  # when vagrant lost track of it
   if virsh net-info "$network" >/dev/null 2>&1; then
     virsh net-destroy "$network" >/dev/null 2>&1
     virsh net-undefine "$network" >/dev/null 2>&1
@@ -139,9 +159,16 @@ if ! virsh pool-info "$pool" >/dev/null 2>&1; then
 fi
 [[ $(virsh pool-info "$pool") == *running* ]] || virsh pool-start "$pool" >/dev/null
 say "daemons started here: ${started_daemons[*]:-none}; pool $pool ($state/pool)"
-# A VM left by an interrupted run would make `vagrant up` fail on the name.
+# A VM left by an interrupted run (its definition survives a reboot in /etc/libvirt/qemu) would
+# make `vagrant up` fail on the name.
 vagrant destroy -f >/dev/null 2>&1 || true
-virsh dominfo "$domain" >/dev/null 2>&1 && { virsh destroy "$domain"; virsh undefine "$domain" --remove-all-storage; } >/dev/null 2>&1
+remove_domain || die "could not remove the domain $domain left by an earlier run (virsh undefine $domain)"
+# Its network too: vagrant-libvirt creates it afresh, with this run's settings.
+if virsh net-info "$network" >/dev/null 2>&1; then
+  virsh net-destroy "$network" >/dev/null 2>&1 || true
+  virsh net-undefine "$network" >/dev/null 2>&1 || die "could not remove the network $network left by an earlier run"
+  say "removed the network $network left by an earlier run"
+fi
 end
 
 # 3. the offline box

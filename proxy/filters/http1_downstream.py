@@ -211,7 +211,12 @@ class Http1ConnectionManager:
         self.downstream.abort()
 
     def finish(self) -> None:
-        """A FIN after the last response (what was written is flushed first)."""
+        """A FIN after the last response (what was written is flushed first). The channel's
+        callback into this manager is unhooked and the task forgotten: the manager and its
+        channel referred to each other, a cycle only a full collection would free (see
+        ``Session._release``)."""
+        self.downstream.on_lost = None
+        self._task = None
         self.downstream.close()
 
     def _downstream_lost(self, _channel: HttpChannel) -> None:

@@ -1,4 +1,5 @@
-"""The interpreter's collector, set for a long-running proxy.
+"""The process's memory: the interpreter's collector, set for a long-running proxy, and the
+resident set the overload guard watches.
 
 What exists once the sidecar serves (modules, the mesh, listeners, metric families: ~26,000
 tracked objects) lives as long as the process. Left in the collector's generations, each full
@@ -13,9 +14,19 @@ reload is an acyclic tree of frozen dataclasses); only cyclic garbage among them
 from __future__ import annotations
 
 import gc
+import os
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
 def freeze_startup_objects() -> None:
     """Collect start-up garbage once, then freeze what survives. Call when ready to serve."""
     gc.collect()
     gc.freeze()
+
+
+def resident_bytes() -> int:
+    """This process's resident set size: the second field of /proc/self/statm, in pages (what
+    a pod's memory limit and the OOM killer count, less the page cache)."""
+    with open("/proc/self/statm", "rb") as statm:
+        return int(statm.read().split()[1]) * _PAGE_SIZE

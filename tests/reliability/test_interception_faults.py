@@ -165,12 +165,7 @@ def test_13_a_missing_backend_is_named_and_nothing_changes(
     """Pass: without any iptables tools, or asked for a backend whose tools are absent, apply
     exits 2 naming what is missing, and the namespace is unchanged."""
     ns = netns("nobackend")
-    legacy_only = tmp_path / "bin"
-    legacy_only.mkdir()
-    for family in ("iptables", "ip6tables"):
-        for verb in ("save", "restore"):
-            tool = f"{family}-legacy-{verb}"
-            (legacy_only / tool).symlink_to(shutil.which(tool))
+    legacy_only = only_tools(tmp_path / "bin", "legacy")
     cases = [
         ("/nonexistent", ["apply"], "no iptables backend is installed"),
         (legacy_only, ["apply", "--backend", "nft"], "--backend=nft: iptables-nft is not"),
@@ -180,6 +175,46 @@ def test_13_a_missing_backend_is_named_and_nothing_changes(
         assert done.returncode == 2, done.stderr
         assert message in done.stderr and "(nothing was changed)" in done.stderr, done.stderr
         assert fingerprint(ns, BACKEND) == reference[None]
+
+
+def only_tools(directory, kind: str):
+    """A PATH directory holding only ``kind``'s iptables-save/-restore tools."""
+    directory.mkdir()
+    for family in ("iptables", "ip6tables"):
+        for verb in ("save", "restore"):
+            tool = f"{family}-{kind}-{verb}"
+            (directory / tool).symlink_to(shutil.which(tool))
+    return directory
+
+
+@pytest.mark.parametrize(("hidden", "seen"), [("nft", "legacy"), ("legacy", "nft")])
+def test_13_rules_of_a_backend_whose_tools_are_missing_are_seen_in_the_kernel(
+    netns: Namespaces, tmp_path, hidden: str, seen: str
+) -> None:
+    """Pass: where only one backend's tools are installed but the other backend holds rules
+    in the namespace (another container's, or Detour's own from an image that had them), an
+    automatic apply exits 2 naming the other backend and its tables, and changes nothing; the
+    kernel was read without those tools (libiptc for legacy, netlink for nft)."""
+    ns = netns("hidden")
+    path = only_tools(tmp_path / "bin", seen)
+    foreign = ("-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport", "9", "-j", "ACCEPT")
+    ns.run(f"iptables-{hidden}", *foreign)
+    before = {kind: fingerprint(ns, kind) for kind in ("legacy", "nft")}
+    done = ns.run("env", f"PATH={path}", DETOUR_INIT, "apply", check=False)
+    assert done.returncode == 2, done.stderr
+    assert f"the {hidden} backend holds 1 rule in the kernel (nat (IPv4))" in done.stderr
+    assert "(nothing was changed)" in done.stderr, done.stderr
+    assert {kind: fingerprint(ns, kind) for kind in ("legacy", "nft")} == before
+    # Detour's own rules there: named as such, with what to do.
+    ns.run(f"iptables-{hidden}", "-t", "nat", "-F", "OUTPUT")
+    assert ns.detour_init("apply", "--backend", hidden).returncode == 0
+    done = ns.run("env", f"PATH={path}", DETOUR_INIT, "apply", check=False)
+    assert done.returncode == 2, done.stderr
+    assert f"Detour's rules are in the kernel's {hidden} tables" in done.stderr
+    # The operator's explicit choice of the other backend is still refused while Detour's
+    # rules are in this one: two interception layers.
+    done = ns.run("env", f"PATH={path}", DETOUR_INIT, "apply", "--backend", seen, check=False)
+    assert done.returncode == 2 and f"iptables-{hidden} is not installed here" in done.stderr
 
 
 def test_13_a_namespace_with_ipv6_disabled_gets_ipv4_and_cleanup_still_finds_ipv6(

@@ -117,6 +117,26 @@ def test_3_no_service_endpoint_or_destination_reaches_the_sidecars_own_ports(
     figure("loopback-only app reached from outside", 0, "", "0")
 
 
+def test_3_a_sidecar_on_another_admin_port_refuses_relaying_to_that_one(
+    mesh_lab: MeshLab, figure: Figure
+) -> None:
+    """Pass: with ``--admin-port 16000`` the admin answers on 16000, and a mesh service whose
+    endpoint is 127.0.0.1:16000 is never relayed to it: the client gets no byte (before, only
+    the default ports were known as the sidecar's own)."""
+    client = mesh_lab.add_pod("client", 10)
+    mesh_lab.intercept(client)
+    service = echo_mesh("127.0.0.1", 16000)["services"][0]
+    service.update(name="own16000", vip="10.96.0.40")
+    config = {"workload": {"name": "client", "namespace": "default"}, "services": [service]}
+    config_file = mesh_lab.write_config("mesh.yaml", yaml.safe_dump(config))
+    mesh_lab.start_sidecar(client, config_file, "--admin-port", "16000")
+    assert client.curl("http://127.0.0.1:16000/ready", uid=None).strip() == "LIVE"
+    seen = run_client(client, "poke", "10.96.0.40", ECHO_PORT)
+    assert seen["bytes"] == 0, seen
+    assert seen["ended"] in ("eof", "reset"), seen
+    figure("custom admin port relayed", 0, "", "0")
+
+
 def _status(pod: Pod, url: str, method: str = "GET") -> str:
     return pod.curl(url, "-o", "/dev/null", "-w", "%{http_code}", "-X", method, uid=1000)
 

@@ -22,10 +22,16 @@
         Opens COUNT connections to an echo server and checks each echoes a line; prints
         {"opened": N} and waits for a line on stdin, then checks every connection again:
         {"alive": N, "dead": N} (dead: reset, closed or silent for 3 s).
+    hostile_clients.py idle HOST PORT COUNT
+        Opens COUNT HTTP/1.1 keep-alive connections (100 at a time), one GET answered on
+        each, and keeps them open: prints {"answered": N, "failed": N, "errors": [...]}; then
+        for each line on stdin one more GET on every connection still open, printed the same
+        way; closes them all at EOF and prints {"closed": N}.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.client
 import json
@@ -35,6 +41,7 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Sequence
 
 HEAD = b"GET / HTTP/1.1\r\nHost: backend\r\n\r\n"
 
@@ -88,6 +95,10 @@ def poke(host: str, port: int) -> dict:
     started = time.monotonic()
     try:
         sock = socket.create_connection((host, port), timeout=3)
+    except ConnectionResetError:
+        # The handshake completed and the server reset at once, before connect() looked at
+        # the socket's error (a loaded machine descheduled this client in between).
+        return {"connected": True, "bytes": 0, "ended": "reset", "after": _since(started)}
     except OSError:
         return {"connected": False, "bytes": 0, "ended": "refused", "after": 0.0}
     received, ended = 0, "open"
@@ -106,12 +117,11 @@ def poke(host: str, port: int) -> dict:
             ended = "open"
         except BrokenPipeError:
             ended = "reset"
-    return {
-        "connected": True,
-        "bytes": received,
-        "ended": ended,
-        "after": round(time.monotonic() - started, 3),
-    }
+    return {"connected": True, "bytes": received, "ended": ended, "after": _since(started)}
+
+
+def _since(started: float) -> float:
+    return round(time.monotonic() - started, 3)
 
 
 def _closed_by_server(socks: list[socket.socket], wait: float) -> set[socket.socket]:
@@ -245,6 +255,87 @@ def echoes(host: str, port: int, count: int) -> None:
         sock.close()
 
 
+async def _get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """One GET on a keep-alive connection, its answer read whole (Content-Length); raises
+    unless it is a 200."""
+    writer.write(HEAD)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+    status = head.split(b"\r\n", 1)[0]
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    await asyncio.wait_for(reader.readexactly(length), 30)
+    if not status.startswith(b"HTTP/1.1 200"):
+        raise ConnectionError(status.decode(errors="replace"))
+
+
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+async def _on_each(count: int, step, at_once: int = 100) -> tuple[dict, set[int]]:
+    """``await step(index)`` for each of ``count`` indexes, ``at_once`` at a time: what was
+    answered and failed (with the first few errors), and which indexes failed."""
+    gate = asyncio.Semaphore(at_once)
+    errors: list[str] = []
+    failed: set[int] = set()
+
+    async def one(index: int) -> None:
+        async with gate:
+            try:
+                await step(index)
+            except (OSError, asyncio.IncompleteReadError) as err:  # TimeoutError too
+                failed.add(index)
+                if len(errors) < 5:
+                    errors.append(f"{type(err).__name__}: {err}")
+
+    await asyncio.gather(*(one(index) for index in range(count)))
+    return {"answered": count - len(failed), "failed": len(failed), "errors": errors}, failed
+
+
+async def _idle(host: str, port: int, count: int) -> None:
+    slots: list[Connection | None] = [None] * count
+
+    async def open_one(index: int) -> None:
+        slots[index] = await asyncio.wait_for(asyncio.open_connection(host, port), 30)
+        await _get(*slots[index])
+
+    result, failed = await _on_each(count, open_one)
+    connections = _keep(slots, failed)
+    print(json.dumps(result), flush=True)
+    loop = asyncio.get_running_loop()
+    while await loop.run_in_executor(None, sys.stdin.readline):
+        result, failed = await _on_each(len(connections), _get_on(connections))
+        connections = _keep(connections, failed)
+        print(json.dumps(result), flush=True)
+    for _reader, writer in connections:
+        writer.close()
+    print(json.dumps({"closed": len(connections)}), flush=True)
+
+
+def _get_on(connections: list[Connection]):
+    """A step for ``_on_each``: one more GET on connection ``index``."""
+
+    async def step(index: int) -> None:
+        await _get(*connections[index])
+
+    return step
+
+
+def _keep(slots: Sequence[Connection | None], failed: set[int]) -> list[Connection]:
+    """The connections that did not fail; those that did are closed."""
+    kept = []
+    for index, pair in enumerate(slots):
+        if pair is None:
+            continue
+        if index in failed:
+            pair[1].close()
+        else:
+            kept.append(pair)
+    return kept
+
+
 def main(argv: list[str]) -> None:
     command, host, port, *rest = argv
     numbers = [float(value) for value in rest]
@@ -261,6 +352,9 @@ def main(argv: list[str]) -> None:
         return
     elif command == "echoes":
         echoes(host, int(port), int(numbers[0]))
+        return
+    elif command == "idle":
+        asyncio.run(_idle(host, int(port), int(numbers[0])))
         return
     else:
         raise SystemExit(f"unknown command {command!r}")

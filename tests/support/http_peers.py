@@ -211,7 +211,7 @@ def serve(port: int, label: str, family: int) -> None:
     class Server(ThreadingHTTPServer):
         address_family = socket.AF_INET6 if family == 6 else socket.AF_INET
         daemon_threads = True
-        request_queue_size = 128  # the listen backlog: the default 5 drops bursts of SYNs
+        request_queue_size = 1024  # the listen backlog: the default 5 drops bursts of SYNs
 
     server = Server(("::" if family == 6 else "0.0.0.0", port), _handler(label, _Counts()))
     print("ready", flush=True)

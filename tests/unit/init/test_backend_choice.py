@@ -43,8 +43,8 @@ DECISIONS = [
     ("auto", EMPTY, HOST, "legacy", "nft"),
     ("auto", (True, 3, False), (True, 40, False), "legacy", "nft"),
     ("auto", (True, 40, False), (True, 3, False), "nft", "legacy"),
-    # A backend that is not installed cannot be where the host's rules are.
-    ("auto", (False, 99, False), EMPTY, "nft", "nft"),
+    # A backend that is not installed and holds nothing in the kernel is no obstacle.
+    ("auto", MISSING, EMPTY, "legacy", "nft"),
     # Then the default iptables binary.
     ("auto", EMPTY, EMPTY, "nft", "nft"),
     ("auto", EMPTY, EMPTY, "legacy", "legacy"),
@@ -58,6 +58,8 @@ DECISIONS = [
     ("legacy", DETOUR, EMPTY, "nft", "legacy"),
     ("nft", EMPTY, DETOUR, "legacy", "nft"),
     ("nft", MISSING, EMPTY, None, "nft"),
+    # The operator's choice stands beside another's rules the tools cannot read.
+    ("nft", (False, 7, False), EMPTY, None, "nft"),
 ]
 
 
@@ -108,6 +110,37 @@ def test_forcing_an_unavailable_backend_is_a_conflict(requested: str) -> None:
 def test_forcing_a_backend_missing_from_the_reports_is_a_conflict() -> None:
     with pytest.raises(BackendConflict):
         choose("nft", {"legacy": BackendReport("legacy", True)}, "legacy")
+
+
+@pytest.mark.parametrize(("hidden", "seen"), [("legacy", "nft"), ("nft", "legacy")])
+def test_rules_in_the_kernel_of_a_backend_without_tools_stop_the_automatic_choice(
+    hidden: str, seen: str
+) -> None:
+    """Its tools missing, the backend's rules were read from the kernel: the other backend
+    would run beside rules nothing here can read, so auto refuses, naming where they are."""
+    state = {
+        hidden: BackendReport(hidden, False, 5, False, ("nat (IPv4)", "filter (IPv6)")),
+        seen: BackendReport(seen, True),
+    }
+    with pytest.raises(BackendConflict) as caught:
+        choose("auto", state, seen)
+    message = str(caught.value)
+    assert f"the {hidden} backend holds 5 rules in the kernel" in message
+    assert "nat (IPv4), filter (IPv6)" in message
+    assert f"iptables-{hidden} is not installed" in message and "--backend" in message
+
+
+def test_detours_rules_in_a_backend_without_tools_cannot_be_changed_and_say_so() -> None:
+    state = {
+        "legacy": BackendReport("legacy", False, 9, True, ("nat (IPv4)",)),
+        "nft": BackendReport("nft", True),
+    }
+    with pytest.raises(BackendConflict) as caught:
+        choose("auto", state, "nft")
+    assert "Detour's rules are in the kernel's legacy tables (nat (IPv4))" in str(caught.value)
+    with pytest.raises(BackendConflict) as caught:
+        choose("nft", state, "nft")
+    assert "iptables-legacy is not installed here: install it, then run" in str(caught.value)
 
 
 def test_no_backend_installed_is_a_conflict() -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from proxy.config.model import Mesh, Service, ServicePort, Workload
 from proxy.routing import SIDECAR_PORTS, Passthrough, Refuse, RouteTable, ToCluster
+from proxy.sidecar import Options
 
 SIDECAR = (15000, 15001, 15006, 15020, 15021, 15053, 15090)
 
@@ -176,6 +177,22 @@ def test_sidecar_port_on_a_remote_address_passes_through(port: int) -> None:
     decision = table(is_local=is_local).decide(("10.9.9.9", port))
     assert decision == Passthrough("10.9.9.9", port)
     assert is_local.calls == ["10.9.9.9"]
+
+
+def test_a_sidecar_started_on_other_ports_refuses_those_too() -> None:
+    """``--admin-port 16000`` and friends: the ports it listens on are its own, whatever they
+    are (and the default ones stay reserved, as Istio reserves them)."""
+    options = Options(admin_port=16000, stats_port=16020, ready_port=16021, dns_port=0)
+    own = options.own_ports()
+    assert {16000, 16020, 16021} <= own and own >= SIDECAR_PORTS and 0 not in own
+    mesh = Mesh(workload=Workload())
+    routes = RouteTable.build(mesh, LocalAddresses("10.1.2.3"), own)
+    for port in (16000, 16020, 16021, 15000):
+        assert_refused(routes.decide(("127.0.0.1", port)))
+        assert_refused(routes.decide(("10.1.2.3", port)))
+        assert_refused(routes.decide_inbound(("10.1.2.3", port)))
+    assert routes.decide(("127.0.0.1", 16001)) == Passthrough("127.0.0.1", 16001)
+    assert table().decide(("127.0.0.1", 16000)) == Passthrough("127.0.0.1", 16000)
 
 
 def test_sidecar_port_on_a_remote_address_under_registry_only_is_not_in_the_mesh() -> None:
