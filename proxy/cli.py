@@ -96,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--request-headers-timeout",
         type=float,
         default=DEFAULT_REQUEST_HEADERS_TIMEOUT,
-        help="seconds from a request head's first byte to its last before a 408 (0 = none)",
+        help="seconds from a request head's first byte to its last before a 408 (HTTP/1.1) or "
+        "GOAWAY (an HTTP/2 header block; 0 = none)",
     )
     parser.add_argument(
         "--concurrency",

@@ -28,7 +28,8 @@ OVERLOAD_REJECTING = Gauge(
     "Workers whose memory mark limits the connections they take (the sum over workers)",
 )
 DOWNSTREAM_RQ_HEADER_TIMEOUT = Counter(
-    "downstream_rq_header_timeout", "Requests answered 408: the head did not arrive in time"
+    "downstream_rq_header_timeout",
+    "Request heads that did not arrive in time (HTTP/1.1: 408; HTTP/2: GOAWAY)",
 )
 # Descriptors a worker keeps for itself beyond its connections: listeners, the control
 # channel, the loop's own, logs, health checks and DNS.

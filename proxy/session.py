@@ -295,6 +295,8 @@ class Session:
                 done,
                 worker.stats,
                 listener,
+                worker.limits.request_headers_timeout,
+                self._header_timed_out,
             )
         else:
             self.http = http_connection.http1_manager(

@@ -22,7 +22,7 @@ from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
 from proxy.http.events import Headers, InformationalResponse, Request
-from proxy.http2.endpoint import H2Endpoint, H2Stream, StreamGone
+from proxy.http2.endpoint import H2Endpoint, H2Stream, StreamGone, header_block_pending
 from proxy.http2.messages import HTTP2_VERSION, h2_response_headers, request_from_h2
 from proxy.outcomes import Flag
 from proxy.pipeline import grpc, local_reply
@@ -185,6 +185,8 @@ class Http2ConnectionManager(H2Endpoint):
         pipeline: Pipeline,
         loop: asyncio.AbstractEventLoop,
         exchange_done: Callable[[Exchange], None],
+        head_timeout: float = 0.0,
+        on_head_timeout: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(loop, client_side=False)
         self.pipeline = pipeline
@@ -192,6 +194,12 @@ class Http2ConnectionManager(H2Endpoint):
         self.handlers: dict[int, StreamHandler] = {}
         self.draining = False
         self._last_stream_id = 0
+        # A request head must be whole this long after its first byte arrived (0 = no limit),
+        # as for HTTP/1.1: a client that trickles CONTINUATION frames holds no stream, so the
+        # idle check alone would let it keep the connection for as long as it likes.
+        self.head_timeout = head_timeout
+        self._on_head_timeout = on_head_timeout
+        self._head_timer: asyncio.TimerHandle | None = None
 
     # --- what the session calls ---------------------------------------------------------
 
@@ -227,6 +235,36 @@ class Http2ConnectionManager(H2Endpoint):
         self.sent += len(data)
         self.transport.write(data)  # type: ignore[union-attr]
         self._close_when_idle()
+
+    # --- the request headers timeout -----------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.head_timeout and not self.lost:
+            self._watch_header_block()
+
+    def _watch_header_block(self) -> None:
+        pending = header_block_pending(self.conn)
+        if pending and self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.head_timeout, self._head_timed_out)
+        elif not pending and self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        """Envoy's request_headers_timeout: the connection goes (GOAWAY ENHANCE_YOUR_CALM);
+        the streams already open are cut with it, as no frame of theirs can pass a header
+        block that never ends."""
+        self._head_timer = None
+        if self._on_head_timeout is not None:
+            self._on_head_timeout()
+        self.close(ErrorCodes.ENHANCE_YOUR_CALM)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        super().connection_lost(exc)
 
     # --- streams ------------------------------------------------------------------------
 

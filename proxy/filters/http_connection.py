@@ -146,10 +146,12 @@ def http2_manager(
     exchange_done: Callable[[Exchange], None],
     stats: Stats,
     listener: Labels,
+    head_timeout: float = 0.0,
+    on_head_timeout: Callable[[], None] | None = None,
 ) -> Http2ConnectionManager:
     """An HTTP/2 manager on the session's transport, fed the bytes sniffing read."""
     from proxy.filters.http2_downstream import Http2ConnectionManager, take_over
 
-    manager = Http2ConnectionManager(pipeline, loop, exchange_done)
+    manager = Http2ConnectionManager(pipeline, loop, exchange_done, head_timeout, on_head_timeout)
     take_over(manager, transport, early, eof, stats, listener)
     return manager

@@ -225,6 +225,21 @@ class H2Stream:
             self._window_waiter = None
 
 
+_HEADER_FRAME_TYPES = (0x1, 0x9)  # HEADERS, CONTINUATION
+
+
+def header_block_pending(conn: h2.connection.H2Connection) -> bool:
+    """Whether a request head is arriving and not yet whole: a HEADERS frame waiting for its
+    CONTINUATIONs, or the first bytes of a HEADERS or CONTINUATION frame. h2 keeps both in
+    its frame buffer, which has no public view: read from its fields here, in one place, and
+    pinned by tests/unit/proxy/http2/test_header_block.py against the h2 in use."""
+    buffer = conn.incoming_buffer
+    if buffer._headers_buffer:
+        return True
+    unparsed = buffer._data
+    return len(unparsed) >= 4 and unparsed[3] in _HEADER_FRAME_TYPES
+
+
 class H2Endpoint(asyncio.Protocol):
     """A transport plus an ``H2Connection``; subclasses say what a new stream means.
 

@@ -3,8 +3,8 @@ clients saw.
 
 A client pod (init + sidecar, two workers, the JSON access log) calls one service on a VIP
 with three ports: HTTP/1.1 (Python's http.server: 200s, 404s, and 503s that the default
-retry policy retries), gRPC (grpcio: OK and NOT_FOUND) and TCP (an echo server). All the
-clients run at once, so both workers serve all three protocols.
+retry policy retries twice, within its budget), gRPC (grpcio: OK and NOT_FOUND) and TCP (an
+echo server). All the clients run at once, so both workers serve all three protocols.
 """
 
 from __future__ import annotations
@@ -91,10 +91,12 @@ def test_14_a_mixed_run_is_counted_the_same_by_clients_stats_access_log_and_isti
     mesh_lab: MeshLab, figure: Figure
 ) -> None:
     """Pass: per status class, the requests the clients saw == downstream_rq_<class> == the
-    access log's HTTP entries == istio_requests_total (and per gRPC status); upstream_rq_total
-    == requests + upstream_rq_retry == what the origin served; TCP: connections the client
-    made == istio_tcp_connections_opened/closed == access-log TCP entries, and the bytes the
-    client sent and got back == istio_tcp_received/sent_bytes == the entries' byte counts."""
+    access log's HTTP entries == istio_requests_total (and per gRPC status); the log's retries
+    sum to upstream_rq_retry, and its 503s retried less than twice are the retry budget's
+    overflows; upstream_rq_total == requests + retries == what the origin served; TCP:
+    connections the client made == istio_tcp_connections_opened/closed == access-log TCP
+    entries, and the bytes the client sent and got back == istio_tcp_received/sent_bytes ==
+    the entries' byte counts."""
     client = mesh_lab.add_pod("client", 10)
     backend = mesh_lab.add_pod("backend", 11)
     backend.serve_http11(HTTP_PORT, "backend")
@@ -136,14 +138,19 @@ def test_14_a_mixed_run_is_counted_the_same_by_clients_stats_access_log_and_isti
     assert len(http_entries) == requests and len(tcp_entries) == TCP_CONNECTIONS, len(entries)
     logged = Counter(f"{entry['response_code'] // 100}xx" for entry in http_entries)
     assert logged == by_class, logged
-    assert sum(entry["retries"] for entry in http_entries) == stat(client, "upstream_rq_retry")
+    # Retries: the log's per-request count sums to the stat; a 503 that was retried fewer
+    # than twice was stopped by the retry budget (the clients' 503s come 4 at a time), and
+    # each such stop is an upstream_rq_retry_overflow.
+    retries = stat(client, "upstream_rq_retry.cluster=")  # not _overflow nor _success
+    assert sum(entry["retries"] for entry in http_entries) == retries
+    short = [e for e in http_entries if e["response_code"] == 503 and e["retries"] < 2]
+    assert len(short) == stat(client, "upstream_rq_retry_overflow")
+    assert all(e["retries"] == 0 for e in http_entries if e["response_code"] != 503)
 
     # the proxy's own stats
     for status_class, count in by_class.items():
         assert stat(client, f"downstream_rq_{status_class}") == count, status_class
     assert stat(client, "downstream_rq_total") == requests
-    retries = stat(client, "upstream_rq_retry")
-    assert retries == HTTP_CALLS[503] * 2  # the default policy: 2 retries on a 503
     assert stat(client, "upstream_rq_total") == requests + retries
 
     # Istio's metrics
@@ -169,5 +176,6 @@ def test_14_a_mixed_run_is_counted_the_same_by_clients_stats_access_log_and_isti
 
     figure("HTTP + gRPC requests", requests, "", "clients == stats == log == istio")
     figure("retries", retries, "", "upstream_rq_total == requests + retries")
+    figure("retries stopped by the budget", len(short), "", "== upstream_rq_retry_overflow")
     figure("TCP connections", TCP_CONNECTIONS, "", "clients == istio == log")
     figure("TCP bytes each way", tcp_bytes, "B", "clients == istio == log")

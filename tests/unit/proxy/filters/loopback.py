@@ -38,7 +38,7 @@ import h2.exceptions
 import uvloop
 import yaml
 from h2.errors import ErrorCodes
-from hyperframe.frame import GoAwayFrame
+from hyperframe.frame import Frame, GoAwayFrame
 
 from proxy.config.loader import parse_mesh
 from proxy.config.model import Service, ServicePort
@@ -156,7 +156,7 @@ class Sidecar:
         self, yaml_text: str, downstream: str = "http1", head_timeout: float = 0.0
     ) -> None:
         self.loop = asyncio.get_running_loop()
-        self.head_timeout = head_timeout  # the HTTP/1.1 request headers timeout
+        self.head_timeout = head_timeout  # the request headers timeout (HTTP/1.1 and HTTP/2)
         self.head_timeouts = 0  # how many times it fired
         self.mesh = parse_mesh(yaml_text, "mesh.yaml")
         self.service: Service = self.mesh.services[0]
@@ -217,6 +217,8 @@ class Sidecar:
                 self._done,
                 self.stats,
                 listener_labels("virtualOutbound"),
+                self.head_timeout,
+                self._head_timed_out,
             )
         else:
             manager = http_connection.http1_manager(
@@ -756,3 +758,44 @@ def h2_request(method: bytes, path: bytes, *headers: tuple[bytes, bytes]) -> Hea
         (b":path", path),
         *headers,
     ]
+
+
+# --- frames by hand (a client that does not follow the rules) --------------------------------
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def raw_frame(
+    kind: int, flags: int, stream: int, payload: bytes, length: int | None = None
+) -> bytes:
+    """A frame written by hand: what a client that does not follow the rules sends (its
+    ``length`` may lie about the payload)."""
+    size = len(payload) if length is None else length
+    header = struct.pack("!I", size)[1:] + bytes([kind, flags])
+    return header + struct.pack("!I", stream) + payload
+
+
+def frames_of(data: bytes) -> list[Frame]:
+    """The whole frames in ``data`` (the server's side: no preface)."""
+    found = []
+    while len(data) >= 9:
+        frame, length = Frame.parse_frame_header(memoryview(data[:9]))
+        if len(data) < 9 + length:
+            break
+        frame.parse_body(memoryview(data[9 : 9 + length]))
+        found.append(frame)
+        data = data[9 + length :]
+    return found
+
+
+async def answer_ok(wire: Wire, _index: int) -> None:
+    """An origin answering 200 to each request until the sidecar lets go of it."""
+    try:
+        while True:
+            await read_request(wire)
+            await wire.send(h1_response(200, b"ok"))
+    except (EOFError, ConnectionResetError, BrokenPipeError):
+        return
+
+
+GRPC_MESSAGE = b"\x00\x00\x00\x00\x03abc"  # one length-prefixed message

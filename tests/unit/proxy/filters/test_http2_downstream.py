@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 
+import hpack
 import pytest
 from h2.errors import ErrorCodes
+from hyperframe.frame import GoAwayFrame, HeadersFrame
 
 from proxy.outcomes import Flag
 from proxy.upstream.connector import UPSTREAM_CX_HTTP2_TOTAL
 
 from .loopback import (
+    PREFACE,
     RESET,
     H1Upstream,
     H2Message,
@@ -23,11 +26,14 @@ from .loopback import (
     Message,
     Sidecar,
     Wire,
+    answer_ok,
     chunked,
+    frames_of,
     h1_response,
     h2_client,
     h2_request,
     mesh_yaml,
+    raw_frame,
     read_head,
     read_request,
     run,
@@ -591,5 +597,54 @@ def test_connection_specific_fields_of_an_http1_response_never_reach_the_http2_c
             assert not names & {b"upgrade", b"transfer-encoding"}
             assert reply.header(b"x-end") == b"2"
             client.close()
+
+    run(scenario)
+
+
+def test_a_head_trickled_in_continuation_frames_is_cut_by_the_headers_timeout() -> None:
+    """A client that opens a head (HEADERS without END_HEADERS) and then sends a CONTINUATION
+    every 50 ms, never the last: after the request headers timeout (0.4 s) the connection is
+    closed with GOAWAY ENHANCE_YOUR_CALM and the timeout counted; nothing reached the upstream.
+    A whole head that arrives in pieces within the timeout is served."""
+
+    async def scenario() -> None:
+        async with (
+            H1Upstream(answer_ok) as upstream,
+            Sidecar(mesh_yaml(upstream.port), downstream="http2", head_timeout=0.4) as sidecar,
+        ):
+            wire = await Wire.connect(sidecar.address)
+            head = hpack.Encoder().encode(h2_request(b"GET", b"/slow"))
+            await wire.send(PREFACE + raw_frame(0x4, 0, 0, b"") + raw_frame(0x1, 0, 1, head))
+            started = asyncio.get_running_loop().time()
+            try:
+                while True:
+                    await asyncio.sleep(0.05)
+                    await wire.send(raw_frame(0x9, 0, 1, hpack.Encoder().encode([(b"x", b"y")])))
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            received, _ended = await wire.read_to_end()
+            cut_after = asyncio.get_running_loop().time() - started
+            assert 0.4 <= cut_after < 1.5, cut_after
+            goaway = [f for f in frames_of(received) if isinstance(f, GoAwayFrame)]
+            assert [f.error_code for f in goaway] == [ErrorCodes.ENHANCE_YOUR_CALM], goaway
+            assert sidecar.head_timeouts == 1
+            assert upstream.accepted == 0
+
+            # pieces of one head, 0.1 s apart, whole within the timeout: answered
+            wire = await Wire.connect(sidecar.address)
+            await wire.send(PREFACE + raw_frame(0x4, 0, 0, b""))
+            pieces = [head[:4], head[4:8], head[8:]]
+            await wire.send(raw_frame(0x1, 0x1, 1, pieces[0]))  # HEADERS, END_STREAM
+            for n, piece in enumerate(pieces[1:], 1):
+                await asyncio.sleep(0.1)
+                last = n == len(pieces) - 1
+                await wire.send(raw_frame(0x9, 0x4 if last else 0, 1, piece))  # END_HEADERS
+            assert (await sidecar.exchange()).status == 200  # answered, and written
+            wire.shutdown_write()
+            received, _ended = await wire.read_to_end()
+            answers = [f for f in frames_of(received) if isinstance(f, HeadersFrame)]
+            assert len(answers) == 1 and answers[0].stream_id == 1, frames_of(received)
+            assert sidecar.head_timeouts == 1
+            wire.close()
 
     run(scenario)
