@@ -40,7 +40,7 @@ from proxy.inbound import (
 )
 from proxy.pipeline.router import HttpRouter
 from proxy.platform.heap import resident_bytes
-from proxy.platform.sockets import is_local_address
+from proxy.platform.sockets import LISTEN_BACKLOG, is_local_address
 from proxy.policy.evaluate import Authorizer
 from proxy.routing import SIDECAR_PORTS, RouteTable, targets_the_sidecar
 from proxy.session import ListenerInfo, Session
@@ -286,8 +286,10 @@ class Worker:
                 acceptor.start(loop)
                 self._acceptors.append(acceptor)
                 continue
+            # create_server listens on the socket again, with its own default backlog (100)
+            # unless told: that would shorten the queue listening_socket gave it.
             server = await loop.create_server(
-                lambda spec=spec: Downstream(self, spec), sock=spec.sock
+                lambda spec=spec: Downstream(self, spec), sock=spec.sock, backlog=LISTEN_BACKLOG
             )
             self.servers.append(server)
         for cluster in self.clusters.values():

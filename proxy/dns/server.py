@@ -40,6 +40,7 @@ from proxy.dns.codec import (
 )
 from proxy.dns.names import Found, MeshNames, NoSuchName
 from proxy.dns.resolvconf import ResolvConf
+from proxy.platform.sockets import LISTEN_BACKLOG
 from proxy.stats import Counter, Histogram, Stats, labels
 
 log = logging.getLogger("detour.dns")
@@ -296,7 +297,9 @@ async def serve_dns(proxy: DnsProxy, port: int, hosts: tuple[str, ...] = ("127.0
                 lambda: _UdpServer(proxy), local_addr=(host, port)
             )
             closers.append(transport.close)
-            server = await asyncio.start_server(tcp_client, host, port, reuse_address=True)
+            server = await asyncio.start_server(
+                tcp_client, host, port, reuse_address=True, backlog=LISTEN_BACKLOG
+            )
             closers.append(server.close)
     if not closers:
         raise OSError(f"the DNS proxy could not listen on port {port}")

@@ -5,6 +5,11 @@ from __future__ import annotations
 import errno
 import socket
 
+# The accept queue of every sidecar listener (the kernel caps it at net.core.somaxconn, 4096
+# by default). A burst of connections the workers have not accepted yet waits here; a queue
+# that overflows drops SYNs, and each dropped one costs its client a 1 s retransmission.
+LISTEN_BACKLOG = 4096
+
 
 def listening_socket(
     host: str,
@@ -12,7 +17,7 @@ def listening_socket(
     *,
     reuse_port: bool = False,
     transparent: bool = False,
-    backlog: int = 4096,
+    backlog: int = LISTEN_BACKLOG,
 ) -> socket.socket:
     """A bound, listening, non-blocking TCP socket. IPv6 sockets are v6-only, so an IPv4 and
     an IPv6 listener can share a port number."""

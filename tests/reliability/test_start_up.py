@@ -60,3 +60,21 @@ def test_11_the_first_connections_after_ready_are_served_by_running_workers(
     figure("slowest of the first 40", round(max(cold), 1), "ms", f"<= {bound:.1f} ms")
     figure("warm median", round(typical, 2), "ms", "")
     assert max(cold) <= bound, (cold, typical)
+
+
+def test_11_the_interception_listeners_queue_a_burst_of_connections(mesh_lab: MeshLab) -> None:
+    """Pass: the outbound (15001) and inbound (15006) listeners' accept queues are as long as
+    the kernel allows (4096, or net.core.somaxconn if lower), on every address family. With
+    asyncio's default of 100 a burst of a thousand new connections overflowed it, and every
+    SYN dropped cost its client a second (found by the HTTP/2 slowloris case)."""
+    client = mesh_lab.add_pod("client", 10)
+    backend = mesh_lab.add_pod("backend", 11)
+    mesh_lab.intercept(client)
+    config = mesh_lab.write_config("mesh.yaml", yaml.safe_dump(http_service([backend])))
+    mesh_lab.start_sidecar(client, config)
+    somaxconn = int(client.run("cat", "/proc/sys/net/core/somaxconn", check=True).stdout)
+    expected = min(4096, somaxconn)
+    done = client.run("ss", "-ltnH", "( sport = :15001 or sport = :15006 )", uid=None, check=True)
+    queues = [int(line.split()[2]) for line in done.stdout.splitlines()]
+    assert len(queues) >= 2, done.stdout
+    assert queues == [expected] * len(queues), done.stdout

@@ -11,7 +11,12 @@
         COUNT connections that each begin a request head and then send one more byte every
         INTERVAL seconds, never finishing it, for DURATION seconds at most; prints ready once
         all are open (a line of its own), then {"opened": N, "refused": N, "cut": N,
-        "cut_after_max": seconds, "answers": {first line: count}}.
+        "cut_after_min"|"_p50"|"_p90"|"_max": seconds, "answers": {first line: count}}.
+    hostile_clients.py h2slowloris HOST PORT COUNT INTERVAL DURATION
+        The same over HTTP/2 (prior knowledge): each connection sends the preface, SETTINGS
+        and a HEADERS frame without END_HEADERS, then a CONTINUATION frame every INTERVAL
+        seconds, never the last; the answers counted are GOAWAY error codes ("GOAWAY 11" is
+        ENHANCE_YOUR_CALM) and a cut is the server's EOF or reset.
     hostile_clients.py latency HOST PORT COUNT
         COUNT sequential GETs on one keep-alive connection: {"ok": N, "p50_ms", "p99_ms"}.
     hostile_clients.py hold HOST PORT COUNT
@@ -32,7 +37,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import http.client
 import json
 import select
@@ -143,18 +147,53 @@ def _closed_by_server(socks: list[socket.socket], wait: float) -> set[socket.soc
     return closed
 
 
-def slowloris(host: str, port: int, count: int, interval: float, duration: float) -> dict:
+def _h2_frame(kind: int, flags: int, stream: int, payload: bytes) -> bytes:
+    """One HTTP/2 frame (RFC 9113 §4.1), written by hand to keep this client stdlib-only."""
+    return (
+        len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+    )
+
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# HPACK: :method GET, :scheme http, :path / (static table), and no END_HEADERS (flags 0)
+H2_OPEN_HEAD = H2_PREFACE + _h2_frame(0x4, 0, 0, b"") + _h2_frame(0x1, 0x0, 1, b"\x82\x86\x84")
+H2_ONE_MORE = _h2_frame(0x9, 0, 1, b"\x40\x01a\x01b")  # CONTINUATION "a: b", not the last
+H1_OPEN_HEAD = b"GET / HTTP/1.1\r\nHost: backend\r\nX-Slow: "
+
+
+def _goaway_codes(received: bytes) -> list[int]:
+    """The error codes of the GOAWAY frames in what a server sent (whole frames only)."""
+    codes = []
+    while len(received) >= 9:
+        length = int.from_bytes(received[:3], "big")
+        if len(received) < 9 + length:
+            break
+        if received[3] == 0x7 and length >= 8:
+            codes.append(int.from_bytes(received[13:17], "big"))
+        received = received[9 + length :]
+    return codes
+
+
+def slowloris(
+    host: str, port: int, count: int, interval: float, duration: float, http2: bool = False
+) -> dict:
+    """``count`` connections that never finish a request head (see the module's docstring).
+    What a server sent is kept per connection and read as one first line (HTTP/1.1) or as its
+    GOAWAY codes (HTTP/2) once the server closed it."""
+    opening, one_more = (H2_OPEN_HEAD, H2_ONE_MORE) if http2 else (H1_OPEN_HEAD, b"a")
     opened: dict[socket.socket, float] = {}
+    received: dict[socket.socket, bytes] = {}
     refused = 0
     for _ in range(count):
         try:
             sock = socket.create_connection((host, port), timeout=5)
-            sock.sendall(b"GET / HTTP/1.1\r\nHost: backend\r\nX-Slow: ")
+            sock.sendall(opening)
         except OSError:
             refused += 1
             continue
         sock.setblocking(False)
         opened[sock] = time.monotonic()
+        received[sock] = b""
     print("ready", flush=True)
     total = len(opened)
     cut_after: list[float] = []
@@ -167,22 +206,24 @@ def slowloris(host: str, port: int, count: int, interval: float, duration: float
         for sock in readable:
             try:
                 data = sock.recv(65536)
+            except BlockingIOError:
+                continue
             except OSError:
                 data = b""
             if data:
-                first = data.split(b"\r\n", 1)[0].decode(errors="replace")
-                answers[first] = answers.get(first, 0) + 1
-            with contextlib.suppress(OSError):
-                sock.recv(65536)  # the rest of a reply, or the EOF after it
+                received[sock] += data
+                continue
             cut_after.append(time.monotonic() - opened.pop(sock))
+            _count_answer(answers, received.pop(sock), http2)
             sock.close()
         if time.monotonic() >= next_byte:
             next_byte += interval
             for sock in list(opened):
                 try:
-                    sock.send(b"a")
+                    sock.send(one_more)
                 except OSError:
                     cut_after.append(time.monotonic() - opened.pop(sock))
+                    _count_answer(answers, received.pop(sock), http2)
                     sock.close()
     for sock in opened:
         sock.close()
@@ -192,8 +233,24 @@ def slowloris(host: str, port: int, count: int, interval: float, duration: float
         "cut": len(cut_after),
         "cut_after_min": round(min(cut_after, default=0.0), 3),
         "cut_after_max": round(max(cut_after, default=0.0), 3),
+        "cut_after_p50": round(statistics.median(cut_after), 3) if cut_after else 0.0,
+        "cut_after_p90": round(_quantile(cut_after, 0.9), 3),
         "answers": answers,
     }
+
+
+def _quantile(values: list[float], share: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else 0.0
+
+
+def _count_answer(answers: dict[str, int], data: bytes, http2: bool) -> None:
+    if http2:
+        names = [f"GOAWAY {code}" for code in _goaway_codes(data)] or ["no GOAWAY"]
+    else:
+        names = [data.split(b"\r\n", 1)[0].decode(errors="replace")] if data else []
+    for name in names:
+        answers[name] = answers.get(name, 0) + 1
 
 
 def latency(host: str, port: int, count: int) -> dict:
@@ -345,6 +402,8 @@ def main(argv: list[str]) -> None:
         result = poke(host, int(port))
     elif command == "slowloris":
         result = slowloris(host, int(port), int(numbers[0]), numbers[1], numbers[2])
+    elif command == "h2slowloris":
+        result = slowloris(host, int(port), int(numbers[0]), numbers[1], numbers[2], http2=True)
     elif command == "latency":
         result = latency(host, int(port), int(numbers[0]))
     elif command == "hold":

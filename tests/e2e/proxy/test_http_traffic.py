@@ -168,20 +168,6 @@ def test_drain_closes_idle_keep_alive_connections_gracefully(mesh_lab: MeshLab) 
     assert "(0 connections cut" in client.read_sidecar_log()
 
 
-@interception_agnostic
-def test_requests_over_the_circuit_breaker_get_503_uo(mesh_lab: MeshLab) -> None:
-    client, _ = bring_up(mesh_lab)
-    config = http_service([mesh_lab.pods[1]])
-    config["services"][0]["traffic_policy"]["circuit_breaker"] = {"max_requests": 2}
-    mesh_lab.write_config("mesh.yaml", yaml.safe_dump(config))  # reloaded in place
-    wait_until(lambda: stat(client, "config_reload_total") >= 1, 10, "the reload")
-    replies = client.http_client(URL + "/?delay=0.5", 6, "--parallel", "6")
-    statuses = sorted(r["status"] for r in replies)
-    assert statuses == [200, 200, 503, 503, 503, 503], statuses
-    assert stat(client, "upstream_rq_pending_overflow") == 4
-    wait_until(lambda: client.read_sidecar_log().count(" 503 UO ") == 4, 5, "4 UO log lines")
-
-
 # --- a client that leaves in the middle of a request ------------------------------------------
 
 UPLOAD_THEN_RESET = """

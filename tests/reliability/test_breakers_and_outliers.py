@@ -1,5 +1,9 @@
-"""Outlier detection on what an HTTP upstream answers: 5xx and gateway-error runs eject an
-endpoint, it comes back after its ejection time, and the ejection percentage holds.
+"""Issue 19, case 9: circuit breakers and outlier detection do what their config says.
+
+Outlier detection on what an HTTP upstream answers: 5xx and gateway-error runs eject an
+endpoint, it comes back after its ejection time, and the ejection percentage holds; requests
+over a circuit breaker's max_requests are refused 503 UO. (A TCP connection over
+max_connections: tests/e2e/proxy/test_mesh_routing.py.)
 
 Two backends (tests/support/http_peers.py) behind one HTTP service, round robin; a request's
 ``status_of=LABEL:N`` makes only the backend labelled LABEL answer N, so one URL has one
@@ -18,6 +22,8 @@ from support.http_mesh import URL, http_service
 from support.lab import wait_until
 from support.mesh_lab import MeshLab, Pod, stat
 
+from .conftest import Figure
+
 
 def bring_up(lab: MeshLab, **outlier_detection: object) -> tuple[Pod, list[Pod]]:
     client = lab.add_pod("client", 10)
@@ -25,7 +31,8 @@ def bring_up(lab: MeshLab, **outlier_detection: object) -> tuple[Pod, list[Pod]]
     for pod in backends:
         pod.serve_http11(8080, pod.name)
     config = http_service(backends)
-    config["services"][0]["traffic_policy"]["outlier_detection"] = outlier_detection
+    if outlier_detection:
+        config["services"][0]["traffic_policy"]["outlier_detection"] = outlier_detection
     lab.intercept(client)
     lab.start_sidecar(client, lab.write_config("mesh.yaml", yaml.safe_dump(config)))
     return client, backends
@@ -41,9 +48,12 @@ def ejected(client: Pod, backend: Pod) -> bool:
     return f"{backend.ip}:8080::health_flags::/failed_outlier_check" in clusters
 
 
-def test_a_run_of_5xx_ejects_the_endpoint_until_its_ejection_time_ends(
-    mesh_lab: MeshLab,
+def test_9_a_run_of_5xx_ejects_the_endpoint_until_its_ejection_time_ends(
+    mesh_lab: MeshLab, figure: Figure
 ) -> None:
+    """Pass: with consecutive_5xx_errors 3, the failing endpoint answers exactly 3 requests
+    (500) and none after them, is flagged failed_outlier_check and counted; it serves again
+    after base_ejection_time (2 s), not before."""
     client, (_v1, v2) = bring_up(
         mesh_lab, consecutive_5xx_errors=3, base_ejection_time="2s", max_ejection_percent=50
     )
@@ -65,14 +75,19 @@ def test_a_run_of_5xx_ejects_the_endpoint_until_its_ejection_time_ends(
         return (200, "v2") in answers(client, "/", 2)
 
     wait_until(v2_serves_again, 10, "v2 back after its ejection time")
-    assert time.monotonic() - ejected_at >= 1.9, "back before base_ejection_time"
+    back_after = time.monotonic() - ejected_at
+    assert back_after >= 1.9, "back before base_ejection_time"
     assert not ejected(client, v2)
     assert stat(client, "outlier_detection_ejections_active") == 0
+    figure("500s answered before ejection", Counter(replies)[(500, "v2")], "of 20", "3")
+    figure("back in service after", round(back_after, 2), "s", ">= base_ejection_time 2 s")
 
 
-def test_gateway_errors_have_their_own_run_and_other_5xx_do_not_count_in_it(
-    mesh_lab: MeshLab,
+def test_9_gateway_errors_have_their_own_run_and_other_5xx_do_not_count_in_it(
+    mesh_lab: MeshLab, figure: Figure
 ) -> None:
+    """Pass: with only consecutive_gateway_errors 2, five 500s eject nothing; two 502s eject
+    the endpoint (counted as consecutive_gateway_failure) and it answers nothing after."""
     client, (_v1, v2) = bring_up(
         mesh_lab,
         consecutive_5xx_errors=0,  # off: only gateway errors eject
@@ -93,9 +108,14 @@ def test_gateway_errors_have_their_own_run_and_other_5xx_do_not_count_in_it(
         )
         == 1
     )
+    figure("502s answered before ejection", Counter(replies)[(502, "v2")], "of 10", "2")
 
 
-def test_max_ejection_percent_keeps_half_the_endpoints_in_service(mesh_lab: MeshLab) -> None:
+def test_9_max_ejection_percent_keeps_half_the_endpoints_in_service(
+    mesh_lab: MeshLab, figure: Figure
+) -> None:
+    """Pass: both endpoints fail, max_ejection_percent 50: exactly one is ejected, and the
+    other takes every request after that (the client sees every 500)."""
     client, backends = bring_up(
         mesh_lab, consecutive_5xx_errors=2, base_ejection_time="30s", max_ejection_percent=50
     )
@@ -105,3 +125,25 @@ def test_max_ejection_percent_keeps_half_the_endpoints_in_service(mesh_lab: Mesh
     assert stat(client, "outlier_detection_ejections_total") == 1
     # The one left in service took every request after the other's ejection.
     assert len({label for _, label in replies[-8:]}) == 1
+    figure(
+        "ejected at max_ejection_percent 50",
+        sum(ejected(client, pod) for pod in backends),
+        "of 2 failing",
+        "1",
+    )
+
+
+def test_9_requests_over_the_circuit_breaker_get_503_uo(mesh_lab: MeshLab, figure: Figure) -> None:
+    """Pass: with max_requests 2 and 6 slow requests at once, 2 are served and 4 refused 503
+    with the flag UO in the access log, counted in upstream_rq_pending_overflow."""
+    client, backends = bring_up(mesh_lab)
+    config = http_service(backends)
+    config["services"][0]["traffic_policy"]["circuit_breaker"] = {"max_requests": 2}
+    mesh_lab.write_config("mesh.yaml", yaml.safe_dump(config))  # reloaded in place
+    wait_until(lambda: stat(client, "config_reload_total") >= 1, 10, "the reload")
+    replies = client.http_client(URL + "/?delay=0.5", 6, "--parallel", "6")
+    statuses = sorted(r["status"] for r in replies)
+    assert statuses == [200, 200, 503, 503, 503, 503], statuses
+    assert stat(client, "upstream_rq_pending_overflow") == 4
+    wait_until(lambda: client.read_sidecar_log().count(" 503 UO ") == 4, 5, "4 UO log lines")
+    figure("refused 503 UO at max_requests 2", statuses.count(503), "of 6", "4, counted")
