@@ -21,6 +21,7 @@ from proxy.config.loader import MeshConfigError, load_mesh
 from proxy.config.model import Mesh
 from proxy.downstream_limits import DEFAULT_REQUEST_HEADERS_TIMEOUT, DownstreamLimits
 from proxy.logs import setup_logging
+from proxy.platform.allocator import use as use_allocator
 from proxy.sidecar import Options, Sidecar, bind_listeners, drop_privileges
 from proxy.tls.identity import TlsFiles, load_identity
 
@@ -105,6 +106,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.cpu_count() or 1,
         help="worker processes sharing the listeners (default: cores)",
     )
+    parser.add_argument(
+        "--allocator",
+        default="python",
+        help="python (default, fastest: memory a burst of connections used stays with the "
+        "process for the next one) or jemalloc (libjemalloc2: it is given back to the system "
+        "within seconds, for ~4%% more CPU per request)",
+    )
     return parser
 
 
@@ -121,6 +129,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.log_format)
     try:
+        use_allocator(args.allocator, may_exec=argv is None)
+        if args.allocator != "python":
+            log.info(
+                "allocator: %s (memory unused for a second goes back to the system)", args.allocator
+            )
         run_as = _run_as(args.run_as)
         limits = DownstreamLimits(
             args.max_connections, args.request_headers_timeout, args.memory_limit_mib

@@ -15,6 +15,8 @@ PACKAGES=(
   python3 python3-venv python3-pip
   python3-bpfcc libbpfcc linux-headers-amd64 bpftool
   dnsutils
+  # detour-proxy --allocator jemalloc (memory given back after a burst of connections)
+  libjemalloc2
   # HTTP/2 tests: h2load (100 concurrent streams) and nghttp (frames, GOAWAY on drain)
   nghttp2-client
   # deploy/ (make images, tests/e2e/deploy): rootful podman without a registry. runc because
