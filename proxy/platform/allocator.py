@@ -33,8 +33,9 @@ JEMALLOC_PATHS = (
     "/usr/lib64/libjemalloc.so.2",
     "/usr/lib/libjemalloc.so.2",
 )
-# Pages unused for a second are returned (dirty), at once once purged (muzzy); a background
-# thread does it, so an idle worker gives memory back without allocating anything.
+# Dirty pages (freed, still resident) unused for a second are purged and returned at once
+# (no muzzy stage); a background thread does it, so an idle worker gives memory back without
+# allocating anything.
 JEMALLOC_CONF = "dirty_decay_ms:1000,muzzy_decay_ms:0,background_thread:true"
 
 

@@ -25,18 +25,39 @@ IDLE = 10_000
 MIB = 1 << 20
 
 
-def tree_rss(pid: int) -> int:
-    """The resident bytes of ``pid`` and all its descendants."""
-    total, pending = 0, [pid]
+def sidecar_pids(pid: int) -> list[int]:
+    """``pid`` and all its descendants (the supervisor and its workers)."""
+    pids, pending = [], [pid]
     while pending:
         current = pending.pop()
-        status = Path(f"/proc/{current}/status").read_text()
+        pids.append(current)
+        for task in Path(f"/proc/{current}/task").iterdir():
+            pending += [int(child) for child in (task / "children").read_text().split()]
+    return pids
+
+
+def tree_rss(pid: int) -> int:
+    """The resident bytes of ``pid`` and all its descendants."""
+    total = 0
+    for each in sidecar_pids(pid):
+        status = Path(f"/proc/{each}/status").read_text()
         total += next(
             int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmRSS:")
         )
-        for task in Path(f"/proc/{current}/task").iterdir():
-            pending += [int(child) for child in (task / "children").read_text().split()]
     return total
+
+
+def widen_port_range(client: Pod) -> None:
+    """A load generator's tuning: every cycle's 10,000 closed connections sit in TIME_WAIT on
+    the client's side for a minute, and three cycles would exhaust the default port range."""
+    client.run(
+        "sysctl",
+        "-qw",
+        "net.ipv4.ip_local_port_range=20000 65000",
+        "net.ipv4.tcp_tw_reuse=1",
+        uid=None,
+        check=True,
+    )
 
 
 def settled_rss(pod: Pod) -> int:
@@ -109,16 +130,7 @@ def test_15_idle_connections_cost_a_bounded_amount_and_hold_no_more_once_closed(
     connections used stays with the worker and the next 10,000 reuse it; the growth
     criterion is what catches a leak. --allocator jemalloc gives it back: the next test."""
     client = bring_up(mesh_lab, "--concurrency", "2")
-    # A load generator's tuning: every cycle's 10,000 closed connections sit in TIME_WAIT on
-    # the client's side for a minute, and three cycles would exhaust the default port range.
-    client.run(
-        "sysctl",
-        "-qw",
-        "net.ipv4.ip_local_port_range=20000 65000",
-        "net.ipv4.tcp_tw_reuse=1",
-        uid=None,
-        check=True,
-    )
+    widen_port_range(client)
     assert run_client(client, "latency", VIP, 8080, 200)["ok"] == 200  # warm: code, pools
     baseline = settled_rss(client)
     held, after = hold_and_release(client)
@@ -147,16 +159,6 @@ def test_15_idle_connections_cost_a_bounded_amount_and_hold_no_more_once_closed(
     )
 
 
-def sidecar_pids(pid: int) -> list[int]:
-    pids, pending = [], [pid]
-    while pending:
-        current = pending.pop()
-        pids.append(current)
-        for task in Path(f"/proc/{current}/task").iterdir():
-            pending += [int(child) for child in (task / "children").read_text().split()]
-    return pids
-
-
 def test_15_with_jemalloc_the_memory_closed_connections_used_goes_back_to_the_system(
     mesh_lab: MeshLab, figure: Figure
 ) -> None:
@@ -165,14 +167,7 @@ def test_15_with_jemalloc_the_memory_closed_connections_used_goes_back_to_the_sy
     memory comes back to within 40% of what they cost above the baseline, within 15 s (the
     default allocator keeps all of it: the test above)."""
     client = bring_up(mesh_lab, "--concurrency", "2", "--allocator", "jemalloc")
-    client.run(
-        "sysctl",
-        "-qw",
-        "net.ipv4.ip_local_port_range=20000 65000",
-        "net.ipv4.tcp_tw_reuse=1",
-        uid=None,
-        check=True,
-    )
+    widen_port_range(client)
     pid = client.sidecar_pid()
     processes = sidecar_pids(pid)
     assert len(processes) == 3, processes  # the supervisor and two workers
