@@ -121,16 +121,12 @@ def test_9_max_ejection_percent_keeps_half_the_endpoints_in_service(
     )
     replies = answers(client, "/?status=500", 12)
     assert [status for status, _ in replies] == [500] * 12  # both fail: nothing hides it
-    assert sum(ejected(client, pod) for pod in backends) == 1
+    ejections = sum(ejected(client, pod) for pod in backends)
+    assert ejections == 1
     assert stat(client, "outlier_detection_ejections_total") == 1
     # The one left in service took every request after the other's ejection.
     assert len({label for _, label in replies[-8:]}) == 1
-    figure(
-        "ejected at max_ejection_percent 50",
-        sum(ejected(client, pod) for pod in backends),
-        "of 2 failing",
-        "1",
-    )
+    figure("ejected at max_ejection_percent 50", ejections, "of 2 failing", "1")
 
 
 def test_9_requests_over_the_circuit_breaker_get_503_uo(mesh_lab: MeshLab, figure: Figure) -> None:

@@ -11,7 +11,7 @@
         COUNT connections that each begin a request head and then send one more byte every
         INTERVAL seconds, never finishing it, for DURATION seconds at most; prints ready once
         all are open (a line of its own), then {"opened": N, "refused": N, "cut": N,
-        "cut_after_min"|"_p50"|"_p90"|"_max": seconds, "answers": {first line: count}}.
+        "cut_after_min"|"cut_after_max": seconds, "answers": {first line: count}}.
     hostile_clients.py h2slowloris HOST PORT COUNT INTERVAL DURATION
         The same over HTTP/2 (prior knowledge): each connection sends the preface, SETTINGS
         and a HEADERS frame without END_HEADERS, then a CONTINUATION frame every INTERVAL
@@ -233,15 +233,8 @@ def slowloris(
         "cut": len(cut_after),
         "cut_after_min": round(min(cut_after, default=0.0), 3),
         "cut_after_max": round(max(cut_after, default=0.0), 3),
-        "cut_after_p50": round(statistics.median(cut_after), 3) if cut_after else 0.0,
-        "cut_after_p90": round(_quantile(cut_after, 0.9), 3),
         "answers": answers,
     }
-
-
-def _quantile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))] if ordered else 0.0
 
 
 def _count_answer(answers: dict[str, int], data: bytes, http2: bool) -> None:
