@@ -190,6 +190,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             "securityContext adding NET_ADMIN) rather than --run-as"
         )
         return EXIT_USAGE
+    if bootstrap is not None and bootstrap.tls is not None:
+        try:  # read as the uid that will read it again at each reconnection
+            bootstrap.tls.load()
+        except ValueError as err:
+            log.error("%s: %s", bootstrap.source, err)
+            return EXIT_USAGE
     tls = mesh.workload.tls
     if tls is not None:  # checked now, as the uid that will read it: a clear error, exit 2
         files = TlsFiles(Path(tls.cert_chain), Path(tls.private_key), Path(tls.root_cert))

@@ -240,9 +240,15 @@ class Sidecar:
 
         variant = DeltaState if bootstrap.variant == "delta" else SotwState
         state = variant(bootstrap.node, self.mesh, bootstrap.server)
-        self.xds = client = AdsClient(state, self.apply_mesh, cache_path=self.options.xds_cache)
+        self.xds = client = AdsClient(
+            state, self.apply_mesh, cache_path=self.options.xds_cache, tls=bootstrap.tls
+        )
         log.info(
-            "xDS: %s ADS to %s as node %s", bootstrap.variant, bootstrap.server, bootstrap.node.id
+            "xDS: %s ADS to %s as node %s%s",
+            bootstrap.variant,
+            bootstrap.server,
+            bootstrap.node.id,
+            f" over TLS, verifying {bootstrap.tls.server_name}" if bootstrap.tls else "",
         )
         loop = asyncio.get_running_loop()
         return [loop.create_task(client.run()), loop.create_task(self._ready_after_xds(client))]

@@ -10,7 +10,9 @@ error naming it. Detour takes from it:
 - ``dynamic_resources.ads_config``: the gRPC service (``envoy_grpc`` naming a static cluster,
   or ``google_grpc`` with a ``target_uri``) and the variant (``GRPC``/``AGGREGATED_GRPC``:
   State of the World; ``DELTA_GRPC``/``AGGREGATED_DELTA_GRPC``: incremental);
-- ``static_resources.clusters``: only the ADS server's own cluster (STATIC, one endpoint).
+- ``static_resources.clusters``: only the ADS server's own cluster (STATIC, one endpoint),
+  with an optional TLS ``transport_socket`` (TLS or mTLS to the control plane,
+  ``control_plane_tls.py``).
 
 ``admin`` is accepted and ignored (Detour's admin port is ``--admin-port``); every other field
 is refused by name.
@@ -31,6 +33,7 @@ from envoy.config.core.v3 import base_pb2, config_source_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
 from google.protobuf import json_format
 
+from proxy.xds.control_plane_tls import ControlPlaneTls, parse_transport_socket
 from proxy.xds.resources import Refusal, only_fields, refuse
 
 Variant = Literal["sotw", "delta"]
@@ -67,6 +70,7 @@ class Bootstrap:
     server: str  # host:port of the ADS server
     variant: Variant
     source: str
+    tls: ControlPlaneTls | None = None  # None: plaintext to the control plane
 
     @property
     def istio_node(self) -> IstioNode | None:
@@ -132,15 +136,18 @@ def _bootstrap(message: bootstrap_pb2.Bootstrap, source: str) -> Bootstrap:
         )
     if len(ads.grpc_services) != 1:
         raise refuse(f"{where}.grpc_services", len(ads.grpc_services), "exactly one")
-    server = _server(message, ads.grpc_services[0], f"{where}.grpc_services[0]")
-    return Bootstrap(message.node, server, variant, source)
+    server, tls = _server(message, ads.grpc_services[0], f"{where}.grpc_services[0]")
+    return Bootstrap(message.node, server, variant, source, tls)
 
 
-def _server(message: bootstrap_pb2.Bootstrap, service: Any, where: str) -> str:
+def _server(
+    message: bootstrap_pb2.Bootstrap, service: Any, where: str
+) -> tuple[str, ControlPlaneTls | None]:
+    """The ADS server's ``host:port``, and how to secure the connection to it."""
     only_fields(service, where, ("envoy_grpc", "google_grpc", "timeout"))
     if service.HasField("google_grpc"):
         only_fields(service.google_grpc, f"{where}.google_grpc", ("target_uri", "stat_prefix"))
-        return str(service.google_grpc.target_uri)
+        return str(service.google_grpc.target_uri), None
     name = service.envoy_grpc.cluster_name
     static = message.static_resources
     only_fields(static, "static_resources", ("clusters",))
@@ -158,7 +165,13 @@ def _server(message: bootstrap_pb2.Bootstrap, service: Any, where: str) -> str:
                 "connect_timeout",
                 "typed_extension_protocol_options",
                 "http2_protocol_options",
+                "transport_socket",
             ),
+        )
+        tls = (
+            parse_transport_socket(cluster.transport_socket, f"{cwhere}.transport_socket")
+            if cluster.HasField("transport_socket")
+            else None
         )
         endpoints = [
             lb.endpoint.address.socket_address
@@ -168,11 +181,8 @@ def _server(message: bootstrap_pb2.Bootstrap, service: Any, where: str) -> str:
         if len(endpoints) != 1:
             raise refuse(f"{cwhere}.load_assignment", len(endpoints), "exactly one endpoint")
         host = endpoints[0].address
-        return (
-            f"[{host}]:{endpoints[0].port_value}"
-            if ":" in host
-            else (f"{host}:{endpoints[0].port_value}")
-        )
+        port = endpoints[0].port_value
+        return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}"), tls
     raise refuse(f"{where}.envoy_grpc.cluster_name", name, "no such static cluster")
 
 

@@ -6,7 +6,9 @@ comes back through it, and a complete mesh is handed to ``apply`` (the sidecar's
 changing the running config, shared with the mesh file's reload). When the stream ends or
 cannot be opened, the client reconnects after an exponential back-off with full jitter
 (0.5 s doubling up to 30 s, reset once a stream delivered a response), and the sidecar keeps
-serving the last applied mesh meanwhile.
+serving the last applied mesh meanwhile. With a TLS transport socket in the bootstrap the
+channel is TLS (mutual when a client certificate is given), its files read again for every
+stream (``control_plane_tls.py``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from google.protobuf.message import Message
 
 from proxy.config.model import Mesh
 from proxy.xds import cache
+from proxy.xds.control_plane_tls import ControlPlaneTls, ControlPlaneTlsError
 from proxy.xds.resources import SHORT_NAMES
 from proxy.xds.state import MESSAGE_CLASSES, AdsState
 
@@ -49,9 +52,11 @@ class AdsClient:
         apply: Callable[[Mesh], Awaitable[bool]],
         rng: random.Random | None = None,
         cache_path: Path | None = None,
+        tls: ControlPlaneTls | None = None,
     ) -> None:
         self.state = state
         self.cache_path = cache_path
+        self.tls = tls
         self._apply = apply
         self._rng = rng or random.Random()
         self.connected = False
@@ -63,6 +68,7 @@ class AdsClient:
         state = self.state
         return {
             "server": state.server,
+            "tls": self.tls.describe() if self.tls is not None else None,
             "variant": state.variant,
             "node": state.node.id,
             "connected": self.connected,
@@ -112,12 +118,17 @@ class AdsClient:
     async def _one_stream(self) -> bool:
         """Run one stream until it ends; True if it delivered at least one response."""
         delivered = False
-        options = [
+        options: list[tuple[str, object]] = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.keepalive_time_ms", KEEPALIVE_SECONDS * 1000),
         ]
         try:
-            async with grpc.aio.insecure_channel(self.state.server, options=options) as channel:
+            channel = self._channel(options)
+        except ControlPlaneTlsError as err:
+            log.error("xDS stream to %s not opened: %s", self.state.server, err)
+            return False
+        try:
+            async with channel:
                 stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
                 call = (
                     stub.DeltaAggregatedResources()
@@ -149,6 +160,16 @@ class AdsClient:
             return delivered
         finally:
             self.connected = False
+
+    def _channel(self, options: list[tuple[str, object]]) -> grpc.aio.Channel:
+        """Plaintext, or TLS with the material read now (certificates rotate on disk)."""
+        if self.tls is None:
+            return grpc.aio.insecure_channel(self.state.server, options=options)
+        material = self.tls.load()
+        credentials = grpc.ssl_channel_credentials(material.root, material.key, material.chain)
+        # The name the server's certificate must carry, whatever the address dialled is.
+        options = [*options, ("grpc.ssl_target_name_override", self.tls.server_name)]
+        return grpc.aio.secure_channel(self.state.server, credentials, options=options)
 
     async def _handle(
         self, response: discovery_pb2.DiscoveryResponse | discovery_pb2.DeltaDiscoveryResponse

@@ -455,9 +455,12 @@ class MeshLab:
             assert attaching.returncode == 0, errors
         assert done.returncode == 0, done.stderr
 
-    def start_sidecar(self, pod: Pod, config: Path | None = None, *extra: str) -> Pod:
+    def start_sidecar(
+        self, pod: Pod, config: Path | None = None, *extra: str, ready: bool = True
+    ) -> Pod:
         """Start the sidecar as uid 1337. One worker unless ``extra`` says otherwise: with
-        several, each worker balances on its own, and exact-order assertions need one."""
+        several, each worker balances on its own, and exact-order assertions need one.
+        ``ready=False``: return once it is started, without waiting for readiness."""
         workers = [] if "--concurrency" in extra else ["--concurrency", "1"]
         args = [DETOUR_PROXY, "--drain-timeout", "5", *workers, *extra]
         if config is not None:
@@ -474,7 +477,8 @@ class MeshLab:
                 text=True,
             )
         pod.ns._procs.append(pod.sidecar)
-        wait_until(lambda: self._ready(pod), 15, f"the sidecar in {pod.name} to be ready")
+        if ready:
+            wait_until(lambda: self._ready(pod), 15, f"the sidecar in {pod.name} to be ready")
         return pod
 
     def _ready(self, pod: Pod) -> bool:

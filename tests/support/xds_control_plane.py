@@ -20,7 +20,10 @@ control plane must for a sidecar to be tested against it, and no more:
   removed, ``initial_resource_versions`` honoured on a new stream).
 
 It can listen inside a network namespace (the lab's bridge), so pods reach it the way they
-would reach istiod: the server thread joins the namespace before it binds.
+would reach istiod: the server thread joins the namespace before it binds. With ``tls`` it
+listens as istiod's 15012 does: TLS with its own certificate, a client certificate required
+when ``tls.require_client_auth``; the SAN URIs each stream's client presented are recorded
+(``peers``), as istiod knows a sidecar by its SPIFFE ID.
 """
 
 from __future__ import annotations
@@ -72,6 +75,16 @@ class Reply:
         return not self.error
 
 
+@dataclass(frozen=True)
+class ServingTls:
+    """The test control plane's certificate (PEM) and the roots its clients must chain to."""
+
+    cert_chain: bytes
+    key: bytes = field(repr=False)
+    client_roots: bytes
+    require_client_auth: bool = True
+
+
 @dataclass
 class _Sent:
     version: str
@@ -97,10 +110,14 @@ def _join_netns(name: str) -> None:
 class XdsTestControlPlane:
     """Start, stop and start again (on the same port); set snapshots; wait on ACKs/NACKs."""
 
-    def __init__(self, host: str, port: int, netns: str | None = None) -> None:
+    def __init__(
+        self, host: str, port: int, netns: str | None = None, tls: ServingTls | None = None
+    ) -> None:
         self.host = host
         self.port = port  # 0: any free port, then kept for restarts
         self.netns = netns
+        self.tls = tls
+        self.peers: list[list[str]] = []  # per stream: the client certificate's SAN URIs
         self._versions: dict[str, str] = {}
         self._snapshot: dict[str, list[Message]] = {}
         # id(message) -> (message, packed, digest) of the snapshot's resources
@@ -247,7 +264,16 @@ class XdsTestControlPlane:
         # so_reuseport off: a second server on the same port is an error, not a silent share.
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Servicer(self), server)
-        bound = server.add_insecure_port(f"{self.host}:{self.port}")
+        address = f"{self.host}:{self.port}"
+        if self.tls is None:
+            bound = server.add_insecure_port(address)
+        else:
+            credentials = grpc.ssl_server_credentials(
+                [(self.tls.key, self.tls.cert_chain)],
+                root_certificates=self.tls.client_roots,
+                require_client_auth=self.tls.require_client_auth,
+            )
+            bound = server.add_secure_port(address, credentials)
         if bound == 0:
             raise OSError(f"the test control plane cannot listen on {self.address}")
         self.port = bound
@@ -271,6 +297,10 @@ class XdsTestControlPlane:
     async def serve_stream(self, context: grpc.aio.ServicerContext, protocol: _Protocol) -> None:
         self._streams.add(protocol)
         self.streams_opened += 1
+        if self.tls is not None:
+            sans = context.auth_context().get("x509_subject_alternative_name", [])
+            with self._changed:
+                self.peers.append([san.decode() for san in sans])
         reader = asyncio.create_task(self._read(context, protocol.queue))
         try:
             while True:

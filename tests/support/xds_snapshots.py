@@ -198,10 +198,13 @@ def snapshot(*resources: Any) -> dict[str, list]:
     return by_type
 
 
-def bootstrap(node_id: str, server: str, api_type: str = "GRPC") -> dict:
+def bootstrap(
+    node_id: str, server: str, api_type: str = "GRPC", transport_socket: dict | None = None
+) -> dict:
     """Envoy's bootstrap for a sidecar of node ``node_id`` whose ADS server is ``server``
     ("host:port"), as a dict (written as JSON): the same file starts Envoy and Detour (which
-    ignores ``admin``). ``api_type`` GRPC is State of the World, DELTA_GRPC incremental."""
+    ignores ``admin``). ``api_type`` GRPC is State of the World, DELTA_GRPC incremental;
+    ``transport_socket`` (``tls_transport_socket``) secures the connection to the server."""
     host, port = server.rsplit(":", 1)
     h2 = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
     endpoint = {"address": {"socket_address": {"address": host, "port_value": int(port)}}}
@@ -233,7 +236,36 @@ def bootstrap(node_id: str, server: str, api_type: str = "GRPC") -> dict:
                         "cluster_name": "xds-grpc",
                         "endpoints": [{"lb_endpoints": [{"endpoint": endpoint}]}],
                     },
+                    **({"transport_socket": transport_socket} if transport_socket else {}),
                 }
             ]
+        },
+    }
+
+
+def tls_transport_socket(
+    root: str, server_name: str, chain: str | None = None, key: str | None = None
+) -> dict:
+    """The ADS cluster's TLS transport socket: verify the server as ``server_name`` against
+    the roots in file ``root``; with ``chain`` and ``key`` (files), present that certificate."""
+    common: dict = {
+        "validation_context": {
+            "trusted_ca": {"filename": root},
+            "match_typed_subject_alt_names": [
+                {"san_type": "DNS", "matcher": {"exact": server_name}}
+            ],
+        }
+    }
+    if chain is not None and key is not None:
+        common["tls_certificates"] = [
+            {"certificate_chain": {"filename": chain}, "private_key": {"filename": key}}
+        ]
+    upstream = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": f"type.googleapis.com/{upstream}",
+            "sni": server_name,
+            "common_tls_context": common,
         },
     }

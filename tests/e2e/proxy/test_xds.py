@@ -11,11 +11,18 @@ from __future__ import annotations
 import json
 import os
 import stat
+from datetime import UTC, datetime
 
 import pytest
+from support.control_plane_certs import ISTIOD_NAME, serving_certificate
 from support.lab import wait_until
 from support.mesh_lab import GATEWAY_V4, PROXY_UID, MeshLab, Pod
-from support.xds_control_plane import TYPE_CLUSTER, TYPE_LISTENER, XdsTestControlPlane
+from support.xds_control_plane import (
+    TYPE_CLUSTER,
+    TYPE_LISTENER,
+    ServingTls,
+    XdsTestControlPlane,
+)
 from support.xds_snapshots import (
     assignment,
     bootstrap,
@@ -27,9 +34,13 @@ from support.xds_snapshots import (
     route_config,
     snapshot,
     tcp_listener,
+    tls_transport_socket,
     virtual_host,
     virtual_outbound,
 )
+
+from ca.authority import create_root
+from ca.store import load_authority
 
 WEB_VIP = "10.96.0.7"
 RAW_VIP = "10.96.0.20"
@@ -91,13 +102,22 @@ def api_type(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-def start_client(lab: MeshLab, plane: XdsTestControlPlane, api_type: str, *extra: str) -> Pod:
-    client = lab.add_pod("client", 10)
+def start_client(
+    lab: MeshLab,
+    plane: XdsTestControlPlane,
+    api_type: str,
+    *extra: str,
+    client: Pod | None = None,
+    transport_socket: dict | None = None,
+    ready: bool = True,
+) -> Pod:
+    client = client or lab.add_pod("client", 10)
     config = lab.write_config(
-        "bootstrap.json", json.dumps(bootstrap(NODE_ID, plane.address, api_type))
+        "bootstrap.json",
+        json.dumps(bootstrap(NODE_ID, plane.address, api_type, transport_socket)),
     )
     lab.intercept(client, "--capture-dns")
-    lab.start_sidecar(client, None, "--bootstrap", str(config), *extra)
+    lab.start_sidecar(client, None, "--bootstrap", str(config), *extra, ready=ready)
     return client
 
 
@@ -213,3 +233,100 @@ def test_a_restarted_sidecar_serves_its_cached_snapshot_while_the_control_plane_
     xds = config_dump(client)["xds"]
     assert not xds["connected"] and xds["applied"].startswith("xds cache")
     assert xds["versions"]["CDS"] == "v1"
+
+
+# --- TLS to the control plane (istiod's 15012) ------------------------------------------------
+
+
+def tls_plane(lab: MeshLab, impostor: bool = False) -> XdsTestControlPlane:
+    """A test control plane serving over TLS as istiod.istio-system.svc, requiring a client
+    certificate of the lab's mesh CA; ``impostor``: its certificate is from another root."""
+    ca_dir = lab.workdir / "ca"
+    now = datetime.now(UTC)
+    signer = create_root("cluster.local", now) if impostor else load_authority(ca_dir, now)
+    served = serving_certificate(signer)
+    # Either way it accepts the mesh's sidecars: an impostor is wrong only about itself.
+    tls = ServingTls(served.cert_chain, served.key, (ca_dir / "root-cert.pem").read_bytes())
+    return XdsTestControlPlane(GATEWAY_V4, 0, netns=lab.bridge_ns.name, tls=tls)
+
+
+def client_with_identity(lab: MeshLab) -> tuple[Pod, dict]:
+    client = lab.add_pod("client", 10)
+    return client, lab.issue_identity(client, "client")  # makes the lab's CA "ca"
+
+
+def mutual_tls(identity: dict) -> dict:
+    return tls_transport_socket(
+        identity["root_cert"], ISTIOD_NAME, identity["cert_chain"], identity["private_key"]
+    )
+
+
+def test_a_sidecar_takes_its_mesh_over_mutual_tls_and_the_control_plane_knows_its_spiffe_id(
+    mesh_lab: MeshLab, api_type: str
+) -> None:
+    (one,) = backends(mesh_lab, 1)
+    client, identity = client_with_identity(mesh_lab)
+    plane = tls_plane(mesh_lab)
+    plane.set_snapshot("v1", mesh_snapshot([one], [one], [one]))
+    plane.start()
+    try:
+        start_client(
+            mesh_lab, plane, api_type, client=client, transport_socket=mutual_tls(identity)
+        )
+        plane.wait_acked("v1", [TYPE_CLUSTER], node_id=NODE_ID)
+        assert answered_by(client.curl(f"http://{WEB_VIP}:8080/")) == "backend1"
+        assert plane.peers == [["spiffe://cluster.local/ns/default/sa/client"]]
+        dump = config_dump(client)
+        assert dump["xds"]["tls"] == {
+            "server_name": ISTIOD_NAME,
+            "trusted_ca": identity["root_cert"],
+            "client_certificate": identity["cert_chain"],
+        }
+        assert "PRIVATE KEY" not in json.dumps(dump)
+    finally:
+        plane.stop()
+
+
+def test_a_control_plane_with_a_certificate_from_another_root_is_never_trusted(
+    mesh_lab: MeshLab, api_type: str
+) -> None:
+    (one,) = backends(mesh_lab, 1)
+    client, identity = client_with_identity(mesh_lab)
+    plane = tls_plane(mesh_lab, impostor=True)
+    plane.set_snapshot("v1", mesh_snapshot([one], [one], [one]))
+    plane.start()
+    try:
+        start_client(
+            mesh_lab,
+            plane,
+            api_type,
+            client=client,
+            transport_socket=mutual_tls(identity),
+            ready=False,
+        )
+
+        def refusals() -> int:
+            return client.read_sidecar_log().count(f"xDS stream to {plane.address}: UNAVAILABLE")
+
+        # It keeps trying (with back-off), and no stream ever reaches the impostor.
+        wait_until(lambda: refusals() >= 2, 15, "two refused connections to the impostor")
+        assert plane.streams_opened == 0 and plane.replies() == []
+        xds = config_dump(client)["xds"]
+        assert not xds["connected"] and xds["versions"]["CDS"] == ""
+    finally:
+        plane.stop()
+
+
+def test_a_key_that_is_not_the_certificate_s_stops_the_sidecar_at_start_naming_the_field(
+    mesh_lab: MeshLab,
+) -> None:
+    client, identity = client_with_identity(mesh_lab)
+    other = mesh_lab.issue_identity(mesh_lab.add_pod("other", 11), "other")
+    socket = mutual_tls({**identity, "private_key": other["private_key"]})
+    plane = XdsTestControlPlane(GATEWAY_V4, 0, netns=mesh_lab.bridge_ns.name)
+    start_client(mesh_lab, plane, "GRPC", client=client, transport_socket=socket, ready=False)
+    assert client.sidecar is not None
+    assert client.sidecar.wait(15) == 2
+    log = client.read_sidecar_log()
+    assert "tls_certificates[0].private_key" in log and "not the key of" in log
+    assert other["private_key"] in log and "BEGIN" not in log
