@@ -20,6 +20,7 @@ from envoy.config.core.v3 import base_pb2, health_check_pb2
 from envoy.config.endpoint.v3 import endpoint_components_pb2, endpoint_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 
+from detour_common.spiffe import SpiffeId
 from proxy.config.model import (
     MAX_EJECTION_TIME,
     CircuitBreaker,
@@ -30,6 +31,7 @@ from proxy.config.model import (
     OutlierDetection,
     TrafficPolicy,
 )
+from proxy.xds.mesh_tls import endpoint_is_meshed, mesh_peer
 from proxy.xds.resources import only_fields, refuse, seconds, unpack
 
 PASSTHROUGH = "PassthroughCluster"
@@ -60,6 +62,8 @@ _CLUSTER_FIELDS = (
     "common_http_protocol_options",
     "http2_protocol_options",
     "typed_extension_protocol_options",
+    "transport_socket",  # refused with its reason (mesh_tls.py)
+    "transport_socket_matches",
 )
 _CLUSTER_IGNORED = ("alt_stat_name", "metadata")
 
@@ -86,6 +90,8 @@ class ClusterInfo:
     http2: bool
     eds_name: str | None  # the ClusterLoadAssignment to wait for (EDS), or None (STATIC)
     static_endpoints: endpoint_pb2.ClusterLoadAssignment | None
+    # Who its endpoints marked tlsMode: istio must prove to be (mesh mTLS); None: plaintext.
+    mesh_peer: SpiffeId | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +102,7 @@ class LbEndpoint:
     port: int
     weight: int
     labels: tuple[tuple[str, str], ...]
+    meshed: bool = False  # marked tlsMode: istio (a sidecar runs next to it)
 
 
 def parse_cluster_name(name: str, cluster_domain: str) -> ClusterName:
@@ -123,10 +130,13 @@ def translate_cluster(cluster: cluster_pb2.Cluster, cluster_domain: str) -> Clus
     only_fields(cluster, "", _CLUSTER_FIELDS, _CLUSTER_IGNORED)
     name = cluster.name
     if name in SPECIAL_CLUSTERS:
+        if cluster.HasField("transport_socket") or cluster.transport_socket_matches:
+            raise refuse("transport_socket_matches", name, "not on Istio's special clusters")
         return ClusterInfo(name, None, TrafficPolicy(), False, None, None)
     target = parse_cluster_name(name, cluster_domain)
     eds_name, static = _endpoint_source(cluster)
-    return ClusterInfo(name, target, _policy(cluster), _http2(cluster), eds_name, static)
+    peer = mesh_peer(cluster, target.namespace)
+    return ClusterInfo(name, target, _policy(cluster), _http2(cluster), eds_name, static, peer)
 
 
 def _endpoint_source(
@@ -485,4 +495,5 @@ def _lb_endpoint(
     weight = entry.load_balancing_weight.value if entry.HasField("load_balancing_weight") else 1
     if weight < 1:
         raise refuse(f"{where}.load_balancing_weight", weight, "must be at least 1")
-    return LbEndpoint(address, socket.port_value, weight, labels)
+    meshed = endpoint_is_meshed(entry.metadata)
+    return LbEndpoint(address, socket.port_value, weight, labels, meshed)

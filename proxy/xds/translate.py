@@ -198,6 +198,16 @@ def _build(resources: Resources, base: Mesh, source: str, memo: TranslationMemo)
             infos[name] = memo.get(
                 "cluster", (cluster,), (domain,), partial(translate_cluster, cluster, domain)
             )
+    for name, info in infos.items():
+        peer = info.mesh_peer
+        if peer is not None and peer.trust_domain != base.trust_domain:
+            raise XdsRejected(
+                TYPE_CLUSTER,
+                name,
+                "transport_socket_matches",
+                peer.uri,
+                f"not of the mesh's trust domain ({base.trust_domain})",
+            )
     clusters = _Clusters(infos, domain, memo)
     for info in infos.values():
         clusters.add(info)
@@ -461,7 +471,7 @@ def _service(
     by_port = {
         port: _endpoints_of(info, assignments, memo) for port, info in sorted(entry.ports.items())
     }
-    endpoints = _merge_ports(ports, by_port, entry)
+    endpoints = _merge_ports(ports, by_port, entry, _mesh_account(entry))
     endpoints, subsets = _with_subsets(endpoints, entry, assignments, memo)
     policy = _one_policy(entry, clusters.absent)
     vips = _vips(entry)
@@ -499,20 +509,43 @@ def _endpoints_of(
         return memo.get("endpoints", (assignment,), (), lambda: lb_endpoints(assignment))
 
 
+def _mesh_account(entry: _ServiceParts) -> str | None:
+    """The service account the service's meshed endpoints run as: every cluster of the
+    service (ports and subsets) must verify the same SPIFFE ID, as Detour checks one per
+    endpoint; None when its clusters have no mesh mTLS."""
+    every = [*entry.ports.values(), *(i for infos in entry.subsets.values() for i in infos)]
+    first = every[0].mesh_peer
+    for info in every[1:]:
+        if info.mesh_peer != first:
+            raise XdsRejected(
+                TYPE_CLUSTER,
+                info.name,
+                "transport_socket_matches",
+                info.mesh_peer.uri if info.mesh_peer else "<plaintext>",
+                f"differs from {every[0].name}'s "
+                f"({first.uri if first else 'plaintext'}): every cluster of "
+                f"{entry.host.host} must verify the same SPIFFE ID",
+            )
+    return first.service_account if first is not None else None
+
+
 def _merge_ports(
     ports: tuple[ServicePort, ...],
     by_port: Mapping[int, tuple[LbEndpoint, ...]],
     entry: _ServiceParts,
+    account: str | None,
 ) -> tuple[Endpoint, ...]:
     """One Endpoint per address, with its port for each service port. Every port must list
-    the same addresses with the same weight and labels."""
+    the same addresses with the same weight, labels and tlsMode. A meshed endpoint (marked
+    tlsMode: istio) of a service with mesh mTLS runs as ``account``."""
     first_port = ports[0].port
     reference = {e.address: e for e in by_port[first_port]}
     endpoint_ports: dict[IPAddress, list[tuple[str, int]]] = defaultdict(list)
     for port in ports:
         found = {e.address: e for e in by_port[port.port]}
         if set(found) != set(reference) or any(
-            (found[a].weight, found[a].labels) != (reference[a].weight, reference[a].labels)
+            (found[a].weight, found[a].labels, found[a].meshed)
+            != (reference[a].weight, reference[a].labels, reference[a].meshed)
             for a in found
         ):
             cluster = entry.ports[port.port].name
@@ -532,6 +565,7 @@ def _merge_ports(
             weight=endpoint.weight,
             labels=endpoint.labels,
             ports=tuple(endpoint_ports[address]),
+            service_account=account if endpoint.meshed else None,
         )
         for address, endpoint in reference.items()
     )

@@ -22,10 +22,19 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noq
     http_connection_manager_pb2,
 )
 from envoy.extensions.filters.network.tcp_proxy.v3 import tcp_proxy_pb2  # noqa: F401
+from envoy.extensions.transport_sockets.raw_buffer.v3 import raw_buffer_pb2  # noqa: F401
+from envoy.extensions.transport_sockets.tls.v3 import tls_pb2  # noqa: F401
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
 from google.protobuf import json_format
 
-from proxy.xds.resources import TYPE_CLUSTER, TYPE_ENDPOINT, TYPE_LISTENER, TYPE_ROUTE
+from proxy.xds.resources import (
+    TYPE_CLUSTER,
+    TYPE_ENDPOINT,
+    TYPE_LISTENER,
+    TYPE_ROUTE,
+    resource_name,
+)
+from proxy.xds.translate import Resources, check_resource
 
 DOMAIN = "svc.cluster.local"
 HCM_TYPE = (
@@ -51,6 +60,62 @@ def cluster(name: str, **fields: Any) -> cluster_pb2.Cluster:
         **fields,
     }
     return json_format.ParseDict(spec, cluster_pb2.Cluster())
+
+
+# An endpoint as istiod sends one that a sidecar runs next to (auto mTLS picks TLS for it).
+MESHED_ENDPOINT = {
+    "metadata": {"filter_metadata": {"envoy.transport_socket_match": {"tlsMode": "istio"}}}
+}
+_SDS = {  # where the istio-agent serves the secrets (Detour is its own agent)
+    "api_config_source": {
+        "api_type": "GRPC",
+        "transport_api_version": "V3",
+        "grpc_services": [{"envoy_grpc": {"cluster_name": "sds-grpc"}}],
+        "set_node_on_first_message_only": True,
+    },
+    "initial_fetch_timeout": "0s",
+    "resource_api_version": "V3",
+}
+
+
+def istio_mtls(spiffe_id: str, port: int, host: str) -> dict:
+    """istiod's transport sockets for a meshed service's cluster (``cluster(name, **here)``):
+    Istio mTLS for endpoints marked tlsMode: istio, verifying ``spiffe_id``; plaintext for
+    the others."""
+    upstream = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+    common = {
+        "alpn_protocols": ["istio-peer-exchange", "istio"],
+        "tls_certificate_sds_secret_configs": [{"name": "default", "sds_config": _SDS}],
+        "combined_validation_context": {
+            "default_validation_context": {"match_subject_alt_names": [{"exact": spiffe_id}]},
+            "validation_context_sds_secret_config": {"name": "ROOTCA", "sds_config": _SDS},
+        },
+    }
+    raw = "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"
+    return {
+        "transport_socket_matches": [
+            {
+                "name": "tlsMode-istio",
+                "match": {"tlsMode": "istio"},
+                "transport_socket": {
+                    "name": "envoy.transport_sockets.tls",
+                    "typed_config": {
+                        "@type": f"type.googleapis.com/{upstream}",
+                        "common_tls_context": common,
+                        "sni": f"outbound_.{port}_._.{host}",
+                    },
+                },
+            },
+            {
+                "name": "tlsMode-disabled",
+                "match": {},
+                "transport_socket": {
+                    "name": "envoy.transport_sockets.raw_buffer",
+                    "typed_config": {"@type": f"type.googleapis.com/{raw}"},
+                },
+            },
+        ]
+    }
 
 
 def passthrough_cluster() -> cluster_pb2.Cluster:
@@ -269,3 +334,20 @@ def tls_transport_socket(
             "common_tls_context": common,
         },
     }
+
+
+def resources(*messages: Any) -> Resources:
+    """The messages as accepted resources by type and name (for the translation's tests)."""
+    by_type = {t: {resource_name(m): m for m in ms} for t, ms in snapshot(*messages).items()}
+    return Resources(
+        by_type[TYPE_LISTENER], by_type[TYPE_ROUTE], by_type[TYPE_CLUSTER], by_type[TYPE_ENDPOINT]
+    )
+
+
+def checked(*messages: Any) -> Resources:
+    """The resources after each passed its own checks (as the client does on arrival)."""
+    found = resources(*messages)
+    for type_url in (TYPE_LISTENER, TYPE_ROUTE, TYPE_CLUSTER, TYPE_ENDPOINT):
+        for name, message in found.of_type(type_url).items():
+            check_resource(type_url, name, message, "cluster.local")
+    return found

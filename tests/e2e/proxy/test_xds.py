@@ -14,9 +14,12 @@ import stat
 from datetime import UTC, datetime
 
 import pytest
+import yaml
 from support.control_plane_certs import ISTIOD_NAME, serving_certificate
+from support.h2_mesh import prometheus_sum
 from support.lab import wait_until
 from support.mesh_lab import GATEWAY_V4, PROXY_UID, MeshLab, Pod
+from support.mesh_lab import stat as sidecar_stat
 from support.xds_control_plane import (
     TYPE_CLUSTER,
     TYPE_LISTENER,
@@ -24,10 +27,12 @@ from support.xds_control_plane import (
     XdsTestControlPlane,
 )
 from support.xds_snapshots import (
+    MESHED_ENDPOINT,
     assignment,
     bootstrap,
     cluster,
     http_listener,
+    istio_mtls,
     outbound,
     passthrough_cluster,
     route,
@@ -330,3 +335,70 @@ def test_a_key_that_is_not_the_certificate_s_stops_the_sidecar_at_start_naming_t
     log = client.read_sidecar_log()
     assert "tls_certificates[0].private_key" in log and "not the key of" in log
     assert other["private_key"] in log and "BEGIN" not in log
+
+
+# --- mesh mTLS from CDS (istiod's transport_socket_matches) ------------------------------------
+
+CLIENT_ID = "spiffe://cluster.local/ns/default/sa/client"
+
+
+def meshed_web_snapshot(backend: Pod, spiffe_id: str) -> dict:
+    """web's one endpoint has a sidecar (tlsMode: istio), verified as ``spiffe_id``."""
+    return snapshot(
+        passthrough_cluster(),
+        cluster(WEB, **istio_mtls(spiffe_id, 8080, "web.default.svc.cluster.local")),
+        assignment(WEB, [(backend.ip, 8080)], **MESHED_ENDPOINT),
+        virtual_outbound(),
+        http_listener(8080),
+        route_config("8080", [virtual_host("web.default", 8080, WEB_VIP, [route(WEB)])]),
+    )
+
+
+def strict_backend(lab: MeshLab) -> Pod:
+    """A pod whose sidecar (mesh file) accepts only mesh mTLS, as service account web."""
+    backend = lab.add_pod("backend1", 11)
+    backend.serve_http(8080, backend.name)
+    lab.intercept(backend)
+    workload = {
+        "name": "web",
+        "namespace": "default",
+        "service_account": "web",
+        "inbound_ports": [{"port": 8080, "protocol": "http"}],
+        "tls": lab.issue_identity(backend, "web"),
+        "peer_authentication": {"mode": "STRICT"},
+    }
+    lab.start_sidecar(backend, lab.write_config("web.yaml", yaml.safe_dump({"workload": workload})))
+    return backend
+
+
+def test_a_meshed_endpoint_from_cds_is_reached_over_mtls_as_the_identity_cds_names(
+    mesh_lab: MeshLab, control_plane: XdsTestControlPlane, api_type: str
+) -> None:
+    backend = strict_backend(mesh_lab)
+    control_plane.set_snapshot(
+        "v1", meshed_web_snapshot(backend, "spiffe://cluster.local/ns/default/sa/web")
+    )
+    client = mesh_lab.add_pod("client", 10)
+    workload = {
+        "name": "client",
+        "namespace": "default",
+        "service_account": "client",
+        "tls": mesh_lab.issue_identity(client, "client"),
+    }
+    mesh_file = mesh_lab.write_config("client.yaml", yaml.safe_dump({"workload": workload}))
+    start_client(mesh_lab, control_plane, api_type, "--config", str(mesh_file), client=client)
+    control_plane.wait_acked("v1", [TYPE_CLUSTER], node_id=NODE_ID)
+    # The backend takes nothing but mesh mTLS: an answer means the client's sidecar made it.
+    assert answered_by(client.curl(f"http://{WEB_VIP}:8080/")) == "backend1"
+    assert answered_by(client.curl("http://web:8080/")) == "backend1"
+    mtls = ('connection_security_policy="mutual_tls"', f'source_principal="{CLIENT_ID}"')
+    assert prometheus_sum(backend, "istio_requests_total", 'reporter="destination"', *mtls) == 2
+    # The control plane now says web runs as another account: the backend's certificate no
+    # longer proves it, so the client's sidecar refuses the peer (503), as Envoy would.
+    control_plane.set_snapshot(
+        "v2", meshed_web_snapshot(backend, "spiffe://cluster.local/ns/default/sa/other")
+    )
+    control_plane.wait_acked("v2", [TYPE_CLUSTER], node_id=NODE_ID)
+    code = client.curl(f"http://{WEB_VIP}:8080/", "-o", "/dev/null", "-w", "%{http_code}")
+    assert code == "503"
+    assert sidecar_stat(client, "ssl_fail_verify_san") >= 1

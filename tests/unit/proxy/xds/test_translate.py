@@ -11,13 +11,14 @@ import ipaddress
 import pytest
 from support.xds_snapshots import (
     assignment,
+    checked,
     cluster,
     http_listener,
     outbound,
     passthrough_cluster,
+    resources,
     route,
     route_config,
-    snapshot,
     tcp_listener,
     virtual_host,
     virtual_outbound,
@@ -27,33 +28,15 @@ from proxy.config.model import Mesh, OutlierDetection, Service, StringMatch
 from proxy.xds.resources import (
     TYPE_CLUSTER,
     TYPE_ENDPOINT,
-    TYPE_LISTENER,
     TYPE_ROUTE,
     XdsRejected,
-    resource_name,
 )
-from proxy.xds.translate import Resources, build_mesh, check_resource, missing
+from proxy.xds.translate import build_mesh, missing
 
 BACKEND = outbound(8080, "backend.default")
 BACKEND_V1 = outbound(8080, "backend.default", "v1")
 BACKEND_V2 = outbound(8080, "backend.default", "v2")
 DB = outbound(9000, "db.default")
-
-
-def resources(*messages) -> Resources:
-    by_type = {t: {resource_name(m): m for m in ms} for t, ms in snapshot(*messages).items()}
-    return Resources(
-        by_type[TYPE_LISTENER], by_type[TYPE_ROUTE], by_type[TYPE_CLUSTER], by_type[TYPE_ENDPOINT]
-    )
-
-
-def checked(*messages) -> Resources:
-    """The resources after each passed its own checks (as the client does on arrival)."""
-    found = resources(*messages)
-    for type_url in (TYPE_LISTENER, TYPE_ROUTE, TYPE_CLUSTER, TYPE_ENDPOINT):
-        for name, message in found.of_type(type_url).items():
-            check_resource(type_url, name, message, "cluster.local")
-    return found
 
 
 def mesh_of(*messages) -> Mesh:
