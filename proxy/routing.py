@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from proxy.config.model import Mesh, Service, ServicePort, Workload
 
@@ -70,6 +70,19 @@ class RouteTable:
                     table[(str(vip), port.port)] = ToCluster(service, port)
         allow_any = mesh.outbound_traffic_policy == "ALLOW_ANY"
         return cls(table, allow_any, mesh.workload, is_local, own_ports)
+
+    def replacing(self, pairs: tuple[tuple[Service, Service], ...]) -> RouteTable:
+        """This table with each (old, new) pair's entries pointing at the new service: the
+        pairs keep their VIPs and ports (``config.diff.replaced_services``), so the keys
+        stay, and an entry another service won (a shared VIP:port) stays that service's."""
+        table = dict(self.by_destination)
+        for before, after in pairs:
+            for vip in after.vips:
+                for port in after.ports:
+                    key = (str(vip), port.port)
+                    if table[key].service is before:
+                        table[key] = ToCluster(after, port)
+        return replace(self, by_destination=table)
 
     def decide(self, destination: tuple[str, int] | None) -> Decision:
         """Outbound: a mesh service, a passthrough, or a refusal."""

@@ -87,6 +87,13 @@ NO_SUCH_NAME = NoSuchName()
 NOT_MESH = NotMesh()
 
 
+def name_inputs(mesh: Mesh) -> tuple[object, ...]:
+    """Everything :meth:`MeshNames.build` reads of ``mesh`` (besides the search list): equal
+    inputs build equal tables."""
+    services = tuple((s.name, s.namespace, s.vips) for s in mesh.services)
+    return (mesh.cluster_domain, mesh.workload.namespace, services)
+
+
 class MeshNames:
     """Every name of every mesh service, for one mesh version and one search list.
 

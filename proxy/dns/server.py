@@ -21,6 +21,7 @@ import struct
 import time
 from collections.abc import Callable
 
+from proxy.config.diff import replaced_services
 from proxy.config.model import Mesh
 from proxy.dns.cache import TtlCache
 from proxy.dns.codec import (
@@ -38,7 +39,7 @@ from proxy.dns.codec import (
     parse_response,
     with_id_and_ttl,
 )
-from proxy.dns.names import Found, MeshNames, NoSuchName
+from proxy.dns.names import Found, MeshNames, NoSuchName, name_inputs
 from proxy.dns.resolvconf import ResolvConf
 from proxy.platform.sockets import LISTEN_BACKLOG
 from proxy.stats import Counter, Histogram, Stats, labels
@@ -87,10 +88,17 @@ class DnsProxy:
         self.clock = clock
         self.cache = TtlCache(clock=clock)
         self.names = MeshNames.build(mesh, resolv.search)
+        self._mesh = mesh
 
     def apply_mesh(self, mesh: Mesh) -> None:
-        """A reload: names of removed services stop resolving at once."""
-        self.names = MeshNames.build(mesh, self.resolv.search)
+        """A reload: names of removed services stop resolving at once. A mesh that names the
+        same services at the same addresses (an endpoint moved, the usual control-plane
+        update) keeps the table: building it walks every service."""
+        old, self._mesh = self._mesh, mesh
+        if replaced_services(old, mesh) is not None:  # same keys and VIPs, same workload
+            return
+        if name_inputs(mesh) != name_inputs(old):
+            self.names = MeshNames.build(mesh, self.resolv.search)
 
     async def answer(self, data: bytes, transport: str) -> bytes | None:
         """The reply to one query (None = drop it)."""

@@ -264,6 +264,12 @@ async def _tcp_probe(host: Host, timeout: float) -> bool:
     return True
 
 
+def cluster_keys(service: Service) -> list[ClusterKey]:
+    """The keys of ``service``'s clusters: one per port, and per port and subset."""
+    subsets = ("", *(s.name for s in service.subsets))
+    return [(service.key, port.port, subset) for port in service.ports for subset in subsets]
+
+
 def build_clusters(
     mesh: Mesh,
     previous: dict[ClusterKey, ClusterRuntime],

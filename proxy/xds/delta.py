@@ -120,11 +120,13 @@ class DeltaState(AdsState):
         for name in response.removed_resources:
             current.pop(name, None)
             versions.pop(name, None)
-        current.update(decoded)
-        versions.update(
-            (name, r.version) for r, name in zip(response.resources, decoded, strict=True)
-        )
-        if type_url not in WILDCARD_TYPES:  # a resource not (or no longer) asked for: dropped
-            current = {n: m for n, m in current.items() if n in state.names}
-            versions = {n: v for n, v in versions.items() if n in state.names}
+        changed = {name: r.version for r, name in zip(response.resources, decoded, strict=True)}
+        if type_url not in WILDCARD_TYPES:
+            # A resource not (or no longer) asked for is dropped. What is held already is
+            # only what is asked for (a subscription change trims it), so only this
+            # response's resources are filtered, not every one held.
+            asked = set(state.names)
+            changed = {n: v for n, v in changed.items() if n in asked}
+        current.update((name, decoded[name]) for name in changed)
+        versions.update(changed)
         return self.accepted.with_type(type_url, current), versions

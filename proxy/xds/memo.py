@@ -29,6 +29,9 @@ class TranslationMemo:
         self._used: dict[tuple[Any, ...], tuple[tuple[Any, ...], Any]] = {}
         self.hits = 0
         self.misses = 0
+        # The last successful build (translate.py's record of it), for the next one to start
+        # from when only endpoints changed.
+        self.last_build: object | None = None
 
     def get(
         self,

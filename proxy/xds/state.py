@@ -111,6 +111,9 @@ class AdsState:
     nacks: int = 0
     last_error: str = ""
     memo: TranslationMemo = field(default_factory=TranslationMemo, repr=False)
+    # wanted_endpoints of the last clusters mapping asked about (the same object while CDS
+    # does not change): every response would otherwise walk every cluster.
+    _eds: tuple[object, tuple[str, ...]] = field(default=(None, ()), repr=False)
 
     # --- what a variant provides ---------------------------------------------------------------
 
@@ -164,7 +167,7 @@ class AdsState:
     def _complete(self, candidate: Resources, source: str) -> tuple[Mesh | None, tuple[str, ...]]:
         """The mesh of ``candidate`` (None while warming) and what is still missing; raises
         XdsRejected when the resources do not make a mesh together."""
-        gaps = missing(candidate)
+        gaps = missing(candidate, self._wanted_endpoints(candidate.clusters))
         if gaps or (candidate == self.accepted and self.applied is not None):
             return None, gaps  # warming, or nothing changed (the mesh running is this one)
         return build_mesh(candidate, self.base, source, self.memo), gaps
@@ -179,21 +182,31 @@ class AdsState:
         new request of that type."""
         requests = []
         for type_url, wanted in (
-            (TYPE_ENDPOINT, wanted_endpoints(self.accepted.clusters)),
+            (TYPE_ENDPOINT, self._wanted_endpoints(self.accepted.clusters)),
             (TYPE_ROUTE, wanted_routes(self.accepted.listeners)),
         ):
             state = self.types[type_url]
             if wanted == state.names:
                 continue
             before, state.names = state.names, wanted
-            kept = {n: m for n, m in self.accepted.of_type(type_url).items() if n in wanted}
+            asked = set(wanted)  # not the tuple: a lookup per name held
+            kept = {n: m for n, m in self.accepted.of_type(type_url).items() if n in asked}
             self.accepted = self.accepted.with_type(type_url, kept)
             state.resource_versions = {
-                n: v for n, v in state.resource_versions.items() if n in wanted
+                n: v for n, v in state.resource_versions.items() if n in asked
             }
             state.subscribed = True
             requests.append(self._subscription_change(type_url, before, wanted))
         return requests
+
+    def _wanted_endpoints(self, clusters: Mapping[str, Any]) -> tuple[str, ...]:
+        """``wanted_endpoints(clusters)``, walked once per clusters mapping (accepted
+        resources are never changed in place: a response makes new mappings)."""
+        seen, names = self._eds
+        if seen is not clusters:
+            names = wanted_endpoints(clusters)
+            self._eds = (clusters, names)
+        return names
 
     def _source(self, type_url: str, version: str) -> str:
         versions = {t: s.version for t, s in self.types.items()}
@@ -322,7 +335,7 @@ class SotwState(AdsState):
         }
         if type_url in WILDCARD_TYPES:
             return self.accepted.with_type(type_url, decoded), known
-        names = self.types[type_url].names
+        names = set(self.types[type_url].names)  # a set: one lookup per resource
         kept = {n: m for n, m in self.accepted.of_type(type_url).items() if n in names}
         kept.update((n, m) for n, m in decoded.items() if n in names)
         return self.accepted.with_type(type_url, kept), known

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import partial
 
@@ -148,12 +148,12 @@ def wanted_routes(listeners: Mapping[str, listener_pb2.Listener]) -> tuple[str, 
     return tuple(sorted(names))
 
 
-def missing(resources: Resources) -> tuple[str, ...]:
+def missing(resources: Resources, eds: Iterable[str] | None = None) -> tuple[str, ...]:
     """What the snapshot still waits for before it can be applied (Envoy's warming: a cluster
-    is used once its endpoints arrived, a listener once its routes did)."""
-    absent = [
-        f"EDS {n}" for n in wanted_endpoints(resources.clusters) if n not in resources.endpoints
-    ]
+    is used once its endpoints arrived, a listener once its routes did). ``eds``: the
+    clusters' ``wanted_endpoints``, when the caller has them already."""
+    wanted = wanted_endpoints(resources.clusters) if eds is None else eds
+    absent = [f"EDS {n}" for n in sorted(set(wanted).difference(resources.endpoints))]
     absent += [f"RDS {n}" for n in wanted_routes(resources.listeners) if n not in resources.routes]
     return tuple(absent)
 
@@ -179,18 +179,84 @@ def build_mesh(
     resources: Resources, base: Mesh, source: str, memo: TranslationMemo | None = None
 ) -> Mesh:
     """The mesh: the base's workload and own services, plus one service per cluster host.
-    ``memo`` keeps translations for the next build (a fresh one without)."""
+    ``memo`` keeps translations for the next build (a fresh one without), and the last
+    build itself: an update that changed only endpoints rebuilds only their services."""
     memo = memo if memo is not None else TranslationMemo()
+    last = memo.last_build
+    if isinstance(last, _Built) and last.only_endpoints_differ(resources, base):
+        try:
+            built = last.with_endpoints(resources, source)
+        finally:
+            memo.abandon()  # the checks' translations of the new assignments: not kept
+        memo.last_build = built
+        return built.mesh
     try:
-        mesh = _build(resources, base, source, memo)
+        built = _build(resources, base, source, memo)
     except BaseException:
         memo.abandon()
         raise
     memo.commit()
-    return mesh
+    memo.last_build = built
+    return built.mesh
 
 
-def _build(resources: Resources, base: Mesh, source: str, memo: TranslationMemo) -> Mesh:
+@dataclass(frozen=True)
+class _Built:
+    """A build, kept for the next one: what it was made of, the services it made and which
+    of them each ClusterLoadAssignment went into.
+
+    istiod's most frequent push is EDS alone (a pod rescheduled, scaled, or failing its
+    readiness probe). When clusters, listeners, routes and the base are the very objects
+    this build had and only assignments were replaced, the services built from those
+    assignments are built again and every other one is this build's own object: the work
+    follows what changed, not the mesh (plus one pass comparing the assignments by
+    identity). The result equals what a whole build gives: endpoints reach a service only
+    through its parts, which only clusters and listeners make (a test holds them equal)."""
+
+    resources: Resources
+    base: Mesh
+    mesh: Mesh
+    clusters: _Clusters
+    parts: tuple[_ServiceParts, ...]  # of the services after the base's, in the mesh's order
+    users: Mapping[str, tuple[int, ...]]  # assignment -> indexes of the parts built from it
+
+    def only_endpoints_differ(self, resources: Resources, base: Mesh) -> bool:
+        old = self.resources
+        return (
+            base is self.base
+            and resources.clusters is old.clusters
+            and resources.listeners is old.listeners
+            and resources.routes is old.routes
+            and resources.endpoints.keys() == old.endpoints.keys()
+        )
+
+    def with_endpoints(self, resources: Resources, source: str) -> _Built:
+        old = self.resources.endpoints
+        changed = [n for n, message in resources.endpoints.items() if old[n] is not message]
+        services = list(self.mesh.services)
+        offset = len(self.base.services)
+        scratch = TranslationMemo()  # the memo's entries stay those of the last whole build
+        for name in changed:
+            for index in self.users.get(name, ()):
+                parts = self.parts[index]
+                services[offset + index] = _service(
+                    parts, self.clusters, resources.endpoints, scratch
+                )
+        mesh = replace(self.mesh, services=tuple(services), source=source)
+        return replace(self, resources=resources, mesh=mesh)
+
+
+def _users(parts: tuple[_ServiceParts, ...]) -> dict[str, tuple[int, ...]]:
+    """Each ClusterLoadAssignment name -> the services (by index) whose clusters use it."""
+    users: dict[str, list[int]] = defaultdict(list)
+    for index, entry in enumerate(parts):
+        every = [*entry.ports.values(), *(i for infos in entry.subsets.values() for i in infos)]
+        for name in {i.eds_name or i.name for i in every if i.static_endpoints is None}:
+            users[name].append(index)
+    return {name: tuple(indexes) for name, indexes in users.items()}
+
+
+def _build(resources: Resources, base: Mesh, source: str, memo: TranslationMemo) -> _Built:
     domain = base.cluster_domain
     infos: dict[str, ClusterInfo] = {}
     for name, cluster in resources.clusters.items():
@@ -212,16 +278,15 @@ def _build(resources: Resources, base: Mesh, source: str, memo: TranslationMemo)
     for info in infos.values():
         clusters.add(info)
     allow_any = _apply_listeners(resources, clusters)
-    services = [
-        _memo_service(entry, clusters, resources.endpoints, memo)
-        for entry in clusters.sorted_parts()
-    ]
+    parts = tuple(clusters.sorted_parts())
+    services = [_memo_service(entry, clusters, resources.endpoints, memo) for entry in parts]
     services = list(base.services) + services
     _check_unique(services)
     policy = base.outbound_traffic_policy
     if allow_any is not None:
         policy = "ALLOW_ANY" if allow_any else "REGISTRY_ONLY"
-    return replace(base, services=tuple(services), outbound_traffic_policy=policy, source=source)
+    mesh = replace(base, services=tuple(services), outbound_traffic_policy=policy, source=source)
+    return _Built(resources, base, mesh, clusters, parts, _users(parts))
 
 
 class _Clusters:

@@ -1,0 +1,45 @@
+"""replaced_services: which services a new mesh swapped in place, or None for a rebuild."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+
+from proxy.config.diff import replaced_services
+from proxy.config.model import Endpoint, Mesh, Service, ServicePort, Workload
+
+
+def service(name: str, vip: str = "240.240.0.1", address: str = "10.0.0.1") -> Service:
+    return Service(
+        name=name,
+        namespace="default",
+        vips=(ipaddress.ip_address(vip),),
+        ports=(ServicePort("http", 8080, "http"),),
+        endpoints=(Endpoint(ipaddress.ip_address(address)),),
+    )
+
+
+A, B = service("a"), service("b", "240.240.0.2")
+MESH = Mesh(services=(A, B))
+
+
+def test_services_swapped_for_ones_with_new_endpoints_are_the_pairs():
+    moved = dataclasses.replace(B, endpoints=(Endpoint(ipaddress.ip_address("10.0.0.9")),))
+    assert replaced_services(MESH, dataclasses.replace(MESH, services=(A, moved))) == ((B, moved),)
+    assert replaced_services(MESH, dataclasses.replace(MESH, source="v2")) == ()
+
+
+def test_anything_else_is_a_rebuild():
+    other_vip = dataclasses.replace(B, vips=(ipaddress.ip_address("240.240.0.9"),))
+    other_port = dataclasses.replace(B, ports=(ServicePort("http", 8081, "http"),))
+    for new in (
+        dataclasses.replace(MESH, services=(A, other_vip)),
+        dataclasses.replace(MESH, services=(A, other_port)),
+        dataclasses.replace(MESH, services=(A, service("c"))),  # another key in B's place
+        dataclasses.replace(MESH, services=(A,)),  # removed
+        dataclasses.replace(MESH, services=(B, A)),  # moved
+        dataclasses.replace(MESH, workload=Workload(name="x")),
+        dataclasses.replace(MESH, outbound_traffic_policy="REGISTRY_ONLY"),
+        Mesh(services=(A, B)),  # equal, but a workload of its own: not known to be the same
+    ):
+        assert replaced_services(MESH, new) is None, new
