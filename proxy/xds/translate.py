@@ -174,6 +174,10 @@ class _ServiceParts:
     routes_from: str = ""  # the route configuration (or listener) the routes came from
     tcp: dict[int, OutboundChain] = field(default_factory=dict)
 
+    def every_cluster(self) -> list[ClusterInfo]:
+        """The service's clusters: one per port, then the subsets'."""
+        return [*self.ports.values(), *(i for infos in self.subsets.values() for i in infos)]
+
 
 def build_mesh(
     resources: Resources, base: Mesh, source: str, memo: TranslationMemo | None = None
@@ -250,7 +254,7 @@ def _users(parts: tuple[_ServiceParts, ...]) -> dict[str, tuple[int, ...]]:
     """Each ClusterLoadAssignment name -> the services (by index) whose clusters use it."""
     users: dict[str, list[int]] = defaultdict(list)
     for index, entry in enumerate(parts):
-        every = [*entry.ports.values(), *(i for infos in entry.subsets.values() for i in infos)]
+        every = entry.every_cluster()
         for name in {i.eds_name or i.name for i in every if i.static_endpoints is None}:
             users[name].append(index)
     return {name: tuple(indexes) for name, indexes in users.items()}
@@ -536,7 +540,7 @@ def _service(
     by_port = {
         port: _endpoints_of(info, assignments, memo) for port, info in sorted(entry.ports.items())
     }
-    endpoints = _merge_ports(ports, by_port, entry, _mesh_account(entry))
+    endpoints = _merge_ports(ports, by_port, entry, _mesh_account(entry, clusters.absent))
     endpoints, subsets = _with_subsets(endpoints, entry, assignments, memo)
     policy = _one_policy(entry, clusters.absent)
     vips = _vips(entry)
@@ -574,11 +578,14 @@ def _endpoints_of(
         return memo.get("endpoints", (assignment,), (), lambda: lb_endpoints(assignment))
 
 
-def _mesh_account(entry: _ServiceParts) -> str | None:
+def _mesh_account(entry: _ServiceParts, absent: set[str]) -> str | None:
     """The service account the service's meshed endpoints run as: every cluster of the
     service (ports and subsets) must verify the same SPIFFE ID, as Detour checks one per
-    endpoint; None when its clusters have no mesh mTLS."""
-    every = [*entry.ports.values(), *(i for infos in entry.subsets.values() for i in infos)]
+    endpoint; None when its clusters have no mesh mTLS. Stand-ins for absent clusters have
+    no endpoints of their own and say nothing about it."""
+    every = [c for c in entry.every_cluster() if c.name not in absent]
+    if not every:
+        return None
     first = every[0].mesh_peer
     for info in every[1:]:
         if info.mesh_peer != first:
@@ -673,8 +680,7 @@ def _one_policy(entry: _ServiceParts, absent: set[str]) -> TrafficPolicy:
     """Detour applies one traffic policy per service: every cluster of the service must have
     the same one (TCP ports add their tcp_proxy settings); stand-ins for absent clusters
     take the others'."""
-    every = list(entry.ports.values()) + [i for group in entry.subsets.values() for i in group]
-    clusters = [c for c in every if c.name not in absent]
+    clusters = [c for c in entry.every_cluster() if c.name not in absent]
     if not clusters:
         return TrafficPolicy()
     policy = clusters[0].policy

@@ -6,19 +6,11 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 
+from support.services import http_service
+
 from proxy.config.model import Endpoint, Mesh, Service, ServicePort
 from proxy.routing import RouteTable
 from proxy.worker import Worker
-
-
-def service(name: str, vip: str) -> Service:
-    return Service(
-        name=name,
-        namespace="default",
-        vips=(ipaddress.ip_address(vip),),
-        ports=(ServicePort("http", 8080, "http"),),
-        endpoints=(Endpoint(ipaddress.ip_address("10.0.0.1")),),
-    )
 
 
 class Retired(list):
@@ -27,7 +19,7 @@ class Retired(list):
 
 
 def test_a_reload_retires_only_the_clusters_whose_service_changed(monkeypatch) -> None:
-    kept, changed = service("kept", "240.240.0.1"), service("changed", "240.240.0.2")
+    kept, changed = http_service("kept", "240.240.0.1"), http_service("changed", "240.240.0.2")
     worker = Worker(Mesh(services=(kept, changed)))
     before = dict(worker.clusters)
     retired = Retired()

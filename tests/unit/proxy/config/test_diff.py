@@ -5,21 +5,12 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 
+from support.services import http_service
+
 from proxy.config.diff import replaced_services
-from proxy.config.model import Endpoint, Mesh, Service, ServicePort, Workload
+from proxy.config.model import Endpoint, Mesh, ServicePort, Workload
 
-
-def service(name: str, vip: str = "240.240.0.1", address: str = "10.0.0.1") -> Service:
-    return Service(
-        name=name,
-        namespace="default",
-        vips=(ipaddress.ip_address(vip),),
-        ports=(ServicePort("http", 8080, "http"),),
-        endpoints=(Endpoint(ipaddress.ip_address(address)),),
-    )
-
-
-A, B = service("a"), service("b", "240.240.0.2")
+A, B = http_service("a", "240.240.0.1"), http_service("b", "240.240.0.2")
 MESH = Mesh(services=(A, B))
 
 
@@ -35,7 +26,9 @@ def test_anything_else_is_a_rebuild():
     for new in (
         dataclasses.replace(MESH, services=(A, other_vip)),
         dataclasses.replace(MESH, services=(A, other_port)),
-        dataclasses.replace(MESH, services=(A, service("c"))),  # another key in B's place
+        dataclasses.replace(
+            MESH, services=(A, http_service("c", "240.240.0.1"))
+        ),  # another key in B's place
         dataclasses.replace(MESH, services=(A,)),  # removed
         dataclasses.replace(MESH, services=(B, A)),  # moved
         dataclasses.replace(MESH, workload=Workload(name="x")),

@@ -7,21 +7,13 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 
-from proxy.config.model import Endpoint, Mesh, Service, ServicePort
+from support.services import http_service
+
+from proxy.config.model import Endpoint, Mesh
 from proxy.dns.names import Found
 from proxy.dns.resolvconf import ResolvConf
 from proxy.dns.server import DnsProxy
 from proxy.stats import Stats
-
-
-def service(name: str, vip: str) -> Service:
-    return Service(
-        name=name,
-        namespace="default",
-        vips=(ipaddress.ip_address(vip),),
-        ports=(ServicePort("http", 8080, "http"),),
-        endpoints=(Endpoint(ipaddress.ip_address("10.0.0.1")),),
-    )
 
 
 def vip_of(proxy: DnsProxy, name: str) -> tuple[str, ...] | None:
@@ -29,7 +21,7 @@ def vip_of(proxy: DnsProxy, name: str) -> tuple[str, ...] | None:
     return found.v4 if isinstance(found, Found) else None
 
 
-WEB, API = service("web", "240.240.0.1"), service("api", "240.240.0.2")
+WEB, API = http_service("web", "240.240.0.1"), http_service("api", "240.240.0.2")
 MESH = Mesh(services=(WEB, API))
 
 

@@ -157,3 +157,14 @@ def test_every_cluster_of_a_service_must_verify_the_same_identity():
             meshed_cluster(WEB_ADMIN, admin_id, 9090),
             endpoints(WEB_ADMIN),
         )
+
+
+def test_a_subset_cluster_gone_from_cds_but_still_routed_to_does_not_count_as_plaintext():
+    """A route still names web's v1 subset after CDS dropped it (a removal in flight): the
+    stand-in has no identity to disagree with, as Envoy takes such a snapshot."""
+    from support.xds_snapshots import http_listener, route, route_config, virtual_host
+
+    web_v1 = outbound(8080, "web.default", "v1")
+    routes = route_config("8080", [virtual_host("web.default", 8080, "10.96.0.1", [route(web_v1)])])
+    service = web(meshed_cluster(), endpoints(), http_listener(8080), routes)
+    assert {e.service_account for e in service.endpoints} == {"web", None}
