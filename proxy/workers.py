@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from proxy.access_log import AccessLog
+from proxy.config.diff import replaced_indexes, with_replaced
 from proxy.config.model import Mesh
 from proxy.downstream_limits import DownstreamLimits
 from proxy.logs import setup_logging
@@ -188,6 +189,7 @@ class WorkerProcess:
     _reader: asyncio.StreamReader | None = None
     _writer: asyncio.StreamWriter | None = None
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _held: Mesh | None = None  # the mesh the process was last given (None: unknown)
 
     async def start(self, mesh: Mesh) -> None:
         ours, theirs = socket.socketpair()
@@ -220,6 +222,7 @@ class WorkerProcess:
                 "own_ports": self.own_ports,
             }
         )
+        self._held = mesh
 
     async def request(self, message: dict) -> Any:
         async with self._lock:
@@ -235,7 +238,16 @@ class WorkerProcess:
         return self.process.returncode if self.process is not None else None
 
     async def apply_mesh(self, mesh: Mesh) -> None:
-        await self.request({"op": "mesh", "mesh": mesh})
+        """The new mesh, or only the services it replaced in the one the process holds (an
+        endpoint update: pickling every service for each would cost what the mesh is)."""
+        held, self._held = self._held, None  # unknown until the process says it took it
+        indexes = replaced_indexes(held, mesh) if held is not None else None
+        if indexes is None:
+            await self.request({"op": "mesh", "mesh": mesh})
+        else:
+            services = [(i, mesh.services[i]) for i in indexes]
+            await self.request({"op": "replace", "services": services, "source": mesh.source})
+        self._held = mesh
 
     async def report(self) -> WorkerReport:
         return await self.request({"op": "stats"})
@@ -295,6 +307,9 @@ async def serve(
         op = message["op"]
         if op == "mesh":
             worker.apply_mesh(message["mesh"])
+            await send(writer, {"ok": True})
+        elif op == "replace":
+            worker.apply_mesh(with_replaced(worker.mesh, message["services"], message["source"]))
             await send(writer, {"ok": True})
         elif op == "stats":
             await send(writer, worker.report())

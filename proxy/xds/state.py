@@ -334,6 +334,11 @@ class SotwState(AdsState):
             for item, name in zip(response.resources, decoded, strict=True)
         }
         if type_url in WILDCARD_TYPES:
+            held = self.accepted.of_type(type_url)
+            if len(held) == len(decoded) and all(held.get(n) is m for n, m in decoded.items()):
+                # Resent unchanged (SotW resends every cluster and listener with each
+                # version): the same mapping, so the build sees that only endpoints moved.
+                return self.accepted, known
             return self.accepted.with_type(type_url, decoded), known
         names = set(self.types[type_url].names)  # a set: one lookup per resource
         kept = {n: m for n, m in self.accepted.of_type(type_url).items() if n in names}

@@ -22,6 +22,7 @@ from support.mesh_lab import GATEWAY_V4, PROXY_UID, MeshLab, Pod
 from support.mesh_lab import stat as sidecar_stat
 from support.xds_control_plane import (
     TYPE_CLUSTER,
+    TYPE_ENDPOINT,
     TYPE_LISTENER,
     ServingTls,
     XdsTestControlPlane,
@@ -167,6 +168,23 @@ def test_a_sidecar_runs_the_mesh_its_control_plane_sends_and_follows_an_eds_chan
         "the sidecar to follow the EDS change",
     )
     control_plane.wait_acked("v2", [TYPE_CLUSTER], node_id=NODE_ID)
+
+
+def test_every_worker_process_follows_an_endpoint_update(
+    mesh_lab: MeshLab, control_plane: XdsTestControlPlane, api_type: str
+) -> None:
+    """Two worker processes: an EDS-only push (istiod's usual one) reaches both, as only the
+    services it replaced (the supervisor sends those, not the mesh)."""
+    one, two, three = backends(mesh_lab, 3)
+    control_plane.set_snapshot("v1", mesh_snapshot([one], [two], [three]))
+    client = start_client(mesh_lab, control_plane, api_type, "--concurrency", "2")
+    control_plane.wait_acked("v1", [TYPE_CLUSTER], node_id=NODE_ID)
+    control_plane.set_snapshot({TYPE_ENDPOINT: "v2"}, mesh_snapshot([three], [two], [three]))
+    control_plane.wait_acked("v2", [TYPE_ENDPOINT], node_id=NODE_ID)
+    # New connections land on either worker: every one of them must route by v2.
+    answers = {answered_by(client.curl(f"http://{WEB_VIP}:8080/")) for _ in range(20)}
+    assert answers == {"backend3"}
+    assert answered_by(client.curl("http://web:8080/canary")) == "backend2"
 
 
 def test_a_snapshot_detour_cannot_apply_is_nacked_and_the_running_mesh_keeps_serving(

@@ -36,3 +36,15 @@ def test_anything_else_is_a_rebuild():
         Mesh(services=(A, B)),  # equal, but a workload of its own: not known to be the same
     ):
         assert replaced_services(MESH, new) is None, new
+
+
+def test_a_worker_process_rebuilds_the_update_from_the_replaced_services_alone():
+    from proxy.config.diff import replaced_indexes, with_replaced
+
+    moved = dataclasses.replace(B, endpoints=(Endpoint(ipaddress.ip_address("10.0.0.9")),))
+    update = dataclasses.replace(MESH, services=(A, moved), source="eds v2")
+    indexes = replaced_indexes(MESH, update)
+    assert indexes == (1,)
+    rebuilt = with_replaced(MESH, [(i, update.services[i]) for i in indexes], update.source)
+    assert rebuilt == update and rebuilt.services[0] is A
+    assert replaced_services(MESH, rebuilt) == ((B, moved),)
