@@ -1,1 +1,1 @@
-"""Detour proxy: the sidecar data plane (not yet implemented; see issue 3)."""
+"""Detour proxy: the sidecar data plane (``detour-proxy``, proxy.cli)."""

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from detour_common.capabilities import CAP_NET_ADMIN, has_capability
 from detour_common.certs import CertificateError
+from proxy import native
 from proxy.config.loader import MeshConfigError, load_mesh
 from proxy.config.model import Mesh
 from proxy.downstream_limits import DEFAULT_REQUEST_HEADERS_TIMEOUT, DownstreamLimits
@@ -206,6 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_USAGE
         log.info("workload identity %s until %s", identity.spiffe, identity.not_after)
     log.info("running as uid %d", os.getuid())
+    log.info("HTTP/1.1 path: %s", native.status())
     import uvloop
 
     return uvloop.run(Sidecar(options, mesh, bootstrap).run(listener_sets))

@@ -13,6 +13,8 @@ die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
 PACKAGES=(
   iptables nftables iproute2 conntrack curl procps
   python3 python3-venv python3-pip
+  # mypyc's compile of the HTTP/1.1 path (scripts/build_native.py): a C compiler, Python.h
+  gcc python3-dev
   python3-bpfcc libbpfcc linux-headers-amd64 bpftool
   dnsutils
   # detour-proxy --allocator jemalloc (memory given back after a burst of connections)
@@ -83,5 +85,8 @@ fi
 $venv/bin/python -m compileall -q -j 0 init proxy interceptor detour_common ca >/dev/null \
   || die "byte-compiling init, proxy, interceptor, detour_common and ca failed"
 say "bytecode: init, proxy, interceptor, detour_common and ca compiled (stale files only)"
+# The HTTP/1.1 path's hot modules compiled with mypyc (proxy/native.py): rebuilt only when a
+# source changed; the sidecar runs the Python source if this build is missing or stale.
+$venv/bin/python scripts/build_native.py || die "mypyc could not compile the HTTP/1.1 path"
 $venv/bin/python -c "import bcc" 2>/dev/null || die "the venv cannot import Debian's bcc (python3-bpfcc)"
 say "ready"

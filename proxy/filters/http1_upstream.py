@@ -8,7 +8,8 @@ back to the pool after a complete exchange. HTTP/1.1 allows no more than this: t
 
 from __future__ import annotations
 
-from proxy.http.channel import ChannelClosed, HttpChannel
+from proxy.http.channel import HttpChannel
+from proxy.http.channel_errors import ChannelClosed
 from proxy.http.codec import (
     NEED_DATA,
     Data,

@@ -24,18 +24,11 @@ from collections.abc import Callable
 
 from proxy.platform.transport import HIGH_WATER, LOW_WATER, ResetWatch, reset
 
+from .channel_errors import ChannelClosed, HeadTimeout
 from .codec import NEED_DATA, Connection
 from .events import Event, _Sentinel
 
 READ_AHEAD = 256 * 1024  # unparsed bytes held before reading pauses
-
-
-class ChannelClosed(ConnectionError):
-    """The peer went away (reset, or closed while we still needed bytes from it)."""
-
-
-class HeadTimeout(TimeoutError):
-    """A message head began arriving and was not complete within its deadline."""
 
 
 class HttpChannel(asyncio.Protocol):
@@ -78,9 +71,11 @@ class HttpChannel(asyncio.Protocol):
         self.codec.receive_data(data)
         self._buffered += len(data)
         if self._buffered > READ_AHEAD and not self._reading_paused:
+            transport = self.transport
+            assert transport is not None  # data comes only through a transport
             self._reading_paused = True
-            self.transport.pause_reading()  # type: ignore[union-attr]
-            self._paused_check = ResetWatch(self.loop, self.transport, self._reset_while_paused)
+            transport.pause_reading()
+            self._paused_check = ResetWatch(self.loop, transport, self._reset_while_paused)
         self._wake()
 
     def eof_received(self) -> bool:

@@ -376,6 +376,7 @@ class Connection:
         """The next complete event, NEED_DATA, or PAUSED. Raises RemoteProtocolError."""
         their = self.their_role
         state = self._states[their]
+        event: Event | _Sentinel | None
         if state is ERROR:
             assert self._error is not None
             raise self._error
@@ -421,7 +422,8 @@ class Connection:
         # (some clients send CRLF after a POST body).
         while buf[:1] == b"\r":
             if len(buf) < 2:
-                return None if not self._eof else self._truncated()
+                self._more_or_truncated()
+                return None
             if buf[1] != 0x0A:
                 raise ProtocolError("bare CR in head", 400)
             del buf[:2]
@@ -432,7 +434,8 @@ class Connection:
         end = buf.find(b"\r\n\r\n", self._scan)
         limits = self.limits
         if end < 0:
-            return self._incomplete_section("head", "header", limits.max_request_line)
+            self._incomplete_section("head", "header", limits.max_request_line)
+            return None
         self._scan = 0
         head = bytes(buf[:end])
         del buf[: end + 4]
@@ -460,13 +463,13 @@ class Connection:
             raise ProtocolError("request line too long", 414)
         if len(buf) > self.limits.max_head_bytes:
             raise ProtocolError(f"{kind} section too large", 431)
-        if self._eof:
-            return self._truncated()
+        self._more_or_truncated()
         self._scan = max(0, len(buf) - 3)
-        return None
 
-    def _truncated(self) -> None:
-        raise ProtocolError("connection closed inside a message", 400)
+    def _more_or_truncated(self) -> None:
+        """The message is not whole yet: more bytes may come, unless the peer closed."""
+        if self._eof:
+            raise ProtocolError("connection closed inside a message", 400)
 
     def _parse_request(self, head: bytes, lines: list[bytes]) -> Request:
         headers, special = parse_fields(head, lines, 1, self.limits.max_headers, 400, 431)
@@ -551,6 +554,7 @@ class Connection:
             self._set_reader(event.chunked, event.content_length, False)
             self._process(CLIENT, Request)
             return
+        assert not isinstance(event, Request)
         status = event.status
         if t is InformationalResponse:
             self._process(SERVER, t, _UPGRADE if status == 101 else None)
@@ -594,7 +598,8 @@ class Connection:
             if left == 0:
                 return EndOfMessage()
             if not buf:
-                return self._truncated() if self._eof else None
+                self._more_or_truncated()
+                return None
             data = _take(buf, left)
             self._rleft = left - len(data)
             return Data(data)
@@ -615,7 +620,8 @@ class Connection:
             left = self._rleft
             if left:
                 if not buf:
-                    return self._truncated() if self._eof else None
+                    self._more_or_truncated()
+                    return None
                 data = _take(buf, left)
                 left -= len(data)
                 self._rleft = left
@@ -624,9 +630,10 @@ class Connection:
                 return Data(data)
             if self._chunk_crlf:
                 if len(buf) < 2:
-                    if buf[:1] not in (b"", b"\r"):
+                    if buf and buf[0] != 0x0D:
                         raise ProtocolError("chunk data not followed by CRLF", 400)
-                    return self._truncated() if self._eof else None
+                    self._more_or_truncated()
+                    return None
                 if buf[0] != 0x0D or buf[1] != 0x0A:
                     raise ProtocolError("chunk data not followed by CRLF", 400)
                 del buf[:2]
@@ -638,7 +645,8 @@ class Connection:
             if lf < 0:
                 if len(buf) > max_line + 1:
                     raise ProtocolError("chunk size line too long", 400)
-                return self._truncated() if self._eof else None
+                self._more_or_truncated()
+                return None
             if lf == 0 or buf[lf - 1] != 0x0D:
                 raise ProtocolError("bare LF in chunk size line", 400)
             line = bytes(buf[: lf - 1])
@@ -670,13 +678,15 @@ class Connection:
         if len(buf) < 2:
             if buf[:1] == b"\n":
                 raise ProtocolError("bare LF in trailers", 400)
-            return self._truncated() if self._eof else None
+            self._more_or_truncated()
+            return None
         if buf[0] == 0x0A:
             raise ProtocolError("bare LF in trailers", 400)
         limits = self.limits
         end = buf.find(b"\r\n\r\n", self._scan)
         if end < 0:
-            return self._incomplete_section("trailers", "trailer", None)
+            self._incomplete_section("trailers", "trailer", None)
+            return None
         self._scan = 0
         if end + 4 > limits.max_head_bytes:
             raise ProtocolError("trailer section too large", 431)

@@ -16,10 +16,10 @@ HEXDIG = b"0123456789abcdefABCDEF"
 # Used as translate()'s delete set: what survives the deletion is a byte outside the set.
 # A head may contain any octet except the CTLs (RFC 9110 §5.5: field-vchar is VCHAR / obs-text,
 # with SP and HTAB between) and CR LF pairs as line ends.
-HEAD_OK = bytes(c for c in range(256) if c >= 0x20 and c != 0x7F) + b"\t"
+HEAD_OK = bytes([c for c in range(256) if c >= 0x20 and c != 0x7F]) + b"\t"
 CRLF = b"\r\n"
 # A single field value (on send): no CTL but HTAB, so no CR, LF or NUL (RFC 9110 §5.5).
-VALUE_OK = bytes(c for c in range(256) if c >= 0x20 and c != 0x7F) + b"\t"
+VALUE_OK = bytes([c for c in range(256) if c >= 0x20 and c != 0x7F]) + b"\t"
 # Host: reg-name / IP-literal / IPv4 and ":" port (RFC 3986 §3.2.2, RFC 9110 §7.2).
 HOST_OK = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-._~!$&'()*+,;=:[]%"
 

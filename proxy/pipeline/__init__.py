@@ -5,5 +5,10 @@ upstream tries with retries and timeouts → response, in ``forward.Pipeline``, 
 brought it and whichever the upstream speaks. The codecs meet it through three interfaces
 (``exchange``): the request body, the response sink (the downstream side) and the upstream
 try; HTTP/1.1 and HTTP/2 implement them in ``proxy.filters``. Nothing here reads or writes a
-socket or imports a codec.
+socket or imports a codec. Its modules run compiled by mypyc when ``build/native`` holds a
+build of exactly these sources (``proxy.native``).
 """
+
+from proxy.native import adopt
+
+adopt(__name__, __path__)

@@ -35,6 +35,7 @@ PROXY_LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "proxy.logs",
             "proxy.access_log",
             "proxy.downstream_limits",
+            "proxy.native",
         ),
     ),
     ("control plane", ("proxy.xds",)),  # config from xDS: translated into proxy.config's model
