@@ -16,7 +16,13 @@ REPO = Path(__file__).resolve().parents[2]
 PURE = os.environ.get(native.PURE_ENV) == "1"
 IN_CI = os.environ.get("CI") == "true"
 # The tests of what is compiled: run again on the Python source by the last test below.
-CODEC_TESTS = ("tests/unit/proxy/http", "tests/unit/proxy/pipeline", "tests/unit/proxy/filters")
+CODEC_TESTS = (
+    "tests/unit/proxy/http",
+    "tests/unit/proxy/pipeline",
+    "tests/unit/proxy/filters",
+    "tests/unit/proxy/test_http_access_line.py",  # telemetry
+    "tests/unit/proxy/test_prometheus.py",
+)
 
 
 def identity(**sources: str) -> dict[str, object]:
