@@ -191,7 +191,7 @@ class BenchLab:
             uids = ",".join(sorted({str(detour.PROXY_UID), str(row.uid)}))
             self.mesh.intercept(pod, "--proxy-uid", uids, "--proxy-gid", uids)
         self.start_proxy(client)
-        if row.name == "detour-http":
+        if row.peer == "detour" and row.mode == "http":
             reason = detour_http_unsupported(self, client)
             if reason:
                 self.stop_proxy(client)
@@ -369,7 +369,16 @@ class BenchLab:
             path = workdir / launch.config_name
             path.write_text(launch.config.replace("{workdir}", str(workdir)))
             path.chmod(0o644)
-        argv = ["env", f"HOME={workdir}", "taskset", "-c", str(SERVER_CPU), *self.proxy_wrapper]
+        env = [f"{name}={value}" for name, value in launch.env]
+        argv = [
+            "env",
+            f"HOME={workdir}",
+            *env,
+            "taskset",
+            "-c",
+            str(SERVER_CPU),
+            *self.proxy_wrapper,
+        ]
         argv += launch.resolved_argv(workdir)
         with log_path.open("wb") as log:  # a file, never a pipe nobody reads during a load
             return self.spawn(pod, argv, launch.uid, out=log, err=log)

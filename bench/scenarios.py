@@ -39,6 +39,7 @@ class Row:
     sockmap: bool = False  # with eBPF capture: detour-ebpf attach --sockmap on
     h2: bool = False  # takes HTTP/2 cleartext (prior knowledge) from the client
     proxy_args: tuple[str, ...] = ()  # Detour only: extra detour-proxy arguments of this row
+    env: tuple[tuple[str, str], ...] = ()  # Detour only: environment of this row's proxy
     mtls: Literal["", "http", "tcp"] = ""  # a client+server pair, mesh mTLS between them
     server_uid: int | None = None  # mtls: the server-side proxy's uid
     only: tuple[str, ...] = ()  # when set: the groups this row runs (in GROUPS order)
@@ -96,6 +97,19 @@ ROWS: tuple[Row, ...] = (
     Row("haproxy-tcp", "HAProxy mode tcp", "haproxy", "l4", 1402, "tcp"),
     Row("pproxy", "pproxy redir", "pproxy", "l4", 1403),
     Row("detour-http", "Detour HTTP router", "detour", "l7", 1337, "http", via_vip=True, h2=True),
+    # The same router with the mypyc build refused (proxy/native.py): the before/after of
+    # compiling the hot path, side by side in one run.
+    Row(
+        "detour-http-py",
+        "Detour HTTP router, pure Python (DETOUR_PURE_PYTHON=1)",
+        "detour",
+        "l7",
+        1337,
+        "http",
+        via_vip=True,
+        h2=True,
+        env=(("DETOUR_PURE_PYTHON", "1"),),
+    ),
     Row("envoy-http", "Envoy HTTP (HCM + router)", "envoy", "l7", 1404, "http", h2=True),
     Row("haproxy-http", "HAProxy mode http", "haproxy", "l7", 1405, "http", h2=True),
     Row("mitmproxy", "mitmproxy transparent", "mitmproxy", "l7", 1406),

@@ -109,6 +109,7 @@ def launch(
     mode: Mode,
     extra: tuple[str, ...] = (),
     mesh: str | None = None,
+    env: tuple[tuple[str, str], ...] = (),
 ) -> Launch:
     argv = [binary, "--drain-timeout", "5", "--concurrency", "1"]
     if mode != "passthrough":
@@ -119,4 +120,5 @@ def launch(
         uid=PROXY_UID,
         config=mesh,
         config_name="mesh.yaml",
+        env=env,
     )

@@ -27,7 +27,7 @@ def launch_for(
         # after them (``detour-l4-c2`` stays two workers whatever --sidecar-arg says).
         extra = (*detour_extra, *row.proxy_args)
         config = detour.render_mtls_client(mtls) if mtls is not None else mesh.get(row.mode)
-        return detour.launch(detour_binary, row.mode, extra, config)
+        return detour.launch(detour_binary, row.mode, extra, config, row.env)
     if row.peer == "envoy":
         return envoy.launch(venv.envoy, row.mode, row.uid, mtls)
     if row.peer == "haproxy":
