@@ -28,10 +28,11 @@ MANIFEST = BUILD_DIR / "manifest.json"
 PURE_ENV = "DETOUR_PURE_PYTHON"
 # Compiled together (one mypyc group: calls between them are C calls). Each must type-check
 # under mypy --strict, which mypyc relies on (pyproject's mypy files include them). Left out on
-# purpose: pipeline/exchange.py (an interpreted subclass of its compiled KeptBody lost its
-# flow-control acknowledgements), filters/http1_body.py (an async generator: not compilable),
-# upstream/pool.py and cluster.py (tests replace a method on one object, which compiled callers
-# bypass), stats.py (it trusts its callers' types; compiled, every call would check them).
+# purpose: pipeline/kept_body.py (the codecs' bodies subclass it in Python; an interpreted
+# subclass of a compiled class lost its flow-control acknowledgements), filters/http1_body.py
+# (an async generator: not compilable), upstream/pool.py and cluster.py (tests replace a
+# method on one object, which compiled callers bypass), stats.py (it trusts its callers'
+# types; compiled, every call would check them).
 COMPILED = (
     "proxy/http/codec.py",
     "proxy/http/headers.py",
@@ -41,6 +42,7 @@ COMPILED = (
     "proxy/http/channel.py",
     "proxy/filters/http1_downstream.py",
     "proxy/filters/http1_upstream.py",
+    "proxy/pipeline/exchange.py",
     "proxy/pipeline/forward.py",
     "proxy/pipeline/retries.py",
     "proxy/pipeline/respond.py",

@@ -11,11 +11,12 @@ from __future__ import annotations
 import functools
 import json
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from proxy.access_log import AccessLog
 from proxy.config.model import Mesh
 from proxy.http.events import Headers
+from proxy.http.headers import any_outside, outside_table
 from proxy.outcomes import Flag, joined
 from proxy.pipeline.exchange import Exchange
 from proxy.pipeline.router import header_value
@@ -31,49 +32,61 @@ from proxy.stats import (
 if TYPE_CHECKING:
     from proxy.session import Session
 
-DOWNSTREAM_RQ_TOTAL = Counter("downstream_rq_total", "Requests received from downstream clients")
-DOWNSTREAM_RQ_1XX = Counter("downstream_rq_1xx", "Responses with a 1xx status sent downstream")
-DOWNSTREAM_RQ_2XX = Counter("downstream_rq_2xx", "Responses with a 2xx status sent downstream")
-DOWNSTREAM_RQ_3XX = Counter("downstream_rq_3xx", "Responses with a 3xx status sent downstream")
-DOWNSTREAM_RQ_4XX = Counter("downstream_rq_4xx", "Responses with a 4xx status sent downstream")
-DOWNSTREAM_RQ_5XX = Counter("downstream_rq_5xx", "Responses with a 5xx status sent downstream")
-ISTIO_REQUESTS_TOTAL = Counter("istio_requests_total", "Requests (Istio standard metric)")
-ISTIO_REQUEST_DURATION_MILLISECONDS = Histogram(
+DOWNSTREAM_RQ_TOTAL: Final = Counter(
+    "downstream_rq_total", "Requests received from downstream clients"
+)
+DOWNSTREAM_RQ_1XX: Final = Counter(
+    "downstream_rq_1xx", "Responses with a 1xx status sent downstream"
+)
+DOWNSTREAM_RQ_2XX: Final = Counter(
+    "downstream_rq_2xx", "Responses with a 2xx status sent downstream"
+)
+DOWNSTREAM_RQ_3XX: Final = Counter(
+    "downstream_rq_3xx", "Responses with a 3xx status sent downstream"
+)
+DOWNSTREAM_RQ_4XX: Final = Counter(
+    "downstream_rq_4xx", "Responses with a 4xx status sent downstream"
+)
+DOWNSTREAM_RQ_5XX: Final = Counter(
+    "downstream_rq_5xx", "Responses with a 5xx status sent downstream"
+)
+ISTIO_REQUESTS_TOTAL: Final = Counter("istio_requests_total", "Requests (Istio standard metric)")
+ISTIO_REQUEST_DURATION_MILLISECONDS: Final = Histogram(
     "istio_request_duration_milliseconds",
     "Request duration in milliseconds (Istio standard metric)",
     ENVOY_DEFAULT_BUCKETS,
 )
-ISTIO_REQUEST_BYTES = Histogram(
+ISTIO_REQUEST_BYTES: Final = Histogram(
     "istio_request_bytes",
     "Request body sizes in bytes (Istio standard metric)",
     ENVOY_DEFAULT_BUCKETS,
 )
-ISTIO_RESPONSE_BYTES = Histogram(
+ISTIO_RESPONSE_BYTES: Final = Histogram(
     "istio_response_bytes",
     "Response body sizes in bytes (Istio standard metric)",
     ENVOY_DEFAULT_BUCKETS,
 )
-ISTIO_TCP_CONNECTIONS_OPENED_TOTAL = Counter(
+ISTIO_TCP_CONNECTIONS_OPENED_TOTAL: Final = Counter(
     "istio_tcp_connections_opened_total", "TCP connections opened (Istio standard metric)"
 )
-ISTIO_TCP_CONNECTIONS_CLOSED_TOTAL = Counter(
+ISTIO_TCP_CONNECTIONS_CLOSED_TOTAL: Final = Counter(
     "istio_tcp_connections_closed_total", "TCP connections closed (Istio standard metric)"
 )
-ISTIO_TCP_SENT_BYTES_TOTAL = Counter(
+ISTIO_TCP_SENT_BYTES_TOTAL: Final = Counter(
     "istio_tcp_sent_bytes_total", "Bytes sent to the downstream during TCP connections"
 )
-ISTIO_TCP_RECEIVED_BYTES_TOTAL = Counter(
+ISTIO_TCP_RECEIVED_BYTES_TOTAL: Final = Counter(
     "istio_tcp_received_bytes_total", "Bytes received from the downstream during TCP connections"
 )
 
-_STATUS_CLASS = {
+_STATUS_CLASS: Final = {
     1: DOWNSTREAM_RQ_1XX,
     2: DOWNSTREAM_RQ_2XX,
     3: DOWNSTREAM_RQ_3XX,
     4: DOWNSTREAM_RQ_4XX,
     5: DOWNSTREAM_RQ_5XX,
 }
-_PROTOCOL_NAMES = {b"1.1": "HTTP/1.1", b"2": "HTTP/2"}  # Envoy's %PROTOCOL% values
+_PROTOCOL_NAMES: Final = {b"1.1": "HTTP/1.1", b"2": "HTTP/2"}  # Envoy's %PROTOCOL% values
 
 
 class Telemetry:
@@ -274,9 +287,9 @@ def host_port(address: tuple[str, int] | None) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-# Bytes a header value may show in the log as they are: printable ASCII but the quote that
-# delimits it and the backslash that escapes.
-_LOG_VERBATIM = bytes(c for c in range(0x20, 0x7F) if c not in b'"\\')
+# The bytes a header value may show in the log as they are (as an ``any_outside`` table):
+# printable ASCII but the quote that delimits it and the backslash that escapes.
+_LOG_VERBATIM: Final = outside_table(bytes(c for c in range(0x20, 0x7F) if c not in b'"\\'))
 
 
 def log_text(value: bytes | None) -> str:
@@ -284,7 +297,7 @@ def log_text(value: bytes | None) -> str:
     must stay one line whatever the client sends)."""
     if value is None:
         return "-"
-    if not value.translate(None, _LOG_VERBATIM):  # the usual case: nothing to escape
+    if not any_outside(value, _LOG_VERBATIM):  # the usual case: nothing to escape
         return value.decode("ascii")
     return value.decode("latin-1").encode("unicode_escape").decode("ascii").replace('"', '\\"')
 

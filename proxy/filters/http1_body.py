@@ -22,7 +22,7 @@ from proxy.http.codec import (
 from proxy.http.events import Headers
 from proxy.pipeline import local_reply
 from proxy.pipeline.errors import DownstreamGone
-from proxy.pipeline.exchange import KeptBody
+from proxy.pipeline.kept_body import KeptBody
 
 DISCARD_LIMIT = 64 * 1024  # request body bytes read and dropped before a local reply, at most
 

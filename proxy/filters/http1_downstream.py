@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Final
 
 from proxy.filters.http1_body import Http1Body
 from proxy.http.channel import HttpChannel
@@ -47,8 +48,8 @@ from proxy.pipeline.local_reply import LocalReply
 from proxy.pipeline.router import header_value
 from proxy.transport.relay import RelayHalf, link
 
-MISSING_HOST = local_reply.bad_request(400, "missing host header")
-_UNPARSED = Request(b"-", b"-")  # what the access log shows for a head the codec refused
+MISSING_HOST: Final = local_reply.bad_request(400, "missing host header")
+_UNPARSED: Final = Request(b"-", b"-")  # what the access log shows for a head the codec refused
 
 
 class Http1ConnectionManager:

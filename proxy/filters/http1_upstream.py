@@ -8,6 +8,8 @@ back to the pool after a complete exchange. HTTP/1.1 allows no more than this: t
 
 from __future__ import annotations
 
+from typing import Final
+
 from proxy.http.channel import HttpChannel
 from proxy.http.channel_errors import ChannelClosed
 from proxy.http.codec import (
@@ -29,8 +31,8 @@ from proxy.upstream.cluster import ClusterRuntime
 from proxy.upstream.connector import ConnectFailed, Connector, Source
 from proxy.upstream.hosts import Host
 
-DISCARD_LIMIT = 64 * 1024  # a retried response's body read to keep its connection, at most
-_NONE: Headers = []  # no trailers (shared: never mutated)
+DISCARD_LIMIT: Final = 64 * 1024  # a retried response's body read to keep its connection, at most
+_NONE: Final[Headers] = []  # no trailers (shared: never mutated)
 
 
 class Http1Try:

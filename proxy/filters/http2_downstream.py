@@ -27,8 +27,9 @@ from proxy.http2.messages import HTTP2_VERSION, h2_response_headers, request_fro
 from proxy.outcomes import Flag
 from proxy.pipeline import grpc, local_reply
 from proxy.pipeline.errors import DownstreamGone
-from proxy.pipeline.exchange import Exchange, KeptBody
+from proxy.pipeline.exchange import Exchange
 from proxy.pipeline.forward import Pipeline
+from proxy.pipeline.kept_body import KeptBody
 from proxy.pipeline.respond import send_local_reply
 from proxy.pipeline.router import header_value
 from proxy.stats import Counter, Labels, Stats

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Final
 
 from proxy.platform.transport import HIGH_WATER, LOW_WATER, ResetWatch, reset
 
@@ -28,7 +29,7 @@ from .channel_errors import ChannelClosed, HeadTimeout
 from .codec import NEED_DATA, Connection
 from .events import Event, _Sentinel
 
-READ_AHEAD = 256 * 1024  # unparsed bytes held before reading pauses
+READ_AHEAD: Final = 256 * 1024  # unparsed bytes held before reading pauses
 
 
 class HttpChannel(asyncio.Protocol):

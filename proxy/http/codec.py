@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import enum
 from http import HTTPStatus
-from typing import Literal
+from typing import Final, Literal
 
 from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from .events import (
@@ -56,12 +56,13 @@ from .events import (
     _Sentinel,
 )
 from .headers import (
-    HEXDIG,
-    HOST_OK,
+    HEXDIG_TABLE,
+    HOST_TABLE,
     MAX_LENGTH,
     SPECIAL,
-    TCHAR,
-    VALUE_OK,
+    TCHAR_TABLE,
+    VALUE_TABLE,
+    any_outside,
     parse_fields,
     read_framing,
     strip_hop_by_hop,
@@ -89,8 +90,8 @@ __all__ = [
     "strip_hop_by_hop",
 ]
 
-CLIENT = "client"
-SERVER = "server"
+CLIENT: Final = "client"
+SERVER: Final = "server"
 
 
 class State(enum.Enum):
@@ -109,23 +110,23 @@ class State(enum.Enum):
     ERROR = "ERROR"
 
 
-IDLE = State.IDLE
-SEND_RESPONSE = State.SEND_RESPONSE
-SEND_BODY = State.SEND_BODY
-DONE = State.DONE
-MUST_CLOSE = State.MUST_CLOSE
-CLOSED = State.CLOSED
-MIGHT_SWITCH = State.MIGHT_SWITCH_PROTOCOL
-SWITCHED = State.SWITCHED
-ERROR = State.ERROR
+IDLE: Final = State.IDLE
+SEND_RESPONSE: Final = State.SEND_RESPONSE
+SEND_BODY: Final = State.SEND_BODY
+DONE: Final = State.DONE
+MUST_CLOSE: Final = State.MUST_CLOSE
+CLOSED: Final = State.CLOSED
+MIGHT_SWITCH: Final = State.MIGHT_SWITCH_PROTOCOL
+SWITCHED: Final = State.SWITCHED
+ERROR: Final = State.ERROR
 
 # A proposed protocol switch, accepted by the event paired with it in the table below.
-_UPGRADE = "upgrade"  # request with Upgrade (RFC 9110 §7.8), accepted by a 101
-_CONNECT = "connect"  # CONNECT request (RFC 9110 §9.3.6), accepted by any 2xx
+_UPGRADE: Final = "upgrade"  # request with Upgrade (RFC 9110 §7.8), accepted by a 101
+_CONNECT: Final = "connect"  # CONNECT request (RFC 9110 §9.3.6), accepted by any 2xx
 
 # Event-triggered transitions: role → its state → event type (or (type, switch)) → new state.
 # Anything missing is a protocol error. The other side's state follows in Connection._process.
-_TRANSITIONS: dict[str, dict[State, dict[object, State]]] = {
+_TRANSITIONS: Final[dict[str, dict[State, dict[object, State]]]] = {
     CLIENT: {
         IDLE: {Request: SEND_BODY, ConnectionClosed: CLOSED},
         SEND_BODY: {Data: SEND_BODY, EndOfMessage: DONE},
@@ -155,13 +156,13 @@ _TRANSITIONS: dict[str, dict[State, dict[object, State]]] = {
 }
 
 # Body framing of the message being read or written (RFC 9112 §6.3).
-_NONE = 0  # no body: EndOfMessage right after the head
-_FIXED = 1  # Content-Length
-_CHUNKED = 2  # Transfer-Encoding: chunked
-_CLOSE = 3  # response delimited by the connection closing
+_NONE: Final = 0  # no body: EndOfMessage right after the head
+_FIXED: Final = 1  # Content-Length
+_CHUNKED: Final = 2  # Transfer-Encoding: chunked
+_CLOSE: Final = 3  # response delimited by the connection closing
 
-_REASONS = {s.value: s.phrase.encode() for s in HTTPStatus}
-_NO_BODY_STATUS = frozenset({204, 304})
+_REASONS: Final = {s.value: s.phrase.encode() for s in HTTPStatus}
+_NO_BODY_STATUS: Final = frozenset({204, 304})
 
 
 def _bad_version(version: bytes) -> bool:
@@ -176,12 +177,14 @@ def _bad_version(version: bytes) -> bool:
 
 
 def _check_authority(authority: bytes) -> bool:
-    return bool(authority) and not authority.translate(None, HOST_OK)
+    return bool(authority) and not any_outside(authority, HOST_TABLE)
 
 
 def _check_target(method: bytes, target: bytes) -> None:
     """The four request-target forms of RFC 9112 §3.2, each only where it is allowed."""
-    if not target.isascii() or b"#" in target or b"\t" in target:
+    # Ints, not b"#": bytes.__contains__ tries the argument as an int first, and for bytes it
+    # builds and drops a TypeError before it searches.
+    if not target.isascii() or 0x23 in target or 0x09 in target:  # "#", HTAB
         raise ProtocolError("invalid request target", 400)
     if method == b"CONNECT":
         # §3.2.3: authority-form, host ":" port, and only for CONNECT.
@@ -212,9 +215,9 @@ def _check_target(method: bytes, target: bytes) -> None:
 def _check_outgoing(headers: Headers) -> list[tuple[bytes, bytes]]:
     """Validate fields we are about to send; return the SPECIAL ones with lowercase names."""
     names = [h[0] for h in headers]
-    if b"".join(names).translate(None, TCHAR) or b"" in names:
+    if any_outside(b"".join(names), TCHAR_TABLE) or b"" in names:
         raise ProtocolError("invalid field name", 500)
-    if b"".join([h[1] for h in headers]).translate(None, VALUE_OK):
+    if any_outside(b"".join([h[1] for h in headers]), VALUE_TABLE):
         raise ProtocolError("invalid field value", 500)
     # names are tokens now, so NUL can separate them: one lower() for the whole list
     lowered = b"\0".join(names).lower().split(b"\0") if names else []
@@ -484,7 +487,7 @@ class Connection:
         else:
             # RFC 9110 §15.6.6: 505 for a major version we don't support
             raise ProtocolError("unsupported HTTP version", 505 if _bad_version(version) else 400)
-        if not method or method.translate(None, TCHAR):
+        if not method or any_outside(method, TCHAR_TABLE):
             raise ProtocolError("invalid method", 400)
         if not target:
             raise ProtocolError("empty request target", 400)
@@ -494,7 +497,7 @@ class Connection:
         # one, or an invalid one.
         if f.hosts > 1 or (f.hosts == 0 and not http10):
             raise ProtocolError("missing or repeated Host", 400)
-        if f.host and f.host.translate(None, HOST_OK):
+        if f.host and any_outside(f.host, HOST_TABLE):
             raise ProtocolError("invalid Host", 400)
         conn = f.connection
         keep = b"keep-alive" in conn if http10 else b"close" not in conn
@@ -657,10 +660,10 @@ class Connection:
                 self._ext_total += len(ext) + 1
                 if self._ext_total > self.limits.max_chunk_extensions:
                     raise ProtocolError("chunk extensions too long", 400)
-                if ext.translate(None, VALUE_OK):
+                if any_outside(ext, VALUE_TABLE):
                     raise ProtocolError("control character in chunk extension", 400)
                 size = size.rstrip(b" \t")
-            if not size or len(size) > 16 or size.translate(None, HEXDIG):
+            if not size or len(size) > 16 or any_outside(size, HEXDIG_TABLE):
                 raise ProtocolError("invalid chunk size", 400)
             n = int(size, 16)
             if n > MAX_LENGTH:
@@ -745,9 +748,9 @@ class Connection:
         if self._states[CLIENT] is not IDLE:
             raise ProtocolError(f"Request not allowed in state {self._states[CLIENT].name}")
         method, target = event.method, event.target
-        if not method or method.translate(None, TCHAR):
+        if not method or any_outside(method, TCHAR_TABLE):
             raise ProtocolError("invalid method")
-        if not target or not target.isascii() or b" " in target or target.translate(None, VALUE_OK):
+        if not target or not target.isascii() or 0x20 in target or any_outside(target, VALUE_TABLE):
             raise ProtocolError("invalid request target")
         headers = list(event.headers)
         special = _special_fields(headers) if trusted else _check_outgoing(headers)
@@ -775,7 +778,7 @@ class Connection:
         if not (100 <= status < 200 if informational else 200 <= status <= 999):
             raise ProtocolError("status out of range for the event type")
         reason = event.reason or _REASONS.get(status, b"")
-        if reason.translate(None, VALUE_OK):
+        if any_outside(reason, VALUE_TABLE):
             raise ProtocolError("invalid reason phrase")
         headers = list(event.headers)
         special = _special_fields(headers) if trusted else _check_outgoing(headers)

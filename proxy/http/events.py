@@ -8,6 +8,7 @@ the headers; ``send`` recomputes them from the headers and ignores what the even
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -22,9 +23,9 @@ class _Sentinel:
         return self._name
 
 
-NEED_DATA = _Sentinel("NEED_DATA")
+NEED_DATA: Final = _Sentinel("NEED_DATA")
 """next_event: nothing complete is buffered; call receive_data."""
-PAUSED = _Sentinel("PAUSED")
+PAUSED: Final = _Sentinel("PAUSED")
 """next_event: the peer's side waits for us (start_next_cycle, or a protocol switch)."""
 
 

@@ -7,35 +7,58 @@ has, and the only Python loop runs once per field line, never once per byte.
 
 from __future__ import annotations
 
+from typing import Final
+
 from .errors import ProtocolError
 from .events import Headers
 
 # tchar, RFC 9110 §5.6.2: field names and methods are tokens.
-TCHAR = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-HEXDIG = b"0123456789abcdefABCDEF"
-# Used as translate()'s delete set: what survives the deletion is a byte outside the set.
+TCHAR: Final = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+HEXDIG: Final = b"0123456789abcdefABCDEF"
 # A head may contain any octet except the CTLs (RFC 9110 §5.5: field-vchar is VCHAR / obs-text,
 # with SP and HTAB between) and CR LF pairs as line ends.
-HEAD_OK = bytes([c for c in range(256) if c >= 0x20 and c != 0x7F]) + b"\t"
-CRLF = b"\r\n"
+HEAD_OK: Final = bytes([c for c in range(256) if c >= 0x20 and c != 0x7F]) + b"\t\r\n"
 # A single field value (on send): no CTL but HTAB, so no CR, LF or NUL (RFC 9110 §5.5).
-VALUE_OK = bytes([c for c in range(256) if c >= 0x20 and c != 0x7F]) + b"\t"
+VALUE_OK: Final = bytes([c for c in range(256) if c >= 0x20 and c != 0x7F]) + b"\t"
 # Host: reg-name / IP-literal / IPv4 and ":" port (RFC 3986 §3.2.2, RFC 9110 §7.2).
-HOST_OK = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-._~!$&'()*+,;=:[]%"
+HOST_OK: Final = (
+    b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-._~!$&'()*+,;=:[]%"
+)
+
+
+def outside_table(allowed: bytes) -> bytes:
+    """A ``bytes.translate`` table mapping each byte of ``allowed`` to 0 and every other byte
+    to 1, for ``any_outside``."""
+    return bytes(0 if byte in allowed else 1 for byte in range(256))
+
+
+def any_outside(data: bytes, table: bytes) -> bool:
+    """Whether ``data`` holds a byte outside the set ``table`` was made from. One C pass and a
+    memchr: ``data.translate(None, allowed)`` answers the same but rebuilds its deletion table
+    from ``allowed`` on every call, which cost six times more on a typical value (and these
+    checks run a dozen times per proxied request)."""
+    return 1 in data.translate(table)
+
+
+TCHAR_TABLE: Final = outside_table(TCHAR)
+HEXDIG_TABLE: Final = outside_table(HEXDIG)
+VALUE_TABLE: Final = outside_table(VALUE_OK)
+HOST_TABLE: Final = outside_table(HOST_OK)
+HEAD_TABLE: Final = outside_table(HEAD_OK)
 
 # Largest Content-Length / chunk size accepted: 2^63 - 1, what a signed 64-bit counter holds
 # (llhttp and Envoy reject larger; Python would not overflow, the peer's parsers would).
-MAX_LENGTH = (1 << 63) - 1
+MAX_LENGTH: Final = (1 << 63) - 1
 
 # Fields the framing and connection logic looks at; everything else is passed through.
-SPECIAL = frozenset(
+SPECIAL: Final = frozenset(
     {b"content-length", b"transfer-encoding", b"connection", b"host", b"expect", b"upgrade"}
 )
 
 # RFC 9110 §7.6.1 lists Connection, Proxy-Connection, Keep-Alive, TE, Transfer-Encoding and
 # Upgrade; Trailer (§6.6.2) describes this hop's chunked trailers; Proxy-Authenticate and
 # Proxy-Authorization (§11.7) are addressed to this proxy, not to the next hop.
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     {
         b"connection",
         b"keep-alive",
@@ -60,15 +83,14 @@ def parse_fields(
     Raises ProtocolError(status) for malformed input, ProtocolError(too_many) over the count.
     """
     crlf = len(lines) - 1
-    # One scan for three rules. Deleting every allowed byte but CR and LF leaves exactly one
-    # "\r\n" per line break iff there is no CTL (RFC 9110 §5.5: CR, LF and NUL in a value MUST
-    # be rejected, other CTLs are invalid too) and no bare CR or LF (RFC 9112 §2.2 lets a
+    # Three scans for three rules, however many fields: no CTL but CR, LF and HTAB anywhere
+    # (RFC 9110 §5.5: CR, LF and NUL in a value MUST be rejected, other CTLs are invalid too),
+    # and as many CRs and LFs as CRLFs split the head, so none is bare (RFC 9112 §2.2 lets a
     # recipient accept a bare LF; a proxy must not, or it and the next hop could split the head
     # differently).
-    residue = head.translate(None, HEAD_OK)
-    if residue != CRLF * crlf:
-        if residue.translate(None, b"\r\n"):
-            raise ProtocolError("control character in head", status)
+    if any_outside(head, HEAD_TABLE):
+        raise ProtocolError("control character in head", status)
+    if head.count(13) != crlf or head.count(10) != crlf:  # CR, LF: each only in a CRLF
         raise ProtocolError("bare CR or LF in head", status)
     if len(lines) - start > max_headers:
         raise ProtocolError("too many header fields", too_many)
@@ -89,11 +111,11 @@ def parse_fields(
     # Field names are tokens, which rejects whitespace before the colon (RFC 9112 §5.1: a
     # server MUST reject it with 400, a smuggling vector) and obs-fold lines, whose "name"
     # starts with SP or HTAB (RFC 9112 §5.2: reject with 400 or unfold; we reject).
-    if b"".join(names).translate(None, TCHAR) or b"" in names:
+    if any_outside(b"".join(names), TCHAR_TABLE) or b"" in names:
         for name in names:
             if not name:
                 raise ProtocolError("empty field name", status)
-            if name.translate(None, TCHAR):
+            if any_outside(name, TCHAR_TABLE):
                 raise ProtocolError(_bad_line_reason(name), status)
     return headers, special
 

@@ -2,7 +2,7 @@
 interfaces through which the pipeline meets the codecs:
 
 * ``RequestBody``: the downstream request's body, read as an upstream try sends it and kept
-  (up to ``REPLAY_LIMIT``) so that a retry can send it again;
+  (up to ``kept_body.REPLAY_LIMIT``) so that a retry can send it again;
 * ``ResponseSink``: where the response goes (the downstream HTTP/1.1 connection, or the
   client's HTTP/2 stream), written head, data, end, with backpressure;
 * ``UpstreamTry``: one try on one upstream host over HTTP/1.1 or HTTP/2, as the service port
@@ -18,13 +18,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol
 
 from proxy.config.model import HttpRoute
 from proxy.http.events import Headers, InformationalResponse, Request, Response
 from proxy.upstream.cluster import ClusterRuntime
-
-REPLAY_LIMIT = 64 * 1024  # request body bytes kept for a retry (Envoy buffers up to 1 MiB)
 
 
 @dataclass(slots=True)
@@ -75,32 +73,6 @@ class RequestBody(Protocol):
         the connection must close after the reply."""
 
 
-class KeptBody:
-    """What every codec's request body shares: the bytes read so far, and the parts kept (up
-    to REPLAY_LIMIT) so that a retry can send them again; past the limit nothing is kept and
-    the request can no longer be retried."""
-
-    __slots__ = ("_kept", "replayable", "size")
-
-    def __init__(self) -> None:
-        self._kept: list[bytes] = []
-        self.size = 0
-        self.replayable = True
-
-    def _keep(self, data: bytes) -> None:
-        self.size += len(data)
-        if self.replayable:
-            if self.size <= REPLAY_LIMIT:
-                self._kept.append(data)
-            else:
-                self.replayable = False
-                self._kept.clear()
-
-    def _replay(self) -> list[bytes]:
-        """What a new try sends first (a copy: reading on may keep more)."""
-        return list(self._kept)
-
-
 class ResponseSink(Protocol):
     """The downstream side of one request. Methods that write raise ``DownstreamGone`` when the
     client is gone; ``response_bytes`` counts what was sent as the access log reports it."""
@@ -140,7 +112,7 @@ class Pending:
         return "PENDING"
 
 
-PENDING = Pending()
+PENDING: Final = Pending()
 
 
 class UpstreamTry(Protocol):

@@ -24,7 +24,7 @@ import asyncio
 import random
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Protocol
+from typing import Final, Protocol
 
 from proxy.config.model import HttpRoute, Service, ServicePort
 from proxy.http.events import Headers, InformationalResponse, Request, Response
@@ -60,13 +60,15 @@ from proxy.stats import Counter, Stats, cluster_labels
 from proxy.upstream.cluster import UPSTREAM_CX_NONE_HEALTHY, ClusterKey, ClusterRuntime
 from proxy.upstream.hosts import Host
 
-UPSTREAM_RQ_TOTAL = Counter("upstream_rq_total", "Requests sent upstream, retries included")
-UPSTREAM_RQ_TIMEOUT = Counter("upstream_rq_timeout", "Requests that hit their overall timeout")
-UPSTREAM_RQ_PER_TRY_TIMEOUT = Counter(
+UPSTREAM_RQ_TOTAL: Final = Counter("upstream_rq_total", "Requests sent upstream, retries included")
+UPSTREAM_RQ_TIMEOUT: Final = Counter(
+    "upstream_rq_timeout", "Requests that hit their overall timeout"
+)
+UPSTREAM_RQ_PER_TRY_TIMEOUT: Final = Counter(
     "upstream_rq_per_try_timeout", "Upstream attempts that hit their per-try timeout"
 )
 
-_ATTEMPT_NUMBERS = tuple(str(n).encode() for n in range(1, 11))
+_ATTEMPT_NUMBERS: Final = tuple(str(n).encode() for n in range(1, 11))
 
 
 class Upstreams(Protocol):

@@ -9,30 +9,32 @@ content-type starts with ``application/grpc``; the status travels in ``grpc-stat
 
 from __future__ import annotations
 
+from typing import Final
+
 from proxy.http.events import Headers
 from proxy.pipeline.local_reply import LocalReply
 
 # Status codes (grpc/grpc doc/statuscodes.md) by their retry_on names (Envoy's
 # x-envoy-retry-grpc-on): the statuses a retry may help with.
-GRPC_RETRY_ON: dict[str, int] = {
+GRPC_RETRY_ON: Final[dict[str, int]] = {
     "cancelled": 1,
     "deadline-exceeded": 4,
     "resource-exhausted": 8,
     "internal": 13,
     "unavailable": 14,
 }
-_RETRY_NAME_BY_CODE = {code: name for name, code in GRPC_RETRY_ON.items()}
+_RETRY_NAME_BY_CODE: Final = {code: name for name, code in GRPC_RETRY_ON.items()}
 
-OK = 0
-DEADLINE_EXCEEDED = 4
-UNIMPLEMENTED = 12
-INTERNAL = 13
-UNAVAILABLE = 14
-UNKNOWN = 2
+OK: Final = 0
+DEADLINE_EXCEEDED: Final = 4
+UNIMPLEMENTED: Final = 12
+INTERNAL: Final = 13
+UNAVAILABLE: Final = 14
+UNKNOWN: Final = 2
 
 # grpc-timeout units (PROTOCOL-HTTP2.md: TimeoutUnit) in seconds.
-_UNITS = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
-_MAX_TIMEOUT_DIGITS = 8
+_UNITS: Final = {b"H": 3600.0, b"M": 60.0, b"S": 1.0, b"m": 1e-3, b"u": 1e-6, b"n": 1e-9}
+_MAX_TIMEOUT_DIGITS: Final = 8
 
 
 def is_grpc(headers: Headers) -> bool:

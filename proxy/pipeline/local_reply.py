@@ -8,6 +8,7 @@ usual explanations; none contains bytes from the request.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from proxy.outcomes import Flag
 
@@ -27,33 +28,33 @@ class LocalReply:
         ]
 
 
-NO_ROUTE = LocalReply(404, Flag.NO_ROUTE_FOUND, b"")
+NO_ROUTE: Final = LocalReply(404, Flag.NO_ROUTE_FOUND, b"")
 # Envoy's RBAC filter's words, which clients and tests of Istio meshes look for.
-ACCESS_DENIED = LocalReply(403, Flag.RBAC_ACCESS_DENIED, b"RBAC: access denied")
+ACCESS_DENIED: Final = LocalReply(403, Flag.RBAC_ACCESS_DENIED, b"RBAC: access denied")
 # A path the workload's path_normalization refuses (an escaped slash under REJECT_REQUEST).
-PATH_REJECTED = LocalReply(400, Flag.NONE, b"Bad Request")
+PATH_REJECTED: Final = LocalReply(400, Flag.NONE, b"Bad Request")
 # A request head not whole within the request headers timeout (slowloris): Envoy answers 408
 # (details request_header_timeout) and sets no response flag.
-REQUEST_HEADER_TIMEOUT = LocalReply(408, Flag.NONE, b"request header timeout")
-NO_HEALTHY_UPSTREAM = LocalReply(503, Flag.NO_HEALTHY_UPSTREAM, b"no healthy upstream")
-CONNECT_FAILURE = LocalReply(
+REQUEST_HEADER_TIMEOUT: Final = LocalReply(408, Flag.NONE, b"request header timeout")
+NO_HEALTHY_UPSTREAM: Final = LocalReply(503, Flag.NO_HEALTHY_UPSTREAM, b"no healthy upstream")
+CONNECT_FAILURE: Final = LocalReply(
     503,
     Flag.UPSTREAM_CONNECTION_FAILURE,
     b"upstream connect error or disconnect/reset before headers. reset reason: connection failure",
 )
-UPSTREAM_RESET = LocalReply(
+UPSTREAM_RESET: Final = LocalReply(
     503,
     Flag.UPSTREAM_CONNECTION_TERMINATION,
     b"upstream connect error or disconnect/reset before headers. reset reason: "
     b"connection termination",
 )
-OVERFLOW = LocalReply(
+OVERFLOW: Final = LocalReply(
     503,
     Flag.UPSTREAM_OVERFLOW,
     b"upstream connect error or disconnect/reset before headers. reset reason: overflow",
 )
-TIMEOUT = LocalReply(504, Flag.UPSTREAM_REQUEST_TIMEOUT, b"upstream request timeout")
-BAD_UPSTREAM_RESPONSE = LocalReply(
+TIMEOUT: Final = LocalReply(504, Flag.UPSTREAM_REQUEST_TIMEOUT, b"upstream request timeout")
+BAD_UPSTREAM_RESPONSE: Final = LocalReply(
     502, Flag.UPSTREAM_PROTOCOL_ERROR, b"upstream sent a malformed response"
 )
 

@@ -8,6 +8,8 @@ report), the upstream try and the response sink, the codec-neutral interfaces of
 
 from __future__ import annotations
 
+from typing import Final
+
 from proxy.config.model import HeaderOperations, HttpRoute
 from proxy.http.events import Response
 from proxy.outcomes import Flag
@@ -17,7 +19,7 @@ from proxy.pipeline.exchange import Exchange, Pending, RequestBody, ResponseSink
 from proxy.pipeline.local_reply import LocalReply
 from proxy.pipeline.rewrite import apply_operations, forward_response_headers
 
-_NO_OPS = HttpRoute(name="-").response_headers
+_NO_OPS: Final = HttpRoute(name="-").response_headers
 
 
 async def relay(

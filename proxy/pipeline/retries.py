@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
+from typing import Final
 
 from proxy.config.model import RetryPolicy
 from proxy.outcomes import Flag
@@ -23,14 +24,14 @@ from proxy.stats import Counter, Labels, Stats, cluster_labels
 from proxy.upstream.cluster import ClusterRuntime
 from proxy.upstream.hosts import Host
 
-UPSTREAM_RQ_RETRY = Counter("upstream_rq_retry", "Retries sent upstream")
-UPSTREAM_RQ_RETRY_SUCCESS = Counter(
+UPSTREAM_RQ_RETRY: Final = Counter("upstream_rq_retry", "Retries sent upstream")
+UPSTREAM_RQ_RETRY_SUCCESS: Final = Counter(
     "upstream_rq_retry_success", "Retries that got a response that was not retried again"
 )
-UPSTREAM_RQ_RETRY_OVERFLOW = Counter(
+UPSTREAM_RQ_RETRY_OVERFLOW: Final = Counter(
     "upstream_rq_retry_overflow", "Retries not sent because the retry budget was exhausted"
 )
-UPSTREAM_RQ_PENDING_OVERFLOW = Counter(
+UPSTREAM_RQ_PENDING_OVERFLOW: Final = Counter(
     "upstream_rq_pending_overflow", "Requests refused because the pending queue was full"
 )
 

@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from typing import Final
 
 from proxy.config.model import HeaderOperations
 from proxy.http.events import Headers, Request, Response
 from proxy.http.headers import HOP_BY_HOP, comma_tokens
 
 # Besides the hop-by-hop fields: we answered 100-continue ourselves (Envoy does too).
-_REQUEST_DROP = HOP_BY_HOP | {b"expect"}
+_REQUEST_DROP: Final = HOP_BY_HOP | {b"expect"}
 # The try number (Envoy's include_request_attempt_count, which Istio sets on its outbound
 # routes): written by us, replacing whatever the client sent.
-ATTEMPT_COUNT = b"x-envoy-attempt-count"
-_REQUEST_DROP_COUNTING = _REQUEST_DROP | {ATTEMPT_COUNT}
+ATTEMPT_COUNT: Final = b"x-envoy-attempt-count"
+_REQUEST_DROP_COUNTING: Final = _REQUEST_DROP | {ATTEMPT_COUNT}
 
 
 def forward_request_headers(

@@ -38,9 +38,10 @@ from proxy.http.events import Headers, InformationalResponse, Request, Response
 from proxy.outcomes import Flag, Outcome
 from proxy.pipeline import local_reply
 from proxy.pipeline.errors import DownstreamGone, TryFailed, UpstreamCut
-from proxy.pipeline.exchange import PENDING, Exchange, KeptBody, Pending, RequestBody
+from proxy.pipeline.exchange import PENDING, Exchange, Pending, RequestBody
 from proxy.pipeline.forward import Pipeline
 from proxy.pipeline.hooks import PolicyHook
+from proxy.pipeline.kept_body import KeptBody
 from proxy.pipeline.router import HttpRouter
 from proxy.stats import Counter, Stats, cluster_labels
 from proxy.upstream.cluster import ClusterKey, ClusterRuntime, build_clusters

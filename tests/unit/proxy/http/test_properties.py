@@ -25,7 +25,15 @@ from proxy.http.codec import (
     Request,
     Response,
 )
-from proxy.http.headers import strip_hop_by_hop
+from proxy.http.headers import (
+    HEXDIG,
+    HOST_OK,
+    TCHAR,
+    VALUE_OK,
+    any_outside,
+    outside_table,
+    strip_hop_by_hop,
+)
 
 BOUNDED = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -245,3 +253,26 @@ def test_trusted_send_of_parsed_fields_writes_what_a_checked_send_writes(data: b
         assert Connection("client").send(forwarded, trusted=True) == Connection("client").send(
             forwarded
         )
+
+
+ALLOWED_SETS = {"tchar": TCHAR, "hexdig": HEXDIG, "value": VALUE_OK, "host": HOST_OK}
+
+
+@BOUNDED
+@given(
+    st.binary(max_size=64) | st.sampled_from([bytes(range(256)), b"", TCHAR, HOST_OK]),
+    st.sampled_from(sorted(ALLOWED_SETS)),
+)
+def test_any_outside_agrees_with_deleting_the_allowed_bytes(data: bytes, name: str) -> None:
+    """The table check the codec validates with says what ``translate(None, allowed)`` said
+    before it: whether any byte of ``data`` is outside the set."""
+    allowed = ALLOWED_SETS[name]
+    assert any_outside(data, outside_table(allowed)) == bool(data.translate(None, allowed))
+
+
+def test_each_byte_outside_a_set_is_found_alone_and_among_allowed_ones() -> None:
+    table = outside_table(TCHAR)
+    for byte in range(256):
+        alone = bytes([byte])
+        assert any_outside(alone, table) == (byte not in TCHAR), alone
+        assert any_outside(b"GET" + alone + b"POST", table) == (byte not in TCHAR), alone

@@ -17,7 +17,7 @@ from support.pipeline_fakes import (
 from support.virtual_time import VirtualTimeLoop
 
 from proxy.pipeline.errors import DownstreamGone
-from proxy.pipeline.exchange import REPLAY_LIMIT
+from proxy.pipeline.kept_body import REPLAY_LIMIT
 
 
 async def read_all(body: FakeBody) -> bytes:

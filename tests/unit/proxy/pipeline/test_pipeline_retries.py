@@ -29,9 +29,9 @@ from support.virtual_time import VirtualTimeLoop
 
 from proxy.outcomes import Flag
 from proxy.pipeline import local_reply
-from proxy.pipeline.exchange import REPLAY_LIMIT
 from proxy.pipeline.forward import UPSTREAM_RQ_PER_TRY_TIMEOUT, UPSTREAM_RQ_TOTAL
 from proxy.pipeline.grpc import GRPC_RETRY_ON
+from proxy.pipeline.kept_body import REPLAY_LIMIT
 from proxy.pipeline.retries import (
     UPSTREAM_RQ_PENDING_OVERFLOW,
     UPSTREAM_RQ_RETRY,
