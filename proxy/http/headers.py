@@ -15,11 +15,11 @@ from .events import Headers
 # tchar, RFC 9110 §5.6.2: field names and methods are tokens.
 TCHAR: Final = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 HEXDIG: Final = b"0123456789abcdefABCDEF"
-# A head may contain any octet except the CTLs (RFC 9110 §5.5: field-vchar is VCHAR / obs-text,
-# with SP and HTAB between) and CR LF pairs as line ends.
-HEAD_OK: Final = bytes([c for c in range(256) if c >= 0x20 and c != 0x7F]) + b"\t\r\n"
 # A single field value (on send): no CTL but HTAB, so no CR, LF or NUL (RFC 9110 §5.5).
 VALUE_OK: Final = bytes([c for c in range(256) if c >= 0x20 and c != 0x7F]) + b"\t"
+# A head may contain any octet except the CTLs (RFC 9110 §5.5: field-vchar is VCHAR / obs-text,
+# with SP and HTAB between) and CR LF pairs as line ends.
+HEAD_OK: Final = VALUE_OK + b"\r\n"
 # Host: reg-name / IP-literal / IPv4 and ":" port (RFC 3986 §3.2.2, RFC 9110 §7.2).
 HOST_OK: Final = (
     b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-._~!$&'()*+,;=:[]%"
