@@ -21,9 +21,10 @@ import asyncio
 import json
 import sys
 import time
+from typing import Final, TextIO
 
-LOGGER_NAME = "detour.access"
-MAX_BUFFERED = 64 * 1024  # characters
+LOGGER_NAME: Final = "detour.access"
+MAX_BUFFERED: Final = 64 * 1024  # characters
 
 
 def text_line(process: str, line: str) -> str:
@@ -41,7 +42,9 @@ def json_line(line: str, now: float) -> str:
 class AccessLog:
     """Buffers formatted lines and writes them to ``stream`` once per event-loop turn."""
 
-    def __init__(self, log_format: str = "text", process: str = "main", stream=None) -> None:
+    def __init__(
+        self, log_format: str = "text", process: str = "main", stream: TextIO | None = None
+    ) -> None:
         self.json = log_format == "json"
         self.process = process
         self.stream = stream

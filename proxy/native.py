@@ -51,6 +51,8 @@ COMPILED = (
     "proxy/pipeline/local_reply.py",
     "proxy/pipeline/grpc.py",
     "proxy/telemetry.py",
+    "proxy/series.py",
+    "proxy/access_log.py",
 )
 GROUP = "proxy.http._compiled"  # the shared library's module: proxy/http/_compiled__mypyc.so
 

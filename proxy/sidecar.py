@@ -37,7 +37,8 @@ from proxy.downstream_limits import DownstreamLimits
 from proxy.platform.heap import freeze_startup_objects
 from proxy.platform.sockets import listening_socket
 from proxy.routing import SIDECAR_PORTS
-from proxy.stats import Counter, Gauge, Merged, Stats, merge
+from proxy.series import Stats
+from proxy.stats import Counter, Gauge, Merged, merge
 from proxy.worker import OUTBOUND, ListenSpec, WorkerReport
 from proxy.workers import InProcessWorker, WorkerHandle, WorkerProcess, listener_info
 

@@ -9,8 +9,9 @@ metric's name, kind and help text to the supervisor, which renders Prometheus te
 
 The hot path only does dictionary increments (no locks, no prometheus-client objects, no type
 check), and a histogram observation one bisect and two list updates: each worker owns its
-Stats, and the supervisor asks every worker for a snapshot when someone scrapes, sums them, and
-renders Prometheus text through prometheus-client on an explicit registry. A metric recorded
+Stats (``proxy.series``), and the supervisor asks every worker for a snapshot when someone
+scrapes, sums them, and renders Prometheus text through prometheus-client on an explicit
+registry. A metric recorded
 through the wrong method (a Histogram given to ``inc``) is refused when the snapshot is taken,
 so the check costs at scrape time only.
 
@@ -25,8 +26,6 @@ import functools
 import itertools
 import math
 import re
-from bisect import bisect_left
-from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import ClassVar, NamedTuple
@@ -163,114 +162,6 @@ def listener_labels(listener: str) -> Labels:
 def cluster_labels(cluster: str) -> Labels:
     """``labels(cluster=...)``, built once per cluster name (a handful per mesh)."""
     return (("cluster", cluster),)
-
-
-class Stats:
-    """One worker's counters, gauges and histograms, keyed by (declared metric, label values)."""
-
-    def __init__(self) -> None:
-        self.counters: defaultdict[Key, int] = defaultdict(int)
-        self.gauges: defaultdict[Key, int] = defaultdict(int)
-        # Per series one flat row: row[i] counts observations in bucket i, NOT cumulative
-        # (row[len(bounds)] is the +Inf bucket), and row[-1] is the sum of the values, so an
-        # observation is one bisect and two in-place additions.
-        self.histograms: dict[Key, list] = {}
-
-    # The recording methods trust their caller's types: a check per call would cost on every
-    # connection and request; snapshot() refuses a mis-recorded series instead.
-
-    def inc(self, metric: Counter, label_values: Labels = (), amount: int = 1) -> None:
-        self.counters[(metric, label_values)] += amount
-
-    def gauge_add(self, metric: Gauge, label_values: Labels, amount: int) -> None:
-        self.gauges[(metric, label_values)] += amount
-
-    def gauge_set(self, metric: Gauge, label_values: Labels, value: int) -> None:
-        self.gauges[(metric, label_values)] = value
-
-    def observe(self, metric: Histogram, label_values: Labels, value: float) -> None:
-        """Count ``value`` in the bucket of the smallest bound >= value (Prometheus ``le``: a
-        value exactly on a bound belongs to that bucket), or in +Inf above the last bound."""
-        row = self.histograms.get((metric, label_values))
-        if row is None:
-            row = self._new_histogram(metric, label_values)
-        row[bisect_left(metric.bounds, value)] += 1
-        row[-1] += value
-
-    def _new_histogram(self, metric: Histogram, label_values: Labels) -> list:
-        """First observation of a series (once per series, so the type check is free): a
-        metric without bounds cannot be bucketed at all, so it fails here, loudly."""
-        if not isinstance(metric, Histogram):
-            raise TypeError(_misrecorded(metric, "observe"))
-        row = [0] * (len(metric.bounds) + 2)
-        self.histograms[(metric, label_values)] = row
-        return row
-
-    def snapshot(self) -> dict[str, list]:
-        """A JSON-able copy, for the supervisor: plain lists, since it crosses processes.
-
-        ``metrics``: ``[name, kind, help, bounds, across_workers]`` per metric recorded, so the
-        supervisor renders without importing (or trusting) any table of its own; then
-        ``counters`` and ``gauges`` as ``[name, labels, value]``, ``histograms`` as
-        ``[name, labels, per-bucket counts (+Inf last, not cumulative), sum, count]``.
-        Raises TypeError for a series recorded through the wrong method (a Histogram given to
-        ``inc``), ValueError for two declarations of one name."""
-        described: dict[str, Metric] = {}
-        counters = [
-            [_describe(metric, Counter, "inc", described), _wire(label_values), value]
-            for (metric, label_values), value in self.counters.items()
-        ]
-        gauges = [
-            [_describe(metric, Gauge, "gauge_add or gauge_set", described), _wire(lv), value]
-            for (metric, lv), value in self.gauges.items()
-        ]
-        histograms = [
-            [_describe(metric, Histogram, "observe", described), _wire(lv), *_histogram_wire(row)]
-            for (metric, lv), row in self.histograms.items()
-        ]
-        return {
-            "metrics": [_info_wire(metric.info()) for metric in described.values()],
-            "counters": counters,
-            "gauges": gauges,
-            "histograms": histograms,
-        }
-
-
-def _describe(metric: object, kind: type[Metric], method: str, described: dict) -> str:
-    """The name a series of ``metric`` travels under, once ``metric`` is known to be a ``kind``
-    and the only declaration of its name among those ``described`` so far (it is added)."""
-    if not isinstance(metric, kind):
-        raise TypeError(_misrecorded(metric, method))
-    seen = described.setdefault(metric.name, metric)
-    if seen is not metric:
-        raise ValueError(f"metric {metric.name!r} is declared twice: {seen!r} and {metric!r}")
-    return metric.name
-
-
-def _misrecorded(metric: object, method: str) -> str:
-    if isinstance(metric, Metric):
-        return (
-            f"{metric.kind} {metric.name!r} was recorded with Stats.{method}; "
-            f"a {metric.kind} is recorded with Stats.{metric.recorded_with}"
-        )
-    return (
-        f"{metric!r} was recorded with Stats.{method} but is not a declared metric "
-        "(a Counter, Gauge or Histogram from proxy.stats)"
-    )
-
-
-def _wire(label_values: Labels) -> list:
-    return list(map(list, label_values))
-
-
-def _histogram_wire(row: list) -> list:
-    """A live row as it travels: per-bucket counts (+Inf last), sum, count."""
-    return [row[:-1], row[-1], sum(row[:-1])]
-
-
-def _info_wire(info: MetricInfo) -> list:
-    name, kind, help_text, bounds, across_workers = info
-    return [name, kind, help_text, None if bounds is None else list(bounds), across_workers]
 
 
 @dataclass

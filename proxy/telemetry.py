@@ -20,11 +20,11 @@ from proxy.http.headers import any_outside, outside_table
 from proxy.outcomes import Flag, joined
 from proxy.pipeline.exchange import Exchange
 from proxy.pipeline.router import header_value
+from proxy.series import Stats
 from proxy.stats import (
     ENVOY_DEFAULT_BUCKETS,
     Counter,
     Histogram,
-    Stats,
     istio_labels,
     listener_labels,
 )

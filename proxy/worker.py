@@ -44,8 +44,9 @@ from proxy.platform.heap import resident_bytes
 from proxy.platform.sockets import LISTEN_BACKLOG, is_local_address
 from proxy.policy.evaluate import Authorizer
 from proxy.routing import SIDECAR_PORTS, RouteTable, targets_the_sidecar
+from proxy.series import Stats
 from proxy.session import ListenerInfo, Session
-from proxy.stats import Stats, listener_labels
+from proxy.stats import listener_labels
 from proxy.telemetry import Telemetry
 from proxy.tls.identity import INNER_PROTOCOL, PeerCertificate, TlsFiles, peer_certificate
 from proxy.tls.watch import IdentitySource

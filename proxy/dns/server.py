@@ -42,7 +42,8 @@ from proxy.dns.codec import (
 from proxy.dns.names import Found, MeshNames, NoSuchName, name_inputs
 from proxy.dns.resolvconf import ResolvConf
 from proxy.platform.sockets import LISTEN_BACKLOG
-from proxy.stats import Counter, Histogram, Stats, labels
+from proxy.series import Stats
+from proxy.stats import Counter, Histogram, labels
 
 log = logging.getLogger("detour.dns")
 

@@ -32,7 +32,8 @@ from proxy.pipeline.forward import Pipeline
 from proxy.pipeline.kept_body import KeptBody
 from proxy.pipeline.respond import send_local_reply
 from proxy.pipeline.router import header_value
-from proxy.stats import Counter, Labels, Stats
+from proxy.series import Stats
+from proxy.stats import Counter, Labels
 
 log = logging.getLogger("detour.proxy")
 

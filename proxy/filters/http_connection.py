@@ -26,7 +26,8 @@ from proxy.filters.sniff import DEFAULT_DETECT_TIMEOUT, DEFAULT_SKIP_PORTS
 from proxy.filters.sniff import detect as sniff
 from proxy.pipeline.exchange import Exchange
 from proxy.pipeline.forward import NewTry, Pipeline
-from proxy.stats import Labels, Stats
+from proxy.series import Stats
+from proxy.stats import Labels
 from proxy.transport.relay import RelayHalf
 from proxy.upstream.connector import Connector, Source
 

@@ -19,7 +19,8 @@ from proxy.pipeline.exchange import Exchange
 from proxy.pipeline.local_reply import LocalReply
 from proxy.policy.evaluate import Authorizer, HttpAttributes, Peer
 from proxy.policy.paths import normal_host
-from proxy.stats import Counter, Labels, Stats
+from proxy.series import Stats
+from proxy.stats import Counter, Labels
 
 log = logging.getLogger("detour.proxy")
 

@@ -56,7 +56,8 @@ from proxy.pipeline.router import (
     roll_fault,
 )
 from proxy.policy.paths import EscapedSlashes, PathRejected, normal_target
-from proxy.stats import Counter, Stats, cluster_labels
+from proxy.series import Stats
+from proxy.stats import Counter, cluster_labels
 from proxy.upstream.cluster import UPSTREAM_CX_NONE_HEALTHY, ClusterKey, ClusterRuntime
 from proxy.upstream.hosts import Host
 

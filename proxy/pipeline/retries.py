@@ -20,7 +20,8 @@ from proxy.pipeline.errors import TryFailed
 from proxy.pipeline.exchange import Exchange, RequestBody
 from proxy.pipeline.local_reply import LocalReply
 from proxy.pipeline.router import backoff_delay, is_retriable, retry_budget_allows
-from proxy.stats import Counter, Labels, Stats, cluster_labels
+from proxy.series import Stats
+from proxy.stats import Counter, Labels, cluster_labels
 from proxy.upstream.cluster import ClusterRuntime
 from proxy.upstream.hosts import Host
 

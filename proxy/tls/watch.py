@@ -18,7 +18,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from detour_common.certs import CertificateError
-from proxy.stats import Counter, Gauge, Stats
+from proxy.series import Stats
+from proxy.stats import Counter, Gauge
 from proxy.tls.identity import TlsFiles, WorkloadIdentity, load_identity
 
 log = logging.getLogger("detour.proxy")

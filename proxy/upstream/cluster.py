@@ -25,7 +25,8 @@ from proxy.config.model import (
     ServicePort,
     Workload,
 )
-from proxy.stats import Counter, Gauge, Stats, cluster_labels, labels
+from proxy.series import Stats
+from proxy.stats import Counter, Gauge, cluster_labels, labels
 from proxy.upstream.breaker import CircuitBreaker
 from proxy.upstream.health import HealthState
 from proxy.upstream.hosts import Host, HostSet

@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING
 from proxy.http.channel import HttpChannel
 from proxy.http.codec import Connection
 from proxy.platform.sockets import transparent_socket
-from proxy.stats import Counter, Stats, cluster_labels
+from proxy.series import Stats
+from proxy.stats import Counter, cluster_labels
 from proxy.tls.identity import peer_certificate
 from proxy.tls.resumption import MeshClientContext
 from proxy.upstream.cluster import ClusterRuntime

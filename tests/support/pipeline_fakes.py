@@ -43,7 +43,8 @@ from proxy.pipeline.forward import Pipeline
 from proxy.pipeline.hooks import PolicyHook
 from proxy.pipeline.kept_body import KeptBody
 from proxy.pipeline.router import HttpRouter
-from proxy.stats import Counter, Stats, cluster_labels
+from proxy.series import Stats
+from proxy.stats import Counter, cluster_labels
 from proxy.upstream.cluster import ClusterKey, ClusterRuntime, build_clusters
 from proxy.upstream.hosts import Host
 from support.virtual_time import VirtualTimeLoop

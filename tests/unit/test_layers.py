@@ -30,6 +30,7 @@ PROXY_LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "proxy.platform",
             "proxy.outcomes",
             "proxy.stats",
+            "proxy.series",
             "proxy.policy",
             "proxy.config",
             "proxy.logs",

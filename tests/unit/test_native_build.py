@@ -22,6 +22,8 @@ CODEC_TESTS = (
     "tests/unit/proxy/filters",
     "tests/unit/proxy/test_http_access_line.py",  # telemetry
     "tests/unit/proxy/test_prometheus.py",
+    "tests/unit/proxy/test_stats.py",  # series
+    "tests/unit/proxy/test_access_log.py",
 )
 
 

@@ -21,7 +21,8 @@ from proxy.config.model import (
     Subset,
     TrafficPolicy,
 )
-from proxy.stats import Stats, labels
+from proxy.series import Stats
+from proxy.stats import labels
 from proxy.upstream.cluster import (
     MEMBERSHIP_HEALTHY,
     MEMBERSHIP_TOTAL,

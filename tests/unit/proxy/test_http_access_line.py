@@ -14,7 +14,7 @@ from proxy.config.model import Mesh
 from proxy.http.events import Request
 from proxy.pipeline.exchange import Exchange
 from proxy.pipeline.router import header_value
-from proxy.stats import Stats
+from proxy.series import Stats
 from proxy.telemetry import Telemetry, log_text
 
 PEER = ("fd00::30", 40000)  # the only thing the line takes from the connection

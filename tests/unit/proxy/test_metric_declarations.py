@@ -16,7 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import proxy
 from proxy.admin.prometheus import render
-from proxy.stats import Counter, Gauge, Histogram, Metric, Stats, merge
+from proxy.series import Stats
+from proxy.stats import Counter, Gauge, Histogram, Metric, merge
 
 ROOT = Path(__file__).resolve().parents[3]
 

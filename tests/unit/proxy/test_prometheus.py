@@ -8,6 +8,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from proxy.admin.prometheus import MergedStatsCollector, render
+from proxy.series import Stats
 from proxy.session import (
     DOWNSTREAM_CX_ACTIVE,
     DOWNSTREAM_CX_REFUSED,
@@ -21,7 +22,6 @@ from proxy.stats import (
     Gauge,
     HistogramData,
     Merged,
-    Stats,
     labels,
     merge,
 )

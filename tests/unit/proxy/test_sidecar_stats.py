@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from proxy.admin.http import Request
 from proxy.config.model import Mesh
 from proxy.dns.server import DNS_QUERIES_TOTAL
+from proxy.series import Stats
 from proxy.session import DOWNSTREAM_CX_TOTAL
 from proxy.sidecar import (
     CONFIG_RELOAD_REJECTED,
@@ -20,7 +21,7 @@ from proxy.sidecar import (
     Options,
     Sidecar,
 )
-from proxy.stats import Stats, labels, listener_labels
+from proxy.stats import labels, listener_labels
 from proxy.worker import WorkerReport
 
 OUT = listener_labels("virtualOutbound")

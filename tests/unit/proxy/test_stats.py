@@ -9,6 +9,7 @@ import pickle
 import pytest
 
 from proxy.dns.server import DNS_UPSTREAM_LATENCY_MS
+from proxy.series import Stats
 from proxy.session import DOWNSTREAM_CX_ACTIVE, DOWNSTREAM_CX_TOTAL
 from proxy.sidecar import CONFIG_RELOAD_TOTAL
 from proxy.stats import (
@@ -20,7 +21,6 @@ from proxy.stats import (
     HistogramData,
     Merged,
     MetricInfo,
-    Stats,
     labels,
     merge,
 )

@@ -16,7 +16,8 @@ from proxy.config.model import Mesh
 from proxy.dns.codec import Rcode, a_record, build_answer, parse_query
 from proxy.dns.resolvconf import ResolvConf
 from proxy.dns.server import DNS_UPSTREAM_LATENCY_MS, DnsProxy
-from proxy.stats import Stats, merge
+from proxy.series import Stats
+from proxy.stats import merge
 
 
 class FakeClock:

@@ -13,7 +13,7 @@ from proxy.config.model import Endpoint, Mesh
 from proxy.dns.names import Found
 from proxy.dns.resolvconf import ResolvConf
 from proxy.dns.server import DnsProxy
-from proxy.stats import Stats
+from proxy.series import Stats
 
 
 def vip_of(proxy: DnsProxy, name: str) -> tuple[str, ...] | None:

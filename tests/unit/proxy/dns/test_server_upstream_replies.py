@@ -16,7 +16,7 @@ from proxy.config.model import Mesh
 from proxy.dns.codec import TYPE_A, Rcode, parse_response
 from proxy.dns.resolvconf import ResolvConf
 from proxy.dns.server import DnsProxy
-from proxy.stats import Stats
+from proxy.series import Stats
 
 NAME = b"\x03one\x07example\x03org\x00"
 

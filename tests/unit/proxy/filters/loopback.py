@@ -46,7 +46,8 @@ from proxy.filters import http_connection
 from proxy.pipeline.exchange import Exchange
 from proxy.pipeline.forward import Pipeline
 from proxy.pipeline.router import HttpRouter
-from proxy.stats import Counter, Stats, cluster_labels, listener_labels
+from proxy.series import Stats
+from proxy.stats import Counter, cluster_labels, listener_labels
 from proxy.upstream.cluster import ClusterKey, ClusterRuntime, build_clusters
 from proxy.upstream.connector import ANY_SOURCE, Connector
 

@@ -12,7 +12,7 @@ import pytest
 from proxy.filters import http_connection
 from proxy.filters.http1_upstream import Http1Try
 from proxy.filters.http2_upstream import Http2Try
-from proxy.stats import Stats
+from proxy.series import Stats
 from proxy.transport.relay import RelayHalf
 from proxy.upstream.connector import ANY_SOURCE, Connector
 

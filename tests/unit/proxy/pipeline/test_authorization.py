@@ -47,7 +47,7 @@ from proxy.policy.model import (
     StringMatch,
 )
 from proxy.policy.paths import EscapedSlashes
-from proxy.stats import Stats
+from proxy.series import Stats
 
 REJECT = EscapedSlashes.REJECT_REQUEST
 UNESCAPE = EscapedSlashes.UNESCAPE_AND_FORWARD

@@ -13,7 +13,7 @@ import pytest
 from ca.authority import create_root, issue
 from ca.store import save_workload
 from detour_common.certs import CertificateError
-from proxy.stats import Stats
+from proxy.series import Stats
 from proxy.tls.identity import INNER_PROTOCOL, TlsFiles, load_identity, peer_identity
 from proxy.tls.watch import CERT_EXPIRY, CERT_REJECTED, CERT_RELOADED, IdentitySource
 

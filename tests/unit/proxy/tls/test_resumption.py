@@ -15,7 +15,8 @@ import uvloop
 
 from ca.authority import create_root, issue
 from ca.store import save_workload
-from proxy.stats import Stats, cluster_labels
+from proxy.series import Stats
+from proxy.stats import cluster_labels
 from proxy.tls.identity import TlsFiles, WorkloadIdentity, load_identity
 from proxy.tls.resumption import MeshClientContext, SessionCache
 from proxy.transport.relay import RelayHalf

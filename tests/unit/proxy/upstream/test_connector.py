@@ -13,7 +13,8 @@ import uvloop
 
 from proxy.config.loader import parse_mesh
 from proxy.http.codec import EndOfMessage, Request, Response
-from proxy.stats import Stats, cluster_labels
+from proxy.series import Stats
+from proxy.stats import cluster_labels
 from proxy.transport.relay import RelayHalf
 from proxy.upstream.cluster import ClusterRuntime, build_clusters
 from proxy.upstream.connector import (
