@@ -53,6 +53,10 @@ COMPILED = (
     "proxy/telemetry.py",
     "proxy/series.py",
     "proxy/access_log.py",
+    "proxy/upstream/hosts.py",
+    "proxy/upstream/pool.py",
+    "proxy/upstream/cluster.py",
+    "proxy/upstream/connector.py",
 )
 GROUP = "proxy.http._compiled"  # the shared library's module: proxy/http/_compiled__mypyc.so
 

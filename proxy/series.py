@@ -13,8 +13,6 @@ mis-recorded series the same way: when the snapshot is taken.
 
 from __future__ import annotations
 
-from bisect import bisect_left
-from collections import defaultdict
 from typing import Any
 
 from proxy.stats import Counter, Gauge, Histogram, Key, Labels, Metric, MetricInfo
@@ -24,46 +22,83 @@ from proxy.stats import Counter, Gauge, Histogram, Key, Labels, Metric, MetricIn
 Row = list[Any]
 
 
+class Cell:
+    """One counter or gauge series' value. Code that records a series on every request
+    resolves its cell once (``Stats.counter``) and adds to ``value``: no key tuple is built
+    and no label set hashed per record (CPython does not cache a tuple's hash, and Istio's
+    fifteen label pairs cost more to hash than the addition they key)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+
 class Stats:
     """One worker's counters, gauges and histograms, keyed by (declared metric, label values)."""
 
     def __init__(self) -> None:
-        self.counters: defaultdict[Key, int] = defaultdict(int)
-        self.gauges: defaultdict[Key, int] = defaultdict(int)
+        self._counters: dict[Key, Cell] = {}
+        self._gauges: dict[Key, Cell] = {}
         # Per series one flat row: row[i] counts observations in bucket i, NOT cumulative
         # (row[len(bounds)] is the +Inf bucket), and row[-1] is the sum of the values, so an
-        # observation is one bisect and two in-place additions.
+        # observation is one search of the bounds and two in-place additions.
         self.histograms: dict[Key, Row] = {}
+
+    @property
+    def counters(self) -> dict[Key, int]:
+        """Each counter series' value: a copy, for reading (record through ``inc``)."""
+        return {key: cell.value for key, cell in self._counters.items()}
+
+    @property
+    def gauges(self) -> dict[Key, int]:
+        """Each gauge series' value: a copy, for reading (record through ``gauge_*``)."""
+        return {key: cell.value for key, cell in self._gauges.items()}
 
     # The recording methods trust their caller's types: a check per call would cost on every
     # connection and request; snapshot() refuses a mis-recorded series instead.
 
+    def counter(self, metric: Counter, label_values: Labels = ()) -> Cell:
+        """The cell of a counter series, created at 0 the first time (as Prometheus shows a
+        counter it has seen: from the first record on)."""
+        key = (metric, label_values)
+        cell = self._counters.get(key)
+        if cell is None:
+            cell = self._counters[key] = Cell()
+        return cell
+
     def inc(self, metric: Counter, label_values: Labels = (), amount: int = 1) -> None:
-        self.counters[(metric, label_values)] += amount
+        self.counter(metric, label_values).value += amount
+
+    def _gauge(self, metric: Gauge, label_values: Labels) -> Cell:
+        key = (metric, label_values)
+        cell = self._gauges.get(key)
+        if cell is None:
+            cell = self._gauges[key] = Cell()
+        return cell
 
     def gauge_add(self, metric: Gauge, label_values: Labels, amount: int) -> None:
-        self.gauges[(metric, label_values)] += amount
+        self._gauge(metric, label_values).value += amount
 
     def gauge_set(self, metric: Gauge, label_values: Labels, value: int) -> None:
-        self.gauges[(metric, label_values)] = value
+        self._gauge(metric, label_values).value = value
+
+    def histogram(self, metric: Histogram, label_values: Labels = ()) -> Row:
+        """The row of a histogram series, for ``record``, created empty the first time. A
+        metric without bounds cannot be bucketed at all, so it fails here, loudly (once per
+        series, so the type check is free)."""
+        key = (metric, label_values)
+        row = self.histograms.get(key)
+        if row is None:
+            if not isinstance(metric, Histogram):
+                raise TypeError(_misrecorded(metric, "observe"))
+            row = self.histograms[key] = [0] * (len(metric.bounds) + 2)
+        return row
 
     def observe(self, metric: Histogram, label_values: Labels, value: float) -> None:
         """Count ``value`` in the bucket of the smallest bound >= value (Prometheus ``le``: a
         value exactly on a bound belongs to that bucket), or in +Inf above the last bound."""
-        row = self.histograms.get((metric, label_values))
-        if row is None:
-            row = self._new_histogram(metric, label_values)
-        row[bisect_left(metric.bounds, value)] += 1
-        row[-1] += value
-
-    def _new_histogram(self, metric: Histogram, label_values: Labels) -> Row:
-        """First observation of a series (once per series, so the type check is free): a
-        metric without bounds cannot be bucketed at all, so it fails here, loudly."""
-        if not isinstance(metric, Histogram):
-            raise TypeError(_misrecorded(metric, "observe"))
-        row: Row = [0] * (len(metric.bounds) + 2)
-        self.histograms[(metric, label_values)] = row
-        return row
+        record(self.histogram(metric, label_values), metric.bounds, value)
 
     def snapshot(self) -> dict[str, list[list[Any]]]:
         """A JSON-able copy, for the supervisor: plain lists, since it crosses processes.
@@ -76,12 +111,12 @@ class Stats:
         ``inc``), ValueError for two declarations of one name."""
         described: dict[str, Metric] = {}
         counters = [
-            [_describe(metric, Counter, "inc", described), _wire(label_values), value]
-            for (metric, label_values), value in self.counters.items()
+            [_describe(metric, Counter, "inc", described), _wire(label_values), cell.value]
+            for (metric, label_values), cell in self._counters.items()
         ]
         gauges = [
-            [_describe(metric, Gauge, "gauge_add or gauge_set", described), _wire(lv), value]
-            for (metric, lv), value in self.gauges.items()
+            [_describe(metric, Gauge, "gauge_add or gauge_set", described), _wire(lv), cell.value]
+            for (metric, lv), cell in self._gauges.items()
         ]
         histograms = [
             [_describe(metric, Histogram, "observe", described), _wire(lv), *_histogram_wire(row)]
@@ -93,6 +128,19 @@ class Stats:
             "gauges": gauges,
             "histograms": histograms,
         }
+
+
+def record(row: Row, bounds: tuple[float, ...], value: float) -> None:
+    """Count ``value`` in a histogram series' row (``Stats.histogram``) whose metric has these
+    ``bounds``: in the bucket of the first bound not below it, as ``bisect_left`` finds it,
+    by a loop because compiled, that is a few compares where ``bisect`` was a generic call."""
+    index = 0
+    for bound in bounds:
+        if not bound < value:
+            break
+        index += 1
+    row[index] += 1
+    row[-1] += value
 
 
 def _describe(metric: object, kind: type[Metric], method: str, described: dict[str, Metric]) -> str:

@@ -20,11 +20,12 @@ from proxy.http.headers import any_outside, outside_table
 from proxy.outcomes import Flag, joined
 from proxy.pipeline.exchange import Exchange
 from proxy.pipeline.router import header_value
-from proxy.series import Stats
+from proxy.series import Cell, Row, Stats, record
 from proxy.stats import (
     ENVOY_DEFAULT_BUCKETS,
     Counter,
     Histogram,
+    Labels,
     istio_labels,
     listener_labels,
 )
@@ -88,6 +89,39 @@ _STATUS_CLASS: Final = {
 }
 _PROTOCOL_NAMES: Final = {b"1.1": "HTTP/1.1", b"2": "HTTP/2"}  # Envoy's %PROTOCOL% values
 
+# Label values -> their resolved series: as many as Istio's label sets (services, status
+# codes, flags), bounded anyway (the lookup is a cache; a miss only resolves again).
+MAX_CACHED_LABEL_SETS: Final = 4096
+
+# What istio_labels() is called with: outbound, the workload (name, namespace), the service
+# (FQDN, name, namespace), protocol, flags, response code, gRPC status, source and destination
+# principals, security policy.
+LabelValues = tuple[bool, str, str, str, str, str, str, str, str | None, str, str, str, str]
+
+
+class RequestSeries:
+    """Istio's four request series of one label set, resolved once: a request then records
+    them by reference, not by hashing the fifteen label pairs four times."""
+
+    def __init__(self, stats: Stats, metric_labels: Labels) -> None:
+        self.requests: Cell = stats.counter(ISTIO_REQUESTS_TOTAL, metric_labels)
+        self.duration: Row = stats.histogram(ISTIO_REQUEST_DURATION_MILLISECONDS, metric_labels)
+        self.duration_bounds: tuple[float, ...] = ISTIO_REQUEST_DURATION_MILLISECONDS.bounds
+        self.request_bytes: Row = stats.histogram(ISTIO_REQUEST_BYTES, metric_labels)
+        self.request_bytes_bounds: tuple[float, ...] = ISTIO_REQUEST_BYTES.bounds
+        self.response_bytes: Row = stats.histogram(ISTIO_RESPONSE_BYTES, metric_labels)
+        self.response_bytes_bounds: tuple[float, ...] = ISTIO_RESPONSE_BYTES.bounds
+
+
+class TcpSeries:
+    """Istio's four TCP series of one label set, resolved once (as ``RequestSeries``)."""
+
+    def __init__(self, stats: Stats, metric_labels: Labels) -> None:
+        self.opened: Cell = stats.counter(ISTIO_TCP_CONNECTIONS_OPENED_TOTAL, metric_labels)
+        self.closed: Cell = stats.counter(ISTIO_TCP_CONNECTIONS_CLOSED_TOTAL, metric_labels)
+        self.received: Cell = stats.counter(ISTIO_TCP_RECEIVED_BYTES_TOTAL, metric_labels)
+        self.sent: Cell = stats.counter(ISTIO_TCP_SENT_BYTES_TOTAL, metric_labels)
+
 
 class Telemetry:
     """One worker's reporting of finished connections and requests; ``log_format`` is the
@@ -100,6 +134,28 @@ class Telemetry:
         self.mesh = mesh
         self.log_format = log_format
         self.own_principal = "unknown"  # this workload's SPIFFE ID, once it has a certificate
+        self._request_series: dict[LabelValues, RequestSeries] = {}
+        self._tcp_series: dict[LabelValues, TcpSeries] = {}
+
+    def request_series(self, values: LabelValues) -> RequestSeries:
+        """The request series labelled by ``istio_labels(*values)``."""
+        series = self._request_series.get(values)
+        if series is None:
+            if len(self._request_series) >= MAX_CACHED_LABEL_SETS:
+                self._request_series.clear()
+            series = RequestSeries(self.stats, istio_labels(*values))
+            self._request_series[values] = series
+        return series
+
+    def tcp_series(self, values: LabelValues) -> TcpSeries:
+        """The TCP series labelled by ``istio_labels(*values)``."""
+        series = self._tcp_series.get(values)
+        if series is None:
+            if len(self._tcp_series) >= MAX_CACHED_LABEL_SETS:
+                self._tcp_series.clear()
+            series = TcpSeries(self.stats, istio_labels(*values))
+            self._tcp_series[values] = series
+        return series
 
     def principals(self, outbound: bool, peer: str | None) -> tuple[str, str, str]:
         """(source_principal, destination_principal, connection_security_policy) of a
@@ -129,25 +185,27 @@ class Telemetry:
         outbound = session.listener.direction == "outbound"
         peer = exchange.upstream_principal if outbound else session.peer_principal
         source, destination, policy = self.principals(outbound, peer)
-        metric_labels = istio_labels(
-            outbound,
-            workload.name,
-            workload.namespace,
-            session.service_fqdn,
-            service.name,
-            service.namespace,
-            exchange.request_protocol,
-            flags,
-            str(status) if status else "0",
-            exchange.grpc_status,
-            source,
-            destination,
-            policy,
+        series = self.request_series(
+            (
+                outbound,
+                workload.name,
+                workload.namespace,
+                session.service_fqdn,
+                service.name,
+                service.namespace,
+                exchange.request_protocol,
+                flags,
+                str(status) if status else "0",
+                exchange.grpc_status,
+                source,
+                destination,
+                policy,
+            )
         )
-        stats.inc(ISTIO_REQUESTS_TOTAL, metric_labels)
-        stats.observe(ISTIO_REQUEST_DURATION_MILLISECONDS, metric_labels, exchange.duration * 1000)
-        stats.observe(ISTIO_REQUEST_BYTES, metric_labels, exchange.request_bytes)
-        stats.observe(ISTIO_RESPONSE_BYTES, metric_labels, exchange.response_bytes)
+        series.requests.value += 1
+        record(series.duration, series.duration_bounds, exchange.duration * 1000)
+        record(series.request_bytes, series.request_bytes_bounds, exchange.request_bytes)
+        record(series.response_bytes, series.response_bytes_bounds, exchange.response_bytes)
         if self.log_format != "off":
             self.sink.emit(self.request_line(session.peer, exchange, flags))
 
@@ -227,27 +285,27 @@ class Telemetry:
             else (session.peer_principal)
         )
         source, destination_principal, policy = self.principals(outbound, peer)
-        metric_labels = istio_labels(
-            outbound,
-            workload.name,
-            workload.namespace,
-            service,
-            service_name,
-            service_ns,
-            "tcp",
-            joined(session.flags),
-            None,
-            "",
-            source,
-            destination_principal,
-            policy,
+        series = self.tcp_series(
+            (
+                outbound,
+                workload.name,
+                workload.namespace,
+                service,
+                service_name,
+                service_ns,
+                "tcp",
+                joined(session.flags),
+                None,
+                "",
+                source,
+                destination_principal,
+                policy,
+            )
         )
-        stats = self.stats
-        stats.inc(ISTIO_TCP_CONNECTIONS_OPENED_TOTAL, metric_labels)
-        stats.inc(ISTIO_TCP_CONNECTIONS_CLOSED_TOTAL, metric_labels)
-        stats.inc(ISTIO_TCP_RECEIVED_BYTES_TOTAL, metric_labels, session.downstream.received)
-        sent = session.upstream.received if session.upstream is not None else 0
-        stats.inc(ISTIO_TCP_SENT_BYTES_TOTAL, metric_labels, sent)
+        series.opened.value += 1
+        series.closed.value += 1
+        series.received.value += session.downstream.received
+        series.sent.value += session.upstream.received if session.upstream is not None else 0
 
     def connection_line(self, session: Session) -> str:
         duration_ms = int((time.time() - session.started) * 1000)

@@ -117,6 +117,7 @@ class ClusterRuntime:
         self.retries_active = 0
         self._pool: UpstreamPool | None = None
         self._http2_pool: Http2Pool | None = None
+        self.retired = False  # a reload replaced it (``retire``)
 
     def _outlier(
         self, previous: ClusterRuntime | None, hosts: list[Host]
@@ -192,6 +193,7 @@ class ClusterRuntime:
 
     def retire(self) -> None:
         """A reload replaced this cluster: stop probing, let pooled connections go."""
+        self.retired = True
         self.stop_health_checks()
         if self._pool is not None:
             self._pool.close_all()

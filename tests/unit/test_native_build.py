@@ -24,6 +24,10 @@ CODEC_TESTS = (
     "tests/unit/proxy/test_prometheus.py",
     "tests/unit/proxy/test_stats.py",  # series
     "tests/unit/proxy/test_access_log.py",
+    "tests/unit/proxy/test_telemetry_series.py",
+    "tests/unit/proxy/upstream",  # hosts, pool, connector
+    "tests/unit/proxy/test_cluster.py",
+    "tests/unit/proxy/test_worker_reload.py",
 )
 
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import pickle
+from bisect import bisect_left
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from proxy.dns.server import DNS_UPSTREAM_LATENCY_MS
-from proxy.series import Stats
+from proxy.series import Stats, record
 from proxy.session import DOWNSTREAM_CX_ACTIVE, DOWNSTREAM_CX_TOTAL
 from proxy.sidecar import CONFIG_RELOAD_TOTAL
 from proxy.stats import (
@@ -395,6 +398,30 @@ def test_observe_puts_a_value_in_one_bucket(value: float, index: int) -> None:
     expected = [0] * (len(BOUNDS) + 1)
     expected[index] = 1
     assert buckets_of(stats) == expected
+
+
+@given(st.floats(allow_nan=False, allow_infinity=True) | st.sampled_from(BOUNDS))
+def test_record_counts_in_the_bucket_bisect_finds(value: float) -> None:
+    """``record`` loops over the bounds (cheaper compiled than a call to bisect): for any
+    value, on a bound or between two, it must pick bisect_left's bucket."""
+    row = [0] * (len(BOUNDS) + 2)
+    record(row, BOUNDS, value)
+    expected = [0] * (len(BOUNDS) + 1)
+    expected[bisect_left(BOUNDS, value)] = 1
+    assert row[:-1] == expected
+    assert row[-1] == value
+
+
+def test_a_counters_cell_is_its_series() -> None:
+    """Adding to a resolved cell is recording the series: inc, the snapshot and the
+    counters view all see it."""
+    stats = Stats()
+    cell = stats.counter(DOWNSTREAM_CX_TOTAL, OUT)
+    assert stats.counter(DOWNSTREAM_CX_TOTAL, OUT) is cell
+    cell.value += 2
+    stats.inc(DOWNSTREAM_CX_TOTAL, OUT)
+    assert stats.counters == {(DOWNSTREAM_CX_TOTAL, OUT): 3}
+    assert stats.snapshot()["counters"] == [["downstream_cx_total", [list(OUT[0])], 3]]
 
 
 def test_observe_accumulates_sum_and_series() -> None:
