@@ -55,6 +55,7 @@ COMPILED = (
     "proxy/access_log.py",
     "proxy/upstream/hosts.py",
     "proxy/upstream/pool.py",
+    "proxy/upstream/lb.py",
     "proxy/upstream/cluster.py",
     "proxy/upstream/connector.py",
 )

@@ -11,7 +11,8 @@ from __future__ import annotations
 import functools
 import json
 import time
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final, Generic, TypeVar
 
 from proxy.access_log import AccessLog
 from proxy.config.model import Mesh
@@ -97,6 +98,7 @@ MAX_CACHED_LABEL_SETS: Final = 4096
 # (FQDN, name, namespace), protocol, flags, response code, gRPC status, source and destination
 # principals, security policy.
 LabelValues = tuple[bool, str, str, str, str, str, str, str, str | None, str, str, str, str]
+S = TypeVar("S")
 
 
 class RequestSeries:
@@ -123,6 +125,29 @@ class TcpSeries:
         self.sent: Cell = stats.counter(ISTIO_TCP_SENT_BYTES_TOTAL, metric_labels)
 
 
+class SeriesByLabels(Generic[S]):
+    """Resolved series (``RequestSeries``, ``TcpSeries``) by the values that label them, so
+    that a record costs one hash of those values. Bounded: past MAX_CACHED_LABEL_SETS it
+    starts over (a miss only resolves the same series again: ``Stats`` keeps them)."""
+
+    def __init__(self, stats: Stats, make: Callable[[Stats, Labels], S]) -> None:
+        self._stats = stats
+        self._make = make
+        self._by_values: dict[LabelValues, S] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_values)
+
+    def get(self, values: LabelValues) -> S:
+        """The series labelled by ``istio_labels(*values)``."""
+        series = self._by_values.get(values)
+        if series is None:
+            if len(self._by_values) >= MAX_CACHED_LABEL_SETS:
+                self._by_values.clear()
+            series = self._by_values[values] = self._make(self._stats, istio_labels(*values))
+        return series
+
+
 class Telemetry:
     """One worker's reporting of finished connections and requests; ``log_format`` is the
     access log's ("text", "json" or "off"). ``mesh`` (the workload, the cluster domain) is
@@ -134,28 +159,8 @@ class Telemetry:
         self.mesh = mesh
         self.log_format = log_format
         self.own_principal = "unknown"  # this workload's SPIFFE ID, once it has a certificate
-        self._request_series: dict[LabelValues, RequestSeries] = {}
-        self._tcp_series: dict[LabelValues, TcpSeries] = {}
-
-    def request_series(self, values: LabelValues) -> RequestSeries:
-        """The request series labelled by ``istio_labels(*values)``."""
-        series = self._request_series.get(values)
-        if series is None:
-            if len(self._request_series) >= MAX_CACHED_LABEL_SETS:
-                self._request_series.clear()
-            series = RequestSeries(self.stats, istio_labels(*values))
-            self._request_series[values] = series
-        return series
-
-    def tcp_series(self, values: LabelValues) -> TcpSeries:
-        """The TCP series labelled by ``istio_labels(*values)``."""
-        series = self._tcp_series.get(values)
-        if series is None:
-            if len(self._tcp_series) >= MAX_CACHED_LABEL_SETS:
-                self._tcp_series.clear()
-            series = TcpSeries(self.stats, istio_labels(*values))
-            self._tcp_series[values] = series
-        return series
+        self.request_series = SeriesByLabels(stats, RequestSeries)
+        self.tcp_series = SeriesByLabels(stats, TcpSeries)
 
     def principals(self, outbound: bool, peer: str | None) -> tuple[str, str, str]:
         """(source_principal, destination_principal, connection_security_policy) of a
@@ -185,7 +190,7 @@ class Telemetry:
         outbound = session.listener.direction == "outbound"
         peer = exchange.upstream_principal if outbound else session.peer_principal
         source, destination, policy = self.principals(outbound, peer)
-        series = self.request_series(
+        series = self.request_series.get(
             (
                 outbound,
                 workload.name,
@@ -285,7 +290,7 @@ class Telemetry:
             else (session.peer_principal)
         )
         source, destination_principal, policy = self.principals(outbound, peer)
-        series = self.tcp_series(
+        series = self.tcp_series.get(
             (
                 outbound,
                 workload.name,

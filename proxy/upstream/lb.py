@@ -21,7 +21,7 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Iterator, Sequence
 from hashlib import blake2b
 from itertools import accumulate, islice
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Final, Protocol
 
 from proxy.config.model import LoadBalancer
 from proxy.upstream.hosts import Host
@@ -29,9 +29,9 @@ from proxy.upstream.hosts import Host
 # Past this many points a ring takes noticeably long to build (~0.1 s in CPython), so larger
 # rings are thinned; see ``build_ring``. Envoy's own default maximum is far larger (8M) but it
 # builds rings in C++.
-MAX_RING_POINTS = 1 << 16
+MAX_RING_POINTS: Final = 1 << 16
 # One 64-byte blake2b digest yields eight 64-bit ring points.
-_DIGEST_POINTS = struct.Struct(">8Q")
+_DIGEST_POINTS: Final = struct.Struct(">8Q")
 
 
 class Balancer(Protocol):
@@ -238,7 +238,7 @@ class Ring:
         return len(self.points)
 
 
-def build_ring(hosts: tuple[Host, ...], ring_size: int) -> Ring:
+def build_ring(hosts: tuple[Host, ...], ring_size: int, max_points: int = MAX_RING_POINTS) -> Ring:
     """A consistent-hash ring with at least ``ring_size`` points, shared in proportion to weight.
 
     A host of weight w gets ``ring_size * w / lightest_weight`` points (rounded up), each the
@@ -247,7 +247,7 @@ def build_ring(hosts: tuple[Host, ...], ring_size: int) -> Ring:
     points: only the keys landing on them move, about 1/N of all keys. Envoy instead spreads a
     fixed ring size over all hosts, which also shifts a few keys between the hosts that stay.
 
-    Past ``MAX_RING_POINTS`` every host's count is halved (repeatedly) to keep building cheap.
+    Past ``max_points`` every host's count is halved (repeatedly) to keep building cheap.
     Each host's points are a prefix of one fixed sequence, so thinning drops points rather than
     moving them, and the halving step changes rarely as a cluster grows.
     """
@@ -256,7 +256,7 @@ def build_ring(hosts: tuple[Host, ...], ring_size: int) -> Ring:
     ring_size = max(1, ring_size)
     lightest = min(host.weight for host in hosts)
     counts = [-(-ring_size * host.weight // lightest) for host in hosts]
-    total, limit, shift = sum(counts), max(MAX_RING_POINTS, 2 * ring_size), 0
+    total, limit, shift = sum(counts), max(max_points, 2 * ring_size), 0
     while total >> shift > limit:
         shift += 1
     if shift:
