@@ -61,27 +61,16 @@ class Stats:
     def counter(self, metric: Counter, label_values: Labels = ()) -> Cell:
         """The cell of a counter series, created at 0 the first time (as Prometheus shows a
         counter it has seen: from the first record on)."""
-        key = (metric, label_values)
-        cell = self._counters.get(key)
-        if cell is None:
-            cell = self._counters[key] = Cell()
-        return cell
+        return _cell(self._counters, (metric, label_values))
 
     def inc(self, metric: Counter, label_values: Labels = (), amount: int = 1) -> None:
         self.counter(metric, label_values).value += amount
 
-    def _gauge(self, metric: Gauge, label_values: Labels) -> Cell:
-        key = (metric, label_values)
-        cell = self._gauges.get(key)
-        if cell is None:
-            cell = self._gauges[key] = Cell()
-        return cell
-
     def gauge_add(self, metric: Gauge, label_values: Labels, amount: int) -> None:
-        self._gauge(metric, label_values).value += amount
+        _cell(self._gauges, (metric, label_values)).value += amount
 
     def gauge_set(self, metric: Gauge, label_values: Labels, value: int) -> None:
-        self._gauge(metric, label_values).value = value
+        _cell(self._gauges, (metric, label_values)).value = value
 
     def histogram(self, metric: Histogram, label_values: Labels = ()) -> Row:
         """The row of a histogram series, for ``record``, created empty the first time. A
@@ -128,6 +117,14 @@ class Stats:
             "gauges": gauges,
             "histograms": histograms,
         }
+
+
+def _cell(cells: dict[Key, Cell], key: Key) -> Cell:
+    """The cell of series ``key`` in ``cells``, created at 0 the first time."""
+    cell = cells.get(key)
+    if cell is None:
+        cell = cells[key] = Cell()
+    return cell
 
 
 def record(row: Row, bounds: tuple[float, ...], value: float) -> None:

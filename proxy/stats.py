@@ -7,13 +7,12 @@ declared once, in the lowest-level module that owns it, and imported by the othe
 no central table: the declaration objects are the dictionary keys, and a snapshot carries each
 metric's name, kind and help text to the supervisor, which renders Prometheus text from that.
 
-The hot path only does dictionary increments (no locks, no prometheus-client objects, no type
-check), and a histogram observation one bisect and two list updates: each worker owns its
-Stats (``proxy.series``), and the supervisor asks every worker for a snapshot when someone
-scrapes, sums them, and renders Prometheus text through prometheus-client on an explicit
-registry. A metric recorded
-through the wrong method (a Histogram given to ``inc``) is refused when the snapshot is taken,
-so the check costs at scrape time only.
+The hot path only adds to a series' cell or histogram row (no locks, no prometheus-client
+objects, no type check): each worker owns its ``Stats`` (``proxy.series``), and the supervisor
+asks every worker for a snapshot when someone scrapes, sums them, and renders Prometheus text
+through prometheus-client on an explicit registry. A metric recorded through the wrong method
+(a Histogram given to ``inc``) is refused when the snapshot is taken, so the check costs at
+scrape time only.
 
 Names follow Istio's standard metrics with Istio's labels (``istio_tcp_*``), and Envoy-style
 proxy stats (``downstream_cx_total``, ``upstream_cx_connect_fail``, ...) labelled by listener
